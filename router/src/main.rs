@@ -1,0 +1,3 @@
+//! The `weave-router` binary: the daemon (`launch`) and its client subcommands.
+
+fn main() {}

@@ -1,0 +1,130 @@
+//! Snapshots of the mesh for the HTTP API, in the shape of Weave's `/report`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::PeerName;
+
+/// The `Router` section of `/report`, with Weave's keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RouterStatus {
+    /// Always `"weave"`.
+    pub protocol: String,
+    /// Lowest protocol version we speak.
+    pub protocol_min_version: u8,
+    /// Highest protocol version we speak.
+    pub protocol_max_version: u8,
+    /// Whether a password is set.
+    pub encryption: bool,
+    /// Whether addresses learned from gossip are dialled.
+    pub peer_discovery: bool,
+    /// Our name.
+    pub name: PeerName,
+    /// Our nickname.
+    #[serde(rename = "NickName")]
+    pub nickname: String,
+    /// The TCP/UDP port of the mesh.
+    pub port: u16,
+    /// Every known peer, ourself first.
+    pub peers: Vec<PeerStatus>,
+    /// First hop per destination (`Via` 00:00:00:00:00:00 for ourself).
+    pub unicast_routes: Vec<UnicastRouteStatus>,
+    /// Next hops per broadcast source.
+    pub broadcast_routes: Vec<BroadcastRouteStatus>,
+    /// Our connections and connection attempts.
+    pub connections: Vec<LocalConnectionStatus>,
+    /// How many connections have ended since start.
+    pub termination_count: u64,
+    /// The addresses the connection maker is asked to keep connected.
+    pub targets: Vec<String>,
+    /// Subnets trusted to carry unencrypted traffic.
+    pub trusted_subnets: Vec<String>,
+}
+
+/// One peer in the topology.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PeerStatus {
+    /// Its name.
+    pub name: PeerName,
+    /// Its nickname.
+    #[serde(rename = "NickName")]
+    pub nickname: String,
+    /// Its process UID.
+    #[serde(rename = "UID")]
+    pub uid: u64,
+    /// Its short id.
+    #[serde(rename = "ShortID")]
+    pub short_id: u16,
+    /// Its topology version.
+    pub version: u64,
+    /// Its connections as it gossips them.
+    pub connections: Vec<PeerConnectionStatus>,
+}
+
+/// A connection of some peer, as gossiped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PeerConnectionStatus {
+    /// The remote peer's name.
+    pub name: PeerName,
+    /// The remote peer's nickname (empty if unknown).
+    #[serde(rename = "NickName")]
+    pub nickname: String,
+    /// The remote TCP address as the owner sees it.
+    pub address: String,
+    /// Whether the owner dialled.
+    pub outbound: bool,
+    /// Whether it is established.
+    pub established: bool,
+}
+
+/// A unicast route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UnicastRouteStatus {
+    /// Destination peer.
+    pub dest: PeerName,
+    /// First hop.
+    pub via: PeerName,
+}
+
+/// The broadcast next hops for one source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BroadcastRouteStatus {
+    /// Broadcast source.
+    pub source: PeerName,
+    /// Neighbours to forward to.
+    pub via: Vec<PeerName>,
+}
+
+/// One of our connections or connection attempts (`/status/connections`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LocalConnectionStatus {
+    /// Remote address (`ip:port`).
+    pub address: String,
+    /// Whether we dialled.
+    pub outbound: bool,
+    /// `connecting`, `pending`, `established`, `failed`, `retrying`.
+    pub state: String,
+    /// Free text: the remote peer, or the error and next retry.
+    pub info: String,
+    /// Overlay attributes (`name`, `mtu`) once established.
+    pub attrs: BTreeMap<String, serde_json::Value>,
+}
+
+/// The whole `/report` document (the parts that exist).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Report {
+    /// Whether the router is ready (it always is once it answers).
+    pub ready: bool,
+    /// The router's version string.
+    pub version: String,
+    /// The mesh.
+    pub router: RouterStatus,
+}

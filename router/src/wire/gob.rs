@@ -1,0 +1,1 @@
+//! A gob encoder and decoder for exactly the types the mesh uses.

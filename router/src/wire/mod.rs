@@ -1,0 +1,8 @@
+//! Pure codecs for Weave Net 2.8's wire formats. No I/O, no clocks, no unsafe.
+//!
+//! - [`gob`]: the subset of Go's gob encoding the mesh uses.
+//! - [`mesh`]: the TCP control protocol: protocol header, v2 framing, feature map, messages,
+//!   gossip envelopes and the topology payload.
+
+pub mod gob;
+pub mod mesh;
