@@ -1,1 +1,6 @@
-//! Network-namespace testbed.
+//! weave-perf: the network-namespace testbed that integration tests, the demo and the
+//! performance harness of weave-router run on.
+#![deny(unsafe_code)]
+
+pub mod router;
+pub mod testbed;

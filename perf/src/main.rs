@@ -1,0 +1,3 @@
+//! weave-perf: runs weave-router on a network-namespace testbed.
+
+fn main() {}
