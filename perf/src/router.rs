@@ -5,11 +5,12 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::testbed::{self, Host, Process, TestbedError};
+use crate::testbed::{Host, Process, TestbedError};
 
 /// The mesh port every testbed router listens on (TCP and UDP).
 pub const MESH_PORT: u16 = 6783;
@@ -140,27 +141,17 @@ impl Router {
         })
     }
 
-    /// Waits until `host`'s router answers `status --json`, failing early with its log when
-    /// the process has exited.
+    /// Waits until `host`'s router answers `status --json`, failing at once with the end
+    /// of its log when the process exits.
     pub fn wait_ready(
         &self,
         host: &Host,
         process: &mut Process,
         timeout: Duration,
-        cancel: &std::sync::atomic::AtomicBool,
+        cancel: &AtomicBool,
     ) -> Result<Report, RouterError> {
         let what = format!("weave-router on {} to answer", host.name());
-        Ok(testbed::wait_until_cancellable(
-            &what,
-            timeout,
-            cancel,
-            || {
-                if !process.is_running() {
-                    return Err(format!("the router exited; its log:\n{}", process.log()));
-                }
-                self.report(host).map_err(|e| e.to_string())
-            },
-        )?)
+        Ok(process.wait_for(&what, timeout, cancel, || self.report(host))?)
     }
 }
 

@@ -91,6 +91,20 @@ pub enum TestbedError {
         /// What the last probe said.
         last: String,
     },
+    /// A process exited while something was waited for from it.
+    #[error("{label} exited ({status}) while waiting for {what}; log {log_path}:\n{log_tail}")]
+    Exited {
+        /// The process's label.
+        label: String,
+        /// Its exit status as text.
+        status: String,
+        /// The condition waited for.
+        what: String,
+        /// Where its full output is.
+        log_path: String,
+        /// The last lines of its output.
+        log_tail: String,
+    },
     /// A wait was cancelled from outside (Ctrl-C in the demo).
     #[error("cancelled while waiting for {what}")]
     Cancelled {
@@ -220,6 +234,8 @@ pub struct Testbed {
     log_dir: PathBuf,
     /// Whether the namespaces still exist (teardown runs once).
     live: bool,
+    /// Keep the log directory at teardown even without a panic.
+    keep_logs: bool,
 }
 
 impl Testbed {
@@ -249,6 +265,7 @@ impl Testbed {
             hosts,
             log_dir,
             live: true,
+            keep_logs: false,
         };
         bed.build()?;
         Ok(bed)
@@ -320,6 +337,12 @@ impl Testbed {
         &self.log_dir
     }
 
+    /// Keeps (true) or removes (false, the default) the log directory at teardown. It is
+    /// always kept when teardown runs during a panic, or with `WEAVE_TESTBED_KEEP_LOGS` set.
+    pub fn set_keep_logs(&mut self, keep: bool) {
+        self.keep_logs = keep;
+    }
+
     /// Drops all IPv4 traffic between `a` and `b`, in both hosts' namespaces.
     pub fn block(&self, a: &Host, b: &Host) -> Result<()> {
         a.nft_element("add", b.addr)?;
@@ -352,7 +375,8 @@ impl Testbed {
                 first_error.get_or_insert(e);
             }
         }
-        let keep = thread::panicking() || std::env::var_os(KEEP_LOGS_ENV).is_some();
+        let keep =
+            self.keep_logs || thread::panicking() || std::env::var_os(KEEP_LOGS_ENV).is_some();
         if keep {
             eprintln!(
                 "testbed {}: logs kept in {}",
@@ -540,6 +564,40 @@ impl Process {
             .unwrap_or_default()
     }
 
+    /// The last `lines` lines of its output.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let mut tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        tail.reverse();
+        tail.join("\n")
+    }
+
+    /// Like [`wait_until_cancellable`], but fails at once, with the end of the log, when the
+    /// process exits: a crashed daemon should not cost the whole timeout.
+    pub fn wait_for<T, E: Display>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        cancel: &AtomicBool,
+        mut probe: impl FnMut() -> std::result::Result<T, E>,
+    ) -> Result<T> {
+        poll_loop(what, timeout, cancel, || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Step::Fail(TestbedError::Exited {
+                    label: self.label.clone(),
+                    status: status.to_string(),
+                    what: what.to_owned(),
+                    log_path: self.log_path.display().to_string(),
+                    log_tail: self.log_tail(20),
+                });
+            }
+            match probe() {
+                Ok(v) => Step::Ready(v),
+                Err(e) => Step::Retry(e.to_string()),
+            }
+        })
+    }
+
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -619,6 +677,28 @@ pub fn wait_until_cancellable<T, E: Display>(
     cancel: &AtomicBool,
     mut probe: impl FnMut() -> std::result::Result<T, E>,
 ) -> Result<T> {
+    poll_loop(what, timeout, cancel, || match probe() {
+        Ok(v) => Step::Ready(v),
+        Err(e) => Step::Retry(e.to_string()),
+    })
+}
+
+/// One probe's outcome inside [`poll_loop`].
+enum Step<T> {
+    /// The condition holds.
+    Ready(T),
+    /// Not yet, because of this.
+    Retry(String),
+    /// It never will.
+    Fail(TestbedError),
+}
+
+fn poll_loop<T>(
+    what: &str,
+    timeout: Duration,
+    cancel: &AtomicBool,
+    mut probe: impl FnMut() -> Step<T>,
+) -> Result<T> {
     let start = Instant::now();
     loop {
         if cancel.load(Ordering::Relaxed) {
@@ -627,8 +707,9 @@ pub fn wait_until_cancellable<T, E: Display>(
             });
         }
         let last = match probe() {
-            Ok(v) => return Ok(v),
-            Err(e) => e.to_string(),
+            Step::Ready(v) => return Ok(v),
+            Step::Retry(why) => why,
+            Step::Fail(e) => return Err(e),
         };
         if start.elapsed() >= timeout {
             return Err(TestbedError::Timeout {
