@@ -1,11 +1,46 @@
 //! [`Mesh`]: the whole control plane of one router, driven by the shell.
+//!
+//! The shell feeds it connection events and bytes with the current time and executes the
+//! [`Command`]s it emits; everything else (handshake, gossip, routes, the connection
+//! maker, timers) happens in here, deterministically for a given seed.
 
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::ids::{PeerName, PeerUid};
-use crate::mesh::status::RouterStatus;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::ids::{ConnId, ConnUid, PeerName, PeerUid, ShortId, UNKNOWN_PEER_NAME};
+use crate::mesh::maker::{ConnectionMaker, OurConn, TargetState, Termination};
+use crate::mesh::routes::{self, UnicastRoutes};
+use crate::mesh::status::{
+    BroadcastRouteStatus, LocalConnectionStatus, PeerConnectionStatus, PeerStatus, RouterStatus,
+    UnicastRouteStatus,
+};
+use crate::mesh::topology::{Peer, PeerConn, Topology};
+use crate::wire::mesh::{self as wire, FrameDecoder, Message, PeerSummary, ProtocolHeader};
+
+/// Protocol versions we speak: only 2 (length-prefixed messages).
+pub const PROTOCOL_MIN_VERSION: u8 = 2;
+/// Highest protocol version we speak.
+pub const PROTOCOL_MAX_VERSION: u8 = 2;
+/// Time allowed for the handshake up to the feature map.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP heartbeat interval.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// A connection with no message for this long is closed.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Full-state gossip interval.
+pub const GOSSIP_INTERVAL: Duration = Duration::from_secs(30);
+/// Local topology changes are gathered this long before they are gossiped.
+pub const TOPOLOGY_UPDATE_DELAY: Duration = Duration::from_secs(1);
+/// Garbage collection runs this long after a received update.
+pub const GC_DELAY: Duration = Duration::from_secs(1);
+/// The gossip channel of the topology.
+pub const TOPOLOGY_CHANNEL: &str = "topology";
 
 /// What the mesh needs to know about ourself and its limits.
 #[derive(Debug, Clone)]
@@ -75,90 +110,1090 @@ impl fmt::Display for Event {
     }
 }
 
+/// Why a connection ended; decides whether its target is retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ConnError {
+    reason: String,
+    how: Termination,
+}
+
+impl ConnError {
+    fn failed(reason: impl Into<String>) -> Self {
+        ConnError {
+            reason: reason.into(),
+            how: Termination::Failed,
+        }
+    }
+
+    fn never(reason: impl Into<String>) -> Self {
+        ConnError {
+            reason: reason.into(),
+            how: Termination::Never,
+        }
+    }
+}
+
+/// Handshake progress of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the shell to report the dial.
+    Dialing,
+    /// Waiting for the 7-byte protocol header.
+    Header,
+    /// Waiting for the 1-byte encryption flag.
+    Flag,
+    /// Waiting for the feature map.
+    Features,
+    /// Registered: exchanging messages.
+    Ready,
+}
+
+/// The remote end, once its feature map is accepted.
+#[derive(Debug, Clone)]
+struct Remote {
+    name: PeerName,
+    nickname: String,
+}
+
+/// One TCP connection.
+#[derive(Debug)]
+struct Conn {
+    addr: SocketAddr,
+    outbound: bool,
+    accept_new_peer: bool,
+    phase: Phase,
+    pending: Vec<u8>,
+    frames: FrameDecoder,
+    conn_id: ConnId,
+    uid: ConnUid,
+    remote: Option<Remote>,
+    holds_ref: bool,
+    registered: bool,
+    established: bool,
+    deadline: Instant,
+    next_heartbeat: Instant,
+}
+
+impl Conn {
+    fn prefix(&self) -> String {
+        match &self.remote {
+            Some(r) => format!("->[{}|{}({})]", self.addr, r.name, r.nickname),
+            None => format!("->[{}]", self.addr),
+        }
+    }
+}
+
 /// The control plane of one router.
 pub struct Mesh {
-    _config: MeshConfig,
+    config: MeshConfig,
+    rng: ChaCha8Rng,
+    topo: Topology,
+    maker: ConnectionMaker,
+    conns: BTreeMap<ConnKey, Conn>,
+    by_peer: BTreeMap<PeerName, ConnKey>,
+    next_key: u64,
+    commands: VecDeque<Command>,
+    events: VecDeque<Event>,
+    unicast_all: UnicastRoutes,
+    routes_dirty: bool,
+    broadcast_all: BTreeMap<PeerName, Vec<PeerName>>,
+    pending_update: BTreeSet<PeerName>,
+    update_due: Option<Instant>,
+    gc_due: Option<Instant>,
+    next_gossip: Instant,
+    maker_due: Option<Instant>,
+    maker_dirty: bool,
+    surrogate_seen: VecDeque<(u64, Instant)>,
+    termination_count: u64,
 }
 
 impl Mesh {
     /// Creates the mesh; `seed` feeds every random choice (short id, ConnIDs, jitter).
     pub fn new(config: MeshConfig, seed: u64, now: Instant) -> Self {
-        let _ = (seed, now);
-        Mesh { _config: config }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let ourself = Peer {
+            name: config.name,
+            nickname: config.nickname.clone(),
+            uid: config.uid,
+            version: 0,
+            short_id: ShortId(rng.gen_range(0..ShortId::COUNT)),
+            has_short_id: true,
+            conns: BTreeMap::new(),
+            local_refs: 1,
+        };
+        let maker = ConnectionMaker::new(config.port, config.discovery);
+        let next_gossip = now + GOSSIP_INTERVAL;
+        let mut mesh = Mesh {
+            config,
+            rng,
+            topo: Topology::new(ourself),
+            maker,
+            conns: BTreeMap::new(),
+            by_peer: BTreeMap::new(),
+            next_key: 1,
+            commands: VecDeque::new(),
+            events: VecDeque::new(),
+            unicast_all: UnicastRoutes::new(),
+            routes_dirty: true,
+            broadcast_all: BTreeMap::new(),
+            pending_update: BTreeSet::new(),
+            update_due: None,
+            gc_due: None,
+            next_gossip,
+            maker_due: None,
+            maker_dirty: false,
+            surrogate_seen: VecDeque::new(),
+            termination_count: 0,
+        };
+        let me = mesh.topo.ourself();
+        let line = format!("Our name is {}({})", me.name, me.nickname);
+        mesh.info(line);
+        mesh
     }
 
     /// Adds addresses for the connection maker to keep connected (initial peers,
     /// `POST /connect`); with `replace`, the previous direct targets are dropped.
     pub fn connect(&mut self, addrs: &[SocketAddr], replace: bool, now: Instant) {
-        let _ = (addrs, replace, now);
-        todo!()
+        self.maker.connect(addrs, replace, now);
+        self.run_maker(now);
     }
 
     /// Removes addresses from the targets (`POST /forget`).
     pub fn forget(&mut self, addrs: &[SocketAddr], now: Instant) {
-        let _ = (addrs, now);
-        todo!()
+        self.maker.forget(addrs);
+        self.run_maker(now);
     }
 
     /// An inbound TCP connection was accepted from `remote`.
     pub fn handle_accepted(&mut self, remote: SocketAddr, now: Instant) -> ConnKey {
-        let _ = (remote, now);
-        todo!()
+        let key = self.new_conn(remote, false, true, now);
+        self.info(format!("->[{remote}] connection accepted"));
+        self.start_handshake(key, now);
+        key
     }
 
     /// A `Command::Dial` succeeded.
     pub fn handle_dialed(&mut self, conn: ConnKey, now: Instant) {
-        let _ = (conn, now);
-        todo!()
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if c.phase == Phase::Dialing {
+            self.start_handshake(conn, now);
+        }
     }
 
     /// A `Command::Dial` failed with `error`.
     pub fn handle_dial_failed(&mut self, conn: ConnKey, error: &str, now: Instant) {
-        let _ = (conn, error, now);
-        todo!()
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        self.info(format!("->[{}] error during connection attempt: {error}", c.addr));
+        let rng = &mut self.rng;
+        self.maker.attempt_failed(c.addr, error, now, rng);
+        self.run_maker(now);
     }
 
     /// Bytes arrived on a connection.
     pub fn handle_data(&mut self, conn: ConnKey, data: &[u8], now: Instant) {
-        let _ = (conn, data, now);
-        todo!()
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.phase == Phase::Dialing {
+            return;
+        }
+        c.pending.extend_from_slice(data);
+        if let Err(e) = self.process_input(conn, now) {
+            self.teardown(conn, e, true, now);
+        }
+        self.run_maker(now);
     }
 
     /// The connection was closed by the remote end or failed (`reason` for the log).
     pub fn handle_closed(&mut self, conn: ConnKey, reason: &str, now: Instant) {
-        let _ = (conn, reason, now);
-        todo!()
+        if self.conns.contains_key(&conn) {
+            self.teardown(conn, ConnError::failed(reason), false, now);
+            self.run_maker(now);
+        }
     }
 
     /// Time passed: run timers whose deadline is `now` or earlier.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let _ = now;
-        todo!()
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for key in keys {
+            let Some(c) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            if c.phase == Phase::Dialing {
+                continue;
+            }
+            if c.deadline <= now {
+                let why = if c.phase == Phase::Ready {
+                    format!("no message for {}s", READ_TIMEOUT.as_secs())
+                } else {
+                    "handshake timed out".to_string()
+                };
+                self.teardown(key, ConnError::failed(why), true, now);
+                continue;
+            }
+            if c.phase == Phase::Ready && c.next_heartbeat <= now {
+                c.next_heartbeat = now + HEARTBEAT_INTERVAL;
+                self.send_message(key, &Message::Heartbeat);
+            }
+        }
+        if self.gc_due.is_some_and(|t| t <= now) {
+            self.gc_due = None;
+            self.garbage_collect();
+        }
+        if self.update_due.is_some_and(|t| t <= now) {
+            self.update_due = None;
+            let mut names = std::mem::take(&mut self.pending_update);
+            names.insert(self.config.name);
+            let payload = self.topo.encode(&names);
+            self.gossip_to_neighbours(TOPOLOGY_CHANNEL, self.config.name, payload);
+        }
+        if self.next_gossip <= now {
+            self.next_gossip = now + GOSSIP_INTERVAL;
+            let payload = self.topo.encode(&self.topo.names());
+            self.gossip_to_neighbours(TOPOLOGY_CHANNEL, self.config.name, payload);
+        }
+        if self.maker_due.is_some_and(|t| t <= now) {
+            self.maker_due = None;
+            self.maker_dirty = true;
+        }
+        self.run_maker(now);
     }
 
     /// When `handle_timeout` should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        todo!()
+        let conn_times = self.conns.values().filter(|c| c.phase != Phase::Dialing).map(|c| {
+            if c.phase == Phase::Ready {
+                c.deadline.min(c.next_heartbeat)
+            } else {
+                c.deadline
+            }
+        });
+        [self.gc_due, self.update_due, self.maker_due, Some(self.next_gossip)]
+            .into_iter()
+            .flatten()
+            .chain(conn_times)
+            .min()
     }
 
     /// The next effect to perform.
     pub fn poll_command(&mut self) -> Option<Command> {
-        todo!()
+        self.commands.pop_front()
     }
 
     /// The next event to log.
     pub fn poll_event(&mut self) -> Option<Event> {
-        todo!()
-    }
-
-    /// A snapshot for `/report` and the status texts; `now` dates retry times.
-    pub fn status(&self, now: Instant) -> RouterStatus {
-        let _ = now;
-        todo!()
+        self.events.pop_front()
     }
 
     /// Our name.
     pub fn name(&self) -> PeerName {
-        self._config.name
+        self.config.name
+    }
+
+    /// The peer table (for tests and diagnostics).
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    /// Data routes: established, symmetric connections only.
+    pub fn unicast_routes(&self) -> UnicastRoutes {
+        routes::unicast(&self.topo, self.config.name, true)
+    }
+
+    /// Names of peers we hold a registered connection to.
+    pub fn connected_peers(&self) -> impl Iterator<Item = PeerName> + '_ {
+        self.by_peer.keys().copied()
+    }
+
+    /// A snapshot for `/report` and the status texts; `now` dates retry times.
+    pub fn status(&self, now: Instant) -> RouterStatus {
+        let me = self.config.name;
+        let nick = |n: PeerName| self.topo.get(n).map(|p| p.nickname.clone()).unwrap_or_default();
+        let mut peers: Vec<&Peer> = self.topo.peers().collect();
+        peers.sort_by_key(|p| (p.name != me, p.name));
+        let peers = peers
+            .into_iter()
+            .map(|p| PeerStatus {
+                name: p.name,
+                nickname: p.nickname.clone(),
+                uid: p.uid.0,
+                short_id: p.short_id.0,
+                version: p.version,
+                connections: p
+                    .conns
+                    .iter()
+                    .map(|(n, c)| PeerConnectionStatus {
+                        name: *n,
+                        nickname: nick(*n),
+                        address: c.remote_tcp_addr.clone(),
+                        outbound: c.outbound,
+                        established: c.established,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let unicast_routes = self
+            .unicast_routes()
+            .into_iter()
+            .map(|(dest, via)| UnicastRouteStatus { dest, via })
+            .collect();
+        let broadcast_routes = self
+            .topo
+            .peers()
+            .map(|p| BroadcastRouteStatus {
+                source: p.name,
+                via: routes::broadcast(&self.topo, me, p.name, true),
+            })
+            .collect();
+        let mut connections: Vec<LocalConnectionStatus> = self
+            .by_peer
+            .iter()
+            .filter_map(|(name, key)| {
+                let c = self.conns.get(key)?;
+                Some(LocalConnectionStatus {
+                    address: c.addr.to_string(),
+                    outbound: c.outbound,
+                    state: if c.established { "established" } else { "pending" }.to_string(),
+                    info: format!("{:<6} {}({})", "none", name, nick(*name)),
+                    attrs: BTreeMap::new(),
+                })
+            })
+            .collect();
+        for (addr, t) in self.maker.targets() {
+            let (state, info) = match t.state {
+                TargetState::Waiting => {
+                    let when = match t.try_after {
+                        None => "never".to_string(),
+                        Some(at) if at <= now => "now".to_string(),
+                        Some(at) => format!("in {:.1}s", (at - now).as_secs_f64()),
+                    };
+                    match &t.last_error {
+                        Some(e) => ("failed", format!("{e}, retry: {when}")),
+                        None => ("waiting", format!("until: {when}")),
+                    }
+                }
+                TargetState::Attempting => match &t.last_error {
+                    Some(e) => ("retrying", e.clone()),
+                    None => ("connecting", String::new()),
+                },
+                TargetState::Connected | TargetState::Suspended => continue,
+            };
+            connections.push(LocalConnectionStatus {
+                address: addr.to_string(),
+                outbound: true,
+                state: state.to_string(),
+                info,
+                attrs: BTreeMap::new(),
+            });
+        }
+        RouterStatus {
+            protocol: "weave".to_string(),
+            protocol_min_version: PROTOCOL_MIN_VERSION,
+            protocol_max_version: PROTOCOL_MAX_VERSION,
+            encryption: false,
+            peer_discovery: self.config.discovery,
+            name: me,
+            nickname: self.config.nickname.clone(),
+            port: self.config.port,
+            peers,
+            unicast_routes,
+            broadcast_routes,
+            connections,
+            termination_count: self.termination_count,
+            targets: self.maker.direct_peers().map(|a| a.to_string()).collect(),
+            trusted_subnets: Vec::new(),
+        }
+    }
+
+    // ----- connections -----
+
+    fn new_conn(&mut self, addr: SocketAddr, outbound: bool, accept_new_peer: bool, now: Instant) -> ConnKey {
+        let key = ConnKey(self.next_key);
+        self.next_key += 1;
+        let conn_id = ConnId(self.rng.gen());
+        self.conns.insert(
+            key,
+            Conn {
+                addr,
+                outbound,
+                accept_new_peer,
+                phase: if outbound { Phase::Dialing } else { Phase::Header },
+                pending: Vec::new(),
+                frames: FrameDecoder::default(),
+                conn_id,
+                uid: ConnUid(0),
+                remote: None,
+                holds_ref: false,
+                registered: false,
+                established: false,
+                deadline: now + HANDSHAKE_TIMEOUT,
+                next_heartbeat: now + HEARTBEAT_INTERVAL,
+            },
+        );
+        key
+    }
+
+    fn start_handshake(&mut self, key: ConnKey, now: Instant) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        c.phase = Phase::Header;
+        c.deadline = now + HANDSHAKE_TIMEOUT;
+        let header = ProtocolHeader {
+            min_version: PROTOCOL_MIN_VERSION,
+            max_version: PROTOCOL_MAX_VERSION,
+        };
+        self.send(key, header.emit().to_vec());
+    }
+
+    /// Consumes buffered input of one connection as far as it goes.
+    fn process_input(&mut self, key: ConnKey, now: Instant) -> Result<(), ConnError> {
+        loop {
+            let Some(c) = self.conns.get_mut(&key) else {
+                return Ok(());
+            };
+            match c.phase {
+                Phase::Dialing => return Ok(()),
+                Phase::Header => {
+                    if c.pending.len() < 7 {
+                        return Ok(());
+                    }
+                    let bytes: [u8; 7] = c.pending[..7].try_into().expect("length checked");
+                    c.pending.drain(..7);
+                    let header = ProtocolHeader::parse(&bytes)
+                        .map_err(|e| ConnError::failed(format!("remote protocol header not recognised: {e}")))?;
+                    let lo = header.min_version.max(PROTOCOL_MIN_VERSION);
+                    let hi = header.max_version.min(PROTOCOL_MAX_VERSION);
+                    if lo > hi {
+                        return Err(ConnError::failed(format!(
+                            "remote version range [{},{}] is incompatible with ours [{},{}]",
+                            header.min_version, header.max_version, PROTOCOL_MIN_VERSION, PROTOCOL_MAX_VERSION
+                        )));
+                    }
+                    c.phase = Phase::Flag;
+                    let conn_id = c.conn_id;
+                    let features = wire::encode_features(&self.features(conn_id));
+                    self.send(key, vec![0]);
+                    self.send(key, wire::frame(&features));
+                }
+                Phase::Flag => {
+                    let Some(&flag) = c.pending.first() else {
+                        return Ok(());
+                    };
+                    c.pending.remove(0);
+                    match flag {
+                        0 => {}
+                        1 => {
+                            return Err(ConnError::failed(
+                                "no password specified, but peer requested an encrypted connection",
+                            ))
+                        }
+                        other => return Err(ConnError::failed(format!("bad encryption flag {other}"))),
+                    }
+                    c.phase = Phase::Features;
+                    let rest = std::mem::take(&mut c.pending);
+                    c.frames.push(&rest);
+                }
+                Phase::Features | Phase::Ready => {
+                    if !c.pending.is_empty() {
+                        let rest = std::mem::take(&mut c.pending);
+                        c.frames.push(&rest);
+                    }
+                    let body = c
+                        .frames
+                        .next_body()
+                        .map_err(|e| ConnError::failed(format!("incoming message: {e}")))?;
+                    let Some(body) = body else {
+                        return Ok(());
+                    };
+                    if c.phase == Phase::Features {
+                        self.handle_features(key, &body, now)?;
+                    } else {
+                        c.deadline = now + READ_TIMEOUT;
+                        self.handle_message(key, &body, now)?;
+                    }
+                }
+            }
+        }
+    }
+
+    fn features(&self, conn_id: ConnId) -> BTreeMap<String, String> {
+        let me = self.topo.ourself();
+        let mut f = BTreeMap::new();
+        f.insert("PeerNameFlavour".into(), "mac".into());
+        f.insert("Name".into(), me.name.to_string());
+        f.insert("NickName".into(), me.nickname.clone());
+        f.insert("ShortID".into(), me.short_id.0.to_string());
+        f.insert("UID".into(), me.uid.0.to_string());
+        f.insert("ConnID".into(), conn_id.0.to_string());
+        f.insert("Trusted".into(), "false".into());
+        f.insert("Overlays".into(), self.config.overlays.join(" "));
+        f
+    }
+
+    /// Validates the remote's feature map and adds the connection.
+    fn handle_features(&mut self, key: ConnKey, body: &[u8], now: Instant) -> Result<(), ConnError> {
+        let features = wire::decode_features(body)
+            .map_err(|e| ConnError::failed(format!("bad feature map: {e}")))?;
+        let remote = parse_features(&features).map_err(ConnError::failed)?;
+        let c = self.conns.get_mut(&key).expect("caller holds the key");
+        c.uid = ConnUid::from_ids(c.conn_id, remote.conn_id);
+        let addr = c.addr;
+        let accept_new_peer = c.accept_new_peer;
+        let summary = PeerSummary {
+            name: remote.name,
+            nickname: remote.nickname.clone(),
+            uid: remote.uid.0,
+            version: 0,
+            short_id: remote.short_id.map_or(0, |s| s.0),
+            has_short_id: remote.short_id.is_some(),
+        };
+        let known_uid = if accept_new_peer || self.topo.get(remote.name).is_some() {
+            self.topo.add_local_ref(&summary)
+        } else {
+            return Err(ConnError::failed(format!(
+                "Found unknown remote name: {} at {addr}",
+                remote.name
+            )));
+        };
+        let c = self.conns.get_mut(&key).expect("caller holds the key");
+        c.holds_ref = true;
+        c.remote = Some(Remote {
+            name: remote.name,
+            nickname: remote.nickname.clone(),
+        });
+        if remote.name == self.config.name {
+            if remote.uid != self.config.uid {
+                return Err(ConnError::never(format!(
+                    "local \"{}({})\" and remote \"{}({})\" peer names collision",
+                    self.config.name, self.config.nickname, remote.name, remote.nickname
+                )));
+            }
+            return Err(ConnError::never("cannot connect to ourself"));
+        }
+        let restarted = known_uid.is_some_and(|u| u != remote.uid);
+        let prefix = c.prefix();
+        self.info(format!("{prefix}: connection ready; using protocol version 2"));
+        self.add_connection(key, remote.name, restarted, now)?;
+        if self.conns.get(&key).is_some_and(|c| c.outbound) {
+            self.maker.connection_created(addr);
+        }
+        // Until the sleeve confirms connections with UDP heartbeats, a completed handshake
+        // is what makes a connection established.
+        self.connection_established(key, now);
+        Ok(())
+    }
+
+    /// Weave's `handleAddConnection`: duplicates, the limit, then registration.
+    fn add_connection(&mut self, key: ConnKey, name: PeerName, restarted: bool, now: Instant) -> Result<(), ConnError> {
+        let me = format!("{}({})", self.config.name, self.config.nickname);
+        let remote_desc = format!("{}({})", name, self.topo.get(name).map(|p| p.nickname.as_str()).unwrap_or(""));
+        let dup = || ConnError::failed(format!("Multiple connections to {remote_desc} added to {me}"));
+        if let Some(&existing) = self.by_peer.get(&name) {
+            let ours = self.conns[&key].uid;
+            let theirs = self.conns[&existing].uid;
+            if ours > theirs {
+                return Err(dup());
+            }
+            self.teardown(existing, dup(), true, now);
+            if ours == theirs {
+                return Err(dup());
+            }
+        }
+        let limit = self.config.conn_limit;
+        if limit != 0 && self.by_peer.len() >= limit {
+            return Err(ConnError::failed(format!("Connection limit reached ({limit})")));
+        }
+        self.ensure_routes();
+        let connected_peer = routes::unicast(&self.topo, self.config.name, true).contains_key(&name);
+        let c = self.conns.get_mut(&key).expect("caller holds the key");
+        c.phase = Phase::Ready;
+        c.registered = true;
+        c.deadline = now + READ_TIMEOUT;
+        c.next_heartbeat = now + HEARTBEAT_INTERVAL;
+        let conn = PeerConn {
+            remote_tcp_addr: c.addr.to_string(),
+            outbound: c.outbound,
+            established: false,
+        };
+        let prefix = c.prefix();
+        self.by_peer.insert(name, key);
+        let ourself = self.topo.ourself_mut();
+        ourself.conns.insert(name, conn);
+        ourself.version += 1;
+        self.topology_changed();
+        if restarted {
+            self.info(format!("{prefix}: connection added (restarted peer)"));
+        } else if connected_peer {
+            self.info(format!("{prefix}: connection added"));
+        } else {
+            self.info(format!("{prefix}: connection added (new peer)"));
+        }
+        if restarted || !connected_peer {
+            let payload = self.topo.encode(&self.topo.names());
+            self.send_gossip(key, TOPOLOGY_CHANNEL, payload);
+        }
+        self.schedule_update(Some(name), now);
+        Ok(())
+    }
+
+    fn connection_established(&mut self, key: ConnKey, now: Instant) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let Some(remote) = c.remote.clone() else {
+            return;
+        };
+        if !c.registered || c.established {
+            return;
+        }
+        c.established = true;
+        let prefix = c.prefix();
+        let ourself = self.topo.ourself_mut();
+        if let Some(pc) = ourself.conns.get_mut(&remote.name) {
+            pc.established = true;
+        }
+        ourself.version += 1;
+        self.topology_changed();
+        self.info(format!("{prefix}: connection fully established"));
+        self.schedule_update(None, now);
+    }
+
+    /// Ends a connection: unregisters it, tells the maker, and closes the socket if asked.
+    fn teardown(&mut self, key: ConnKey, err: ConnError, close: bool, now: Instant) {
+        let Some(c) = self.conns.remove(&key) else {
+            return;
+        };
+        let prefix = c.prefix();
+        if c.remote.is_none() {
+            self.warn(format!("{prefix} connection shutting down due to error during handshake: {}", err.reason));
+        } else {
+            self.warn(format!("{prefix}: connection shutting down due to error: {}", err.reason));
+        }
+        if close {
+            self.commands.push_back(Command::Close { conn: key });
+        }
+        if err.how != Termination::Never {
+            self.termination_count += 1;
+        }
+        if let Some(remote) = &c.remote {
+            if c.holds_ref {
+                self.topo.release_local_ref(remote.name);
+            }
+            if c.registered && self.by_peer.get(&remote.name) == Some(&key) {
+                self.by_peer.remove(&remote.name);
+                let ourself = self.topo.ourself_mut();
+                ourself.conns.remove(&remote.name);
+                ourself.version += 1;
+                self.info(format!("{prefix}: connection deleted"));
+                // Collect first so that the update never names unreachable peers.
+                self.garbage_collect();
+                self.topology_changed();
+                self.schedule_update(None, now);
+            }
+        }
+        if c.outbound {
+            let rng = &mut self.rng;
+            self.maker.connection_terminated(c.addr, &err.reason, err.how, now, rng);
+        }
+        self.maker_dirty = true;
+    }
+
+    // ----- messages -----
+
+    fn handle_message(&mut self, key: ConnKey, body: &[u8], now: Instant) -> Result<(), ConnError> {
+        if body.is_empty() {
+            return Ok(());
+        }
+        let msg = Message::parse(body).map_err(|e| ConnError::failed(format!("bad message: {e}")))?;
+        match msg {
+            Message::Heartbeat => Ok(()),
+            Message::Gossip { channel, src, payload } => {
+                self.handle_gossip(&channel, src, &payload, now)
+            }
+            Message::GossipUnicast { channel, src, dst, payload } => {
+                if dst != self.config.name {
+                    self.relay_unicast(&channel, dst, body);
+                    return Ok(());
+                }
+                if channel == TOPOLOGY_CHANNEL {
+                    return Err(ConnError::failed(format!(
+                        "unexpected topology gossip unicast from {src}"
+                    )));
+                }
+                // A channel this router does not implement: nothing to deliver to.
+                let _ = payload;
+                Ok(())
+            }
+            Message::GossipBroadcast { channel, src, payload } => {
+                let payload = if channel == TOPOLOGY_CHANNEL {
+                    let names = self.apply_topology(&payload, now)?.0;
+                    if names.is_empty() {
+                        return Ok(());
+                    }
+                    self.topo.encode(&names)
+                } else {
+                    payload
+                };
+                self.relay_broadcast(&channel, src, payload);
+                Ok(())
+            }
+            Message::OverlayControl { .. } => {
+                // No overlay is attached to connections yet; Weave peers only send these
+                // after a sleeve heartbeat, which nothing here answers.
+                Ok(())
+            }
+            Message::Unknown { tag, .. } => {
+                let prefix = self.conns.get(&key).map(Conn::prefix).unwrap_or_default();
+                self.warn(format!("{prefix}: ignoring unknown protocol tag: {tag}"));
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_gossip(&mut self, channel: &str, src: PeerName, payload: &[u8], now: Instant) -> Result<(), ConnError> {
+        if channel == TOPOLOGY_CHANNEL {
+            let improved = self.apply_topology(payload, now)?.1;
+            if !improved.is_empty() {
+                let delta = self.topo.encode(&improved);
+                self.gossip_to_neighbours(channel, src, delta);
+            }
+            return Ok(());
+        }
+        // A channel we do not implement: relay each distinct update once per interval.
+        let hash = fnv1a(payload);
+        if self.surrogate_seen.iter().any(|(h, _)| *h == hash) {
+            return Ok(());
+        }
+        while self.surrogate_seen.front().is_some_and(|(_, t)| *t + GOSSIP_INTERVAL <= now) {
+            self.surrogate_seen.pop_front();
+        }
+        self.surrogate_seen.push_back((hash, now));
+        self.gossip_to_neighbours(channel, src, payload.to_vec());
+        Ok(())
+    }
+
+    /// Applies a topology payload; returns (names in the update, names that improved).
+    fn apply_topology(
+        &mut self,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(BTreeSet<PeerName>, BTreeSet<PeerName>), ConnError> {
+        let entries = wire::decode_topology(payload)
+            .map_err(|e| ConnError::failed(format!("bad topology update: {e}")))?;
+        let names: BTreeSet<PeerName> = entries.iter().map(|(s, _)| s.name).collect();
+        let rng = &mut self.rng;
+        let out = self.topo.apply_entries(&entries, &mut |used| pick_short_id(rng, used));
+        if out.ourself_changed {
+            self.schedule_update(None, now);
+        }
+        if !out.improved.is_empty() || out.ourself_changed {
+            self.topology_changed();
+        }
+        if self.gc_due.is_none() {
+            self.gc_due = Some(now + GC_DELAY);
+        }
+        Ok((names, out.improved))
+    }
+
+    fn garbage_collect(&mut self) {
+        let removed = self.topo.garbage_collect();
+        if removed.is_empty() {
+            return;
+        }
+        for name in &removed {
+            self.pending_update.remove(name);
+            self.info(format!("Removed unreachable peer {name}"));
+        }
+        self.topology_changed();
+    }
+
+    // ----- sending -----
+
+    fn send(&mut self, key: ConnKey, bytes: Vec<u8>) {
+        self.commands.push_back(Command::Send { conn: key, bytes });
+    }
+
+    fn send_message(&mut self, key: ConnKey, msg: &Message) {
+        self.send(key, wire::frame(&msg.emit()));
+    }
+
+    fn send_gossip(&mut self, key: ConnKey, channel: &str, payload: Vec<u8>) {
+        let msg = Message::Gossip {
+            channel: channel.to_string(),
+            src: self.config.name,
+            payload,
+        };
+        self.send_message(key, &msg);
+    }
+
+    /// Gossips to `max(1, log2(n))` random next hops, never back to `except`.
+    fn gossip_to_neighbours(&mut self, channel: &str, except: PeerName, payload: Vec<u8>) {
+        for hop in self.random_neighbours(except) {
+            if let Some(&key) = self.by_peer.get(&hop) {
+                self.send_gossip(key, channel, payload.clone());
+            }
+        }
+    }
+
+    fn random_neighbours(&mut self, except: PeerName) -> Vec<PeerName> {
+        self.ensure_routes();
+        let count = (self.unicast_all.len() as f64).log2().floor().max(1.0) as usize;
+        let mut hops: Vec<PeerName> = self
+            .unicast_all
+            .values()
+            .copied()
+            .filter(|h| *h != UNKNOWN_PEER_NAME && *h != except)
+            .collect();
+        hops.shuffle(&mut self.rng);
+        let mut chosen = Vec::new();
+        for hop in hops {
+            if !chosen.contains(&hop) {
+                chosen.push(hop);
+                if chosen.len() >= count {
+                    break;
+                }
+            }
+        }
+        chosen
+    }
+
+    fn relay_unicast(&mut self, channel: &str, dst: PeerName, body: &[u8]) {
+        self.ensure_routes();
+        let Some(&hop) = self.unicast_all.get(&dst) else {
+            self.warn(format!("[gossip {channel}]: unknown relay destination: {dst}"));
+            return;
+        };
+        let Some(&key) = self.by_peer.get(&hop) else {
+            self.warn(format!("[gossip {channel}]: unable to find connection to relay peer {hop}"));
+            return;
+        };
+        self.send(key, wire::frame(body));
+    }
+
+    fn relay_broadcast(&mut self, channel: &str, src: PeerName, payload: Vec<u8>) {
+        self.ensure_routes();
+        let me = self.config.name;
+        let topo = &self.topo;
+        let hops = self
+            .broadcast_all
+            .entry(src)
+            .or_insert_with(|| routes::broadcast(topo, me, src, false))
+            .clone();
+        let msg = Message::GossipBroadcast {
+            channel: channel.to_string(),
+            src,
+            payload,
+        };
+        let bytes = wire::frame(&msg.emit());
+        for hop in hops {
+            if let Some(&key) = self.by_peer.get(&hop) {
+                self.send(key, bytes.clone());
+            }
+        }
+    }
+
+    // ----- bookkeeping -----
+
+    fn topology_changed(&mut self) {
+        self.routes_dirty = true;
+        self.maker_dirty = true;
+    }
+
+    fn ensure_routes(&mut self) {
+        if self.routes_dirty {
+            self.unicast_all = routes::unicast(&self.topo, self.config.name, false);
+            self.broadcast_all.clear();
+            self.routes_dirty = false;
+        }
+    }
+
+    fn schedule_update(&mut self, peer: Option<PeerName>, now: Instant) {
+        if let Some(p) = peer {
+            self.pending_update.insert(p);
+        }
+        if self.update_due.is_none() {
+            self.update_due = Some(now + TOPOLOGY_UPDATE_DELAY);
+        }
+    }
+
+    fn run_maker(&mut self, now: Instant) {
+        if !self.maker_dirty && self.maker_due.is_none_or(|t| t > now) {
+            return;
+        }
+        self.maker_dirty = false;
+        let ours: Vec<OurConn> = self
+            .by_peer
+            .iter()
+            .filter_map(|(peer, key)| {
+                let c = self.conns.get(key)?;
+                Some(OurConn {
+                    peer: *peer,
+                    addr: c.addr,
+                    outbound: c.outbound,
+                })
+            })
+            .collect();
+        let (attempts, next) = self.maker.check(&ours, &self.topo, now);
+        self.maker_due = next;
+        let mut refused = false;
+        for attempt in attempts {
+            let limit = self.config.conn_limit;
+            if limit != 0 && self.by_peer.len() >= limit {
+                let err = format!("Connection limit reached ({limit})");
+                let rng = &mut self.rng;
+                self.maker.attempt_failed(attempt.addr, &err, now, rng);
+                refused = true;
+                continue;
+            }
+            let key = self.new_conn(attempt.addr, true, attempt.accept_new_peer, now);
+            self.info(format!("->[{}] attempting connection", attempt.addr));
+            self.commands.push_back(Command::Dial {
+                conn: key,
+                addr: attempt.addr,
+            });
+        }
+        if refused {
+            // The refused targets now wait; this only picks up their retry times.
+            let (again, next) = self.maker.check(&ours, &self.topo, now);
+            debug_assert!(again.is_empty());
+            self.maker_due = next;
+        }
+    }
+
+    fn info(&mut self, message: String) {
+        self.events.push_back(Event {
+            warning: false,
+            message,
+        });
+    }
+
+    fn warn(&mut self, message: String) {
+        self.events.push_back(Event {
+            warning: true,
+            message,
+        });
+    }
+}
+
+/// The remote's identity from its feature map.
+#[derive(Debug)]
+struct RemoteFeatures {
+    name: PeerName,
+    nickname: String,
+    uid: PeerUid,
+    conn_id: ConnId,
+    short_id: Option<ShortId>,
+}
+
+/// Checks a feature map the way Weave does; the error names the field.
+fn parse_features(f: &BTreeMap<String, String>) -> Result<RemoteFeatures, String> {
+    for key in ["PeerNameFlavour", "Name", "NickName", "UID", "ConnID"] {
+        if !f.contains_key(key) {
+            return Err(format!("field {key} is missing"));
+        }
+    }
+    let flavour = &f["PeerNameFlavour"];
+    if flavour != "mac" {
+        return Err(format!("Peer name flavour mismatch (ours: 'mac', theirs: '{flavour}')"));
+    }
+    let name: PeerName = f["Name"].parse().map_err(|e| format!("field Name: {e}"))?;
+    let uid: u64 = f["UID"].parse().map_err(|_| format!("field UID: not a 64-bit number: {:?}", f["UID"]))?;
+    let conn_id: u64 = f["ConnID"]
+        .parse()
+        .map_err(|_| format!("field ConnID: not a 64-bit number: {:?}", f["ConnID"]))?;
+    let short_id = match f.get("ShortID") {
+        None => None,
+        Some(s) => {
+            let v: u16 = s.parse().map_err(|_| format!("field ShortID: not a number: {s:?}"))?;
+            if v >= ShortId::COUNT {
+                return Err(format!("field ShortID: {v} does not fit 12 bits"));
+            }
+            Some(ShortId(v))
+        }
+    };
+    Ok(RemoteFeatures {
+        name,
+        nickname: f["NickName"].clone(),
+        uid: PeerUid(uid),
+        conn_id: ConnId(conn_id),
+        short_id,
+    })
+}
+
+/// Picks an unused short id: a few random tries, then a random free one.
+fn pick_short_id(rng: &mut impl Rng, used: &BTreeSet<ShortId>) -> ShortId {
+    for _ in 0..10 {
+        let id = ShortId(rng.gen_range(0..ShortId::COUNT));
+        if !used.contains(&id) {
+            return id;
+        }
+    }
+    let free: Vec<ShortId> = (0..ShortId::COUNT).map(ShortId).filter(|id| !used.contains(id)).collect();
+    free.choose(rng).copied().unwrap_or(ShortId(0))
+}
+
+/// FNV-1a, 64 bit: the surrogate gossip de-duplication hash.
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn features(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn captured_feature_map_parses() {
+        let f = features(&[
+            ("ConnID", "14611901497816135056"),
+            ("Name", "aa:00:00:00:00:02"),
+            ("NickName", "host2"),
+            ("Overlays", "sleeve"),
+            ("PeerNameFlavour", "mac"),
+            ("ShortID", "3422"),
+            ("Trusted", "false"),
+            ("UID", "10347548252719273627"),
+        ]);
+        let r = parse_features(&f).unwrap();
+        assert_eq!(r.name.to_string(), "aa:00:00:00:00:02");
+        assert_eq!(r.short_id, Some(ShortId(3422)));
+        assert_eq!(r.uid, PeerUid(10347548252719273627));
+    }
+
+    #[test]
+    fn bad_feature_maps_name_the_field() {
+        let base = [
+            ("ConnID", "1"),
+            ("Name", "aa:00:00:00:00:02"),
+            ("NickName", "h"),
+            ("PeerNameFlavour", "mac"),
+            ("UID", "2"),
+        ];
+        let mut f = features(&base);
+        f.remove("UID");
+        assert!(parse_features(&f).unwrap_err().contains("UID"));
+        let mut f = features(&base);
+        f.insert("PeerNameFlavour".into(), "numeric".into());
+        assert!(parse_features(&f).unwrap_err().contains("flavour"));
+        let mut f = features(&base);
+        f.insert("ShortID".into(), "4096".into());
+        assert!(parse_features(&f).unwrap_err().contains("ShortID"));
+        let mut f = features(&base);
+        f.insert("Name".into(), "not-a-name".into());
+        assert!(parse_features(&f).unwrap_err().contains("Name"));
+    }
+
+    #[test]
+    fn fnv_matches_reference_values() {
+        assert_eq!(fnv1a(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a(b"a"), 0xaf63dc4c8601ec8c);
     }
 }

@@ -1,0 +1,462 @@
+//! The peer table and Weave's topology merge rule.
+//!
+//! Every peer's entry (name, UID, version, short id, its connections) travels in topology
+//! gossip. An entry replaces ours when it has the higher (version, UID), or the same with a
+//! short id where ours had none. Updates about an older incarnation of ourself make us bump
+//! our own version beyond theirs, so that our current entry wins everywhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::ids::{PeerName, PeerUid, ShortId};
+use crate::wire::mesh::{ConnectionSummary, PeerSummary, TopologyEntry};
+
+/// A connection as a peer gossips it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConn {
+    /// The remote TCP address as the owner sees it.
+    pub remote_tcp_addr: String,
+    /// Whether the owner dialled.
+    pub outbound: bool,
+    /// Whether the owner counts it as established.
+    pub established: bool,
+}
+
+/// One peer's entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its name.
+    pub name: PeerName,
+    /// Its nickname.
+    pub nickname: String,
+    /// Its process UID.
+    pub uid: PeerUid,
+    /// Its topology version.
+    pub version: u64,
+    /// Its short id.
+    pub short_id: ShortId,
+    /// Whether `short_id` is meaningful.
+    pub has_short_id: bool,
+    /// Its connections, by remote peer.
+    pub conns: BTreeMap<PeerName, PeerConn>,
+    /// How many of our own connections refer to this peer (keeps it from collection).
+    pub local_refs: usize,
+}
+
+impl Peer {
+    /// A peer known only by name (referenced by someone's connection).
+    fn placeholder(name: PeerName) -> Self {
+        Peer {
+            name,
+            nickname: String::new(),
+            uid: PeerUid(0),
+            version: 0,
+            short_id: ShortId(0),
+            has_short_id: false,
+            conns: BTreeMap::new(),
+            local_refs: 0,
+        }
+    }
+
+    fn from_summary(s: &PeerSummary) -> Self {
+        Peer {
+            name: s.name,
+            nickname: s.nickname.clone(),
+            uid: PeerUid(s.uid),
+            version: s.version,
+            short_id: ShortId(s.short_id),
+            has_short_id: s.has_short_id,
+            conns: BTreeMap::new(),
+            local_refs: 0,
+        }
+    }
+
+    /// The gossip form of this entry.
+    pub fn to_entry(&self) -> TopologyEntry {
+        let summary = PeerSummary {
+            name: self.name,
+            nickname: self.nickname.clone(),
+            uid: self.uid.0,
+            version: self.version,
+            short_id: self.short_id.0,
+            has_short_id: self.has_short_id,
+        };
+        let conns = self
+            .conns
+            .iter()
+            .map(|(name, c)| ConnectionSummary {
+                name: *name,
+                remote_tcp_addr: c.remote_tcp_addr.clone(),
+                outbound: c.outbound,
+                established: c.established,
+            })
+            .collect();
+        (summary, conns)
+    }
+
+    /// Whether `self` should be replaced by `newer` under Weave's merge rule.
+    fn superseded_by(&self, newer: &PeerSummary) -> bool {
+        if newer.version != self.version {
+            return newer.version > self.version;
+        }
+        if newer.uid != self.uid.0 {
+            return newer.uid > self.uid.0;
+        }
+        newer.has_short_id && !self.has_short_id
+    }
+}
+
+/// What applying an update changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UpdateOutcome {
+    /// Peers whose entry improved (worth relaying onwards).
+    pub improved: BTreeSet<PeerName>,
+    /// Peers newly added to the table.
+    pub added: BTreeSet<PeerName>,
+    /// Whether our own entry changed (version bump or new short id).
+    pub ourself_changed: bool,
+}
+
+/// Why an update was refused as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyError {
+    /// The payload is not a valid topology gossip stream.
+    #[error("malformed topology update: {0}")]
+    Malformed(#[from] crate::wire::mesh::WireError),
+}
+
+/// The peer table, ourself included.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    ourself: PeerName,
+    peers: BTreeMap<PeerName, Peer>,
+}
+
+impl Topology {
+    /// A table holding only ourself.
+    pub fn new(ourself: Peer) -> Self {
+        let name = ourself.name;
+        let mut peers = BTreeMap::new();
+        peers.insert(name, ourself);
+        Topology {
+            ourself: name,
+            peers,
+        }
+    }
+
+    /// Our name.
+    pub fn our_name(&self) -> PeerName {
+        self.ourself
+    }
+
+    /// Our own entry.
+    pub fn ourself(&self) -> &Peer {
+        &self.peers[&self.ourself]
+    }
+
+    /// Our own entry, for local changes (the caller bumps the version).
+    pub fn ourself_mut(&mut self) -> &mut Peer {
+        self.peers
+            .get_mut(&self.ourself)
+            .expect("ourself is always in the table")
+    }
+
+    /// A peer's entry.
+    pub fn get(&self, name: PeerName) -> Option<&Peer> {
+        self.peers.get(&name)
+    }
+
+    /// Every entry, in name order.
+    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.values()
+    }
+
+    /// Number of peers, ourself included.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Always false: ourself is in the table.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// All peer names.
+    pub fn names(&self) -> BTreeSet<PeerName> {
+        self.peers.keys().copied().collect()
+    }
+
+    /// Takes a reference on a peer for one of our connections, adding it if unknown.
+    /// Returns the UID we knew it by (`None` if it is new).
+    pub fn add_local_ref(&mut self, summary: &PeerSummary) -> Option<PeerUid> {
+        match self.peers.get_mut(&summary.name) {
+            Some(p) => {
+                p.local_refs += 1;
+                Some(p.uid)
+            }
+            None => {
+                let mut p = Peer::from_summary(summary);
+                p.local_refs = 1;
+                self.peers.insert(p.name, p);
+                None
+            }
+        }
+    }
+
+    /// Drops a reference taken by [`Topology::add_local_ref`].
+    pub fn release_local_ref(&mut self, name: PeerName) {
+        if let Some(p) = self.peers.get_mut(&name) {
+            p.local_refs = p.local_refs.saturating_sub(1);
+        }
+    }
+
+    /// Encodes the entries of `names` (those still known) as a topology gossip payload.
+    pub fn encode(&self, names: &BTreeSet<PeerName>) -> Vec<u8> {
+        let entries: Vec<TopologyEntry> = names
+            .iter()
+            .filter_map(|n| self.peers.get(n))
+            .map(Peer::to_entry)
+            .collect();
+        crate::wire::mesh::encode_topology(&entries)
+    }
+
+    /// Applies a received topology payload; `pick_short_id` chooses a fresh short id for us
+    /// when another peer wins ours.
+    pub fn apply_update(
+        &mut self,
+        payload: &[u8],
+        pick_short_id: &mut dyn FnMut(&BTreeSet<ShortId>) -> ShortId,
+    ) -> Result<UpdateOutcome, TopologyError> {
+        let entries = crate::wire::mesh::decode_topology(payload)?;
+        Ok(self.apply_entries(&entries, pick_short_id))
+    }
+
+    /// Applies decoded entries (see [`Topology::apply_update`]).
+    pub fn apply_entries(
+        &mut self,
+        entries: &[TopologyEntry],
+        pick_short_id: &mut dyn FnMut(&BTreeSet<ShortId>) -> ShortId,
+    ) -> UpdateOutcome {
+        let mut out = UpdateOutcome::default();
+        // New peers first, then placeholders for peers only referenced by connections,
+        // so that every connection in the update can point at a known peer.
+        for (summary, _) in entries {
+            if !self.peers.contains_key(&summary.name) {
+                let mut p = Peer::from_summary(summary);
+                // A fresh entry loses to the real one below so that its connections get set.
+                p.version = 0;
+                p.uid = PeerUid(0);
+                p.has_short_id = false;
+                self.peers.insert(p.name, p);
+                out.added.insert(summary.name);
+            }
+        }
+        for (_, conns) in entries {
+            for c in conns {
+                if let std::collections::btree_map::Entry::Vacant(v) = self.peers.entry(c.name) {
+                    v.insert(Peer::placeholder(c.name));
+                    out.added.insert(c.name);
+                }
+            }
+        }
+        for (summary, conns) in entries {
+            if summary.name == self.ourself {
+                let me = self.ourself_mut();
+                if summary.uid != me.uid.0 && summary.version >= me.version {
+                    // An older incarnation of ourself is still gossiped: supersede it.
+                    me.version = summary.version + 1;
+                    out.ourself_changed = true;
+                }
+                continue;
+            }
+            let is_new = out.added.contains(&summary.name);
+            let peer = self.peers.get_mut(&summary.name).expect("inserted above");
+            if !is_new && !peer.superseded_by(summary) {
+                continue;
+            }
+            peer.nickname = summary.nickname.clone();
+            peer.uid = PeerUid(summary.uid);
+            peer.version = summary.version;
+            peer.short_id = ShortId(summary.short_id);
+            peer.has_short_id = summary.has_short_id;
+            peer.conns = conns
+                .iter()
+                .map(|c| {
+                    (
+                        c.name,
+                        PeerConn {
+                            remote_tcp_addr: c.remote_tcp_addr.clone(),
+                            outbound: c.outbound,
+                            established: c.established,
+                        },
+                    )
+                })
+                .collect();
+            out.improved.insert(summary.name);
+        }
+        if self.resolve_short_id_clash(pick_short_id) {
+            out.ourself_changed = true;
+        }
+        out
+    }
+
+    /// When another peer holds our short id and has the lower name, it keeps it and we take
+    /// an unused one. Returns whether ours changed.
+    fn resolve_short_id_clash(
+        &mut self,
+        pick_short_id: &mut dyn FnMut(&BTreeSet<ShortId>) -> ShortId,
+    ) -> bool {
+        let me = self.ourself();
+        let ours = me.short_id;
+        let clash = self
+            .peers
+            .values()
+            .any(|p| p.name != self.ourself && p.has_short_id && p.short_id == ours && p.name < self.ourself);
+        if !clash {
+            return false;
+        }
+        let used: BTreeSet<ShortId> = self
+            .peers
+            .values()
+            .filter(|p| p.has_short_id && p.name != self.ourself)
+            .map(|p| p.short_id)
+            .collect();
+        let fresh = pick_short_id(&used);
+        let me = self.ourself_mut();
+        me.short_id = fresh;
+        me.has_short_id = true;
+        me.version += 1;
+        true
+    }
+
+    /// Removes peers we can no longer reach over any gossiped connection and that none of
+    /// our connections refers to. Returns the removed names.
+    pub fn garbage_collect(&mut self) -> BTreeSet<PeerName> {
+        let reached = crate::mesh::routes::reachable(self, self.ourself, false);
+        let removed: BTreeSet<PeerName> = self
+            .peers
+            .values()
+            .filter(|p| p.local_refs == 0 && !reached.contains(&p.name))
+            .map(|p| p.name)
+            .collect();
+        for name in &removed {
+            self.peers.remove(name);
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(n: u64) -> PeerName {
+        PeerName::from_u64(n).unwrap()
+    }
+
+    fn me() -> Peer {
+        Peer {
+            name: name(1),
+            nickname: "one".into(),
+            uid: PeerUid(100),
+            version: 1,
+            short_id: ShortId(7),
+            has_short_id: true,
+            conns: BTreeMap::new(),
+            local_refs: 0,
+        }
+    }
+
+    fn summary(n: u64, uid: u64, version: u64, short_id: u16) -> PeerSummary {
+        PeerSummary {
+            name: name(n),
+            nickname: format!("p{n}"),
+            uid,
+            version,
+            short_id,
+            has_short_id: true,
+        }
+    }
+
+    fn conn(n: u64) -> ConnectionSummary {
+        ConnectionSummary {
+            name: name(n),
+            remote_tcp_addr: format!("10.0.0.{n}:6783"),
+            outbound: true,
+            established: true,
+        }
+    }
+
+    fn no_pick(_: &BTreeSet<ShortId>) -> ShortId {
+        panic!("no short id clash expected")
+    }
+
+    #[test]
+    fn higher_version_wins_and_lower_is_ignored() {
+        let mut t = Topology::new(me());
+        t.ourself_mut().conns.insert(
+            name(2),
+            PeerConn { remote_tcp_addr: "x".into(), outbound: true, established: true },
+        );
+        t.add_local_ref(&summary(2, 5, 0, 9));
+        let out = t.apply_entries(&[(summary(2, 5, 3, 9), vec![conn(1)])], &mut no_pick);
+        assert!(out.improved.contains(&name(2)));
+        let out = t.apply_entries(&[(summary(2, 5, 2, 9), vec![])], &mut no_pick);
+        assert!(out.improved.is_empty());
+        assert_eq!(t.get(name(2)).unwrap().conns.len(), 1);
+    }
+
+    #[test]
+    fn same_version_higher_uid_wins() {
+        let mut t = Topology::new(me());
+        t.add_local_ref(&summary(2, 5, 0, 9));
+        t.apply_entries(&[(summary(2, 5, 3, 9), vec![])], &mut no_pick);
+        let out = t.apply_entries(&[(summary(2, 6, 3, 9), vec![])], &mut no_pick);
+        assert!(out.improved.contains(&name(2)));
+        assert_eq!(t.get(name(2)).unwrap().uid, PeerUid(6));
+    }
+
+    #[test]
+    fn old_incarnation_of_ourself_makes_us_bump_version() {
+        let mut t = Topology::new(me());
+        let out = t.apply_entries(&[(summary(1, 99, 10, 7), vec![])], &mut no_pick);
+        assert!(out.ourself_changed);
+        assert_eq!(t.ourself().version, 11);
+        assert_eq!(t.ourself().uid, PeerUid(100));
+    }
+
+    #[test]
+    fn unreachable_peers_are_collected_and_referenced_ones_kept() {
+        let mut t = Topology::new(me());
+        // 3 is known only through 2's connections; nobody connects us to 2.
+        t.apply_entries(&[(summary(2, 5, 1, 9), vec![conn(3)])], &mut no_pick);
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.garbage_collect(), [name(2), name(3)].into_iter().collect());
+        assert_eq!(t.len(), 1);
+        // With a local reference and our connection to 2, both stay.
+        t.add_local_ref(&summary(2, 5, 0, 9));
+        t.ourself_mut().conns.insert(
+            name(2),
+            PeerConn { remote_tcp_addr: "x".into(), outbound: true, established: true },
+        );
+        t.apply_entries(&[(summary(2, 5, 1, 9), vec![conn(3)])], &mut no_pick);
+        assert!(t.garbage_collect().is_empty());
+        assert_eq!(t.len(), 3);
+        assert!(t.get(name(3)).unwrap().conns.is_empty());
+    }
+
+    #[test]
+    fn short_id_clash_with_lower_name_moves_us() {
+        let mut me_high = me();
+        me_high.name = name(5);
+        let mut t = Topology::new(me_high);
+        t.add_local_ref(&summary(2, 5, 0, 7));
+        let mut picked = false;
+        let out = t.apply_entries(&[(summary(2, 5, 1, 7), vec![])], &mut |used| {
+            picked = true;
+            assert!(used.contains(&ShortId(7)));
+            ShortId(8)
+        });
+        assert!(picked && out.ourself_changed);
+        assert_eq!(t.ourself().short_id, ShortId(8));
+    }
+}

@@ -1,0 +1,387 @@
+//! A deterministic network simulator for [`Mesh`]: peers on a virtual clock, TCP-like
+//! links with latency and in-order delivery, message loss and partitions.
+
+#![allow(dead_code)]
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use weave_router::ids::{PeerName, PeerUid};
+use weave_router::mesh::{Command, ConnKey, Mesh, MeshConfig};
+
+/// Index of a simulated peer.
+pub type Idx = usize;
+
+/// One end of a link: which peer, which of its connection keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct End {
+    pub peer: Idx,
+    pub key: ConnKey,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Timer(Idx),
+    Connect { from: End, to: Idx },
+    DialFailed { from: End, why: &'static str },
+    Data { to: End, bytes: Vec<u8> },
+    Closed { to: End },
+}
+
+pub struct SimPeer {
+    pub mesh: Option<Mesh>,
+    pub addr: SocketAddr,
+    pub name: PeerName,
+    pub log: Vec<String>,
+    timer_at: Option<Duration>,
+}
+
+/// The simulated world.
+pub struct Sim {
+    pub base: Instant,
+    pub now: Duration,
+    pub peers: Vec<SimPeer>,
+    rng: ChaCha8Rng,
+    queue: BinaryHeap<Reverse<(Duration, u64)>>,
+    events: BTreeMap<u64, Ev>,
+    seq: u64,
+    links: BTreeMap<End, End>,
+    last_delivery: BTreeMap<End, Duration>,
+    /// Probability that a sent message is lost.
+    pub loss: f64,
+    /// Peers on side A of a partition (None: no partition).
+    pub partition: Option<BTreeSet<Idx>>,
+    pub latency: (u64, u64),
+    pub messages: u64,
+    pub bytes: u64,
+    pub keep_logs: bool,
+}
+
+pub fn peer_name(i: Idx) -> PeerName {
+    PeerName::from_u64(0x0200_0000_0000 + i as u64 + 1).unwrap()
+}
+
+pub fn peer_addr(i: Idx) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 1, (i >> 8) as u8, (i & 255) as u8), 6783))
+}
+
+impl Sim {
+    pub fn new(seed: u64) -> Self {
+        Sim {
+            base: Instant::now(),
+            now: Duration::ZERO,
+            peers: Vec::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            seq: 0,
+            links: BTreeMap::new(),
+            last_delivery: BTreeMap::new(),
+            loss: 0.0,
+            partition: None,
+            latency: (1, 10),
+            messages: 0,
+            bytes: 0,
+            keep_logs: true,
+        }
+    }
+
+    pub fn config(i: Idx, discovery: bool) -> MeshConfig {
+        MeshConfig {
+            name: peer_name(i),
+            nickname: format!("peer{i}"),
+            uid: PeerUid(0),
+            port: 6783,
+            conn_limit: 200,
+            discovery,
+            overlays: vec!["sleeve".into()],
+        }
+    }
+
+    /// Adds a peer (its UID drawn from the simulator's seed) and returns its index.
+    pub fn add_peer(&mut self, mut config: MeshConfig) -> Idx {
+        let i = self.peers.len();
+        let addr = peer_addr(i);
+        self.peers.push(SimPeer { mesh: None, addr, name: config.name, log: Vec::new(), timer_at: None });
+        config.uid = PeerUid(self.rng.gen());
+        self.start_peer(i, config);
+        i
+    }
+
+    /// (Re)starts a peer's process with `config`.
+    pub fn start_peer(&mut self, i: Idx, mut config: MeshConfig) {
+        if config.uid == PeerUid(0) {
+            config.uid = PeerUid(self.rng.gen());
+        }
+        self.peers[i].name = config.name;
+        let seed = self.rng.gen();
+        self.peers[i].mesh = Some(Mesh::new(config, seed, self.instant()));
+        self.after_call(i);
+    }
+
+    /// Kills a peer's process: every link of it closes at once (the kernel resets them).
+    pub fn kill_peer(&mut self, i: Idx) {
+        self.peers[i].mesh = None;
+        let ends: Vec<(End, End)> = self.links.iter().filter(|(a, _)| a.peer == i).map(|(a, b)| (*a, *b)).collect();
+        for (a, b) in ends {
+            self.links.remove(&a);
+            self.links.remove(&b);
+            let at = self.now + self.latency();
+            self.push(at, Ev::Closed { to: b });
+        }
+    }
+
+    pub fn instant(&self) -> Instant {
+        self.base + self.now
+    }
+
+    pub fn mesh(&self, i: Idx) -> &Mesh {
+        self.peers[i].mesh.as_ref().expect("peer is running")
+    }
+
+    pub fn connect(&mut self, i: Idx, targets: &[Idx]) {
+        let addrs: Vec<SocketAddr> = targets.iter().map(|t| self.peers[*t].addr).collect();
+        let now = self.instant();
+        if let Some(m) = self.peers[i].mesh.as_mut() {
+            m.connect(&addrs, false, now);
+        }
+        self.after_call(i);
+    }
+
+    fn latency(&mut self) -> Duration {
+        Duration::from_millis(self.rng.gen_range(self.latency.0..=self.latency.1))
+    }
+
+    fn push(&mut self, at: Duration, ev: Ev) {
+        self.seq += 1;
+        self.events.insert(self.seq, ev);
+        self.queue.push(Reverse((at, self.seq)));
+    }
+
+    fn cut(&self, a: Idx, b: Idx) -> bool {
+        match &self.partition {
+            Some(side) => side.contains(&a) != side.contains(&b),
+            None => false,
+        }
+    }
+
+    /// Drains a peer's commands and logs, and arms its timer.
+    fn after_call(&mut self, i: Idx) {
+        let Some(m) = self.peers[i].mesh.as_mut() else {
+            return;
+        };
+        let mut cmds = Vec::new();
+        while let Some(c) = m.poll_command() {
+            cmds.push(c);
+        }
+        while let Some(e) = m.poll_event() {
+            if self.keep_logs {
+                self.peers[i].log.push(format!("{:?} {}", self.now, e));
+            }
+        }
+        let next = m.poll_timeout().map(|t| t.saturating_duration_since(self.base).max(self.now));
+        for c in cmds {
+            match c {
+                Command::Dial { conn, addr } => {
+                    let from = End { peer: i, key: conn };
+                    let at = self.now + self.latency();
+                    let target = self.peers.iter().position(|p| p.addr == addr);
+                    match target {
+                        Some(t) if self.peers[t].mesh.is_some() && !self.cut(i, t) && t != i => {
+                            self.push(at, Ev::Connect { from, to: t })
+                        }
+                        Some(t) if t == i => self.push(at, Ev::Connect { from, to: t }),
+                        _ => self.push(at, Ev::DialFailed { from, why: "connect: connection refused" }),
+                    }
+                }
+                Command::Send { conn, bytes } => {
+                    let from = End { peer: i, key: conn };
+                    let Some(&to) = self.links.get(&from) else { continue };
+                    self.messages += 1;
+                    self.bytes += bytes.len() as u64;
+                    if self.cut(i, to.peer) || self.rng.gen_bool(self.loss) {
+                        continue;
+                    }
+                    let at = (self.now + self.latency()).max(*self.last_delivery.get(&to).unwrap_or(&Duration::ZERO));
+                    self.last_delivery.insert(to, at);
+                    self.push(at, Ev::Data { to, bytes });
+                }
+                Command::Close { conn } => {
+                    let from = End { peer: i, key: conn };
+                    let Some(to) = self.links.remove(&from) else { continue };
+                    self.links.remove(&to);
+                    if !self.cut(i, to.peer) {
+                        let at = (self.now + self.latency()).max(*self.last_delivery.get(&to).unwrap_or(&Duration::ZERO));
+                        self.push(at, Ev::Closed { to });
+                    }
+                }
+            }
+        }
+        if let Some(t) = next {
+            let p = &mut self.peers[i];
+            if p.timer_at.is_none_or(|old| t < old || old < self.now) {
+                p.timer_at = Some(t);
+                self.push(t, Ev::Timer(i));
+            }
+        }
+    }
+
+    /// Runs the world until virtual time `until`.
+    pub fn run_until(&mut self, until: Duration) {
+        while let Some(Reverse((at, seq))) = self.queue.peek().copied() {
+            if at > until {
+                break;
+            }
+            self.queue.pop();
+            self.now = at;
+            let ev = self.events.remove(&seq).expect("queued event");
+            self.dispatch(ev);
+        }
+        self.now = until;
+    }
+
+    /// Runs in steps of `step` until `done` holds (returns the time) or `limit` passes.
+    pub fn run_until_true(&mut self, step: Duration, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> Option<Duration> {
+        loop {
+            if done(self) {
+                return Some(self.now);
+            }
+            if self.now >= limit {
+                return None;
+            }
+            let next = self.now + step;
+            self.run_until(next);
+        }
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        let now = self.instant();
+        match ev {
+            Ev::Timer(i) => {
+                let p = &mut self.peers[i];
+                if p.timer_at == Some(self.now) {
+                    p.timer_at = None;
+                }
+                if let Some(m) = p.mesh.as_mut() {
+                    if m.poll_timeout().is_some_and(|t| t <= now) {
+                        m.handle_timeout(now);
+                    }
+                }
+                self.after_call(i);
+            }
+            Ev::Connect { from, to } => {
+                if self.peers[from.peer].mesh.is_none() {
+                    return;
+                }
+                if self.peers[to].mesh.is_none() || self.cut(from.peer, to) {
+                    self.peers[from.peer].mesh.as_mut().unwrap().handle_dial_failed(from.key, "connect: connection refused", now);
+                    self.after_call(from.peer);
+                    return;
+                }
+                let port = 40000 + (self.seq % 20000) as u16;
+                let mut remote = self.peers[from.peer].addr;
+                remote.set_port(port);
+                self.peers[from.peer].mesh.as_mut().unwrap().handle_dialed(from.key, now);
+                let key = self.peers[to].mesh.as_mut().unwrap().handle_accepted(remote, now);
+                let back = End { peer: to, key };
+                self.links.insert(from, back);
+                self.links.insert(back, from);
+                self.after_call(from.peer);
+                self.after_call(to);
+            }
+            Ev::DialFailed { from, why } => {
+                if let Some(m) = self.peers[from.peer].mesh.as_mut() {
+                    m.handle_dial_failed(from.key, why, now);
+                }
+                self.after_call(from.peer);
+            }
+            Ev::Data { to, bytes } => {
+                if !self.links.contains_key(&to) {
+                    return;
+                }
+                if let Some(m) = self.peers[to.peer].mesh.as_mut() {
+                    m.handle_data(to.key, &bytes, now);
+                }
+                self.after_call(to.peer);
+            }
+            Ev::Closed { to } => {
+                self.links.remove(&to);
+                if let Some(m) = self.peers[to.peer].mesh.as_mut() {
+                    m.handle_closed(to.key, "connection reset by peer", now);
+                }
+                self.after_call(to.peer);
+            }
+        }
+    }
+
+    /// Each running peer's view: name → (uid, version, connections with established flag).
+    pub fn view(&self, i: Idx) -> BTreeMap<PeerName, (u64, u64, BTreeMap<PeerName, bool>)> {
+        self.mesh(i)
+            .topology()
+            .peers()
+            .map(|p| (p.name, (p.uid.0, p.version, p.conns.iter().map(|(n, c)| (*n, c.established)).collect())))
+            .collect()
+    }
+
+    /// Whether every running peer holds the same topology.
+    pub fn agree(&self, who: &[Idx]) -> bool {
+        let mut views = who.iter().map(|i| self.view(*i));
+        let Some(first) = views.next() else { return true };
+        views.all(|v| v == first)
+    }
+
+    /// Undirected edges that both ends report as established, over running peers `who`.
+    pub fn established_edges(&self, who: &[Idx]) -> BTreeSet<(PeerName, PeerName)> {
+        let mut out = BTreeSet::new();
+        for i in who {
+            let m = self.mesh(*i);
+            let me = m.name();
+            let Some(p) = m.topology().get(me) else { continue };
+            for (n, c) in &p.conns {
+                if c.established {
+                    out.insert((me.min(*n), me.max(*n)));
+                }
+            }
+        }
+        // Keep only those both ends report.
+        let directed: BTreeSet<(PeerName, PeerName)> = who
+            .iter()
+            .flat_map(|i| {
+                let m = self.mesh(*i);
+                let me = m.name();
+                m.topology().get(me).unwrap().conns.iter().filter(|(_, c)| c.established).map(move |(n, _)| (me, *n)).collect::<Vec<_>>()
+            })
+            .collect();
+        out.into_iter().filter(|(a, b)| directed.contains(&(*a, *b)) && directed.contains(&(*b, *a))).collect()
+    }
+
+    pub fn dump_logs(&self, i: Idx) -> String {
+        self.peers[i].log.join("\n")
+    }
+}
+
+/// Plain BFS distances over an undirected graph.
+pub fn bfs(edges: &BTreeSet<(PeerName, PeerName)>, start: PeerName) -> BTreeMap<PeerName, usize> {
+    let mut adj: BTreeMap<PeerName, Vec<PeerName>> = BTreeMap::new();
+    for (a, b) in edges {
+        adj.entry(*a).or_default().push(*b);
+        adj.entry(*b).or_default().push(*a);
+    }
+    let mut dist = BTreeMap::new();
+    dist.insert(start, 0);
+    let mut q = VecDeque::from([start]);
+    while let Some(cur) = q.pop_front() {
+        let d = dist[&cur];
+        for n in adj.get(&cur).into_iter().flatten() {
+            if !dist.contains_key(n) {
+                dist.insert(*n, d + 1);
+                q.push_back(*n);
+            }
+        }
+    }
+    dist
+}
