@@ -1,1 +1,484 @@
-//! Launch configuration.
+//! Launch configuration: `weave-router launch` flags and the environment the DaemonSet sets.
+//!
+//! Parsing is pure: [`Config::resolve`] takes the parsed flags, a map of environment
+//! variables and the host's identity, so every rule (defaults, precedence, validation) is
+//! unit-tested without touching the real environment. Flags win over the environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::ids::PeerName;
+
+/// Default TCP/UDP port of the mesh.
+pub const DEFAULT_PORT: u16 = 6783;
+/// Default address of the HTTP control API.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:6784";
+/// Default address of the Prometheus metrics endpoint.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:6782";
+/// Default most connections kept (Weave's `--conn-limit`).
+pub const DEFAULT_CONN_LIMIT: usize = 200;
+
+/// Flags of `weave-router launch`, as the command line gives them (values still unchecked).
+///
+/// Values are taken as strings so that a bad flag and a bad environment variable are
+/// refused by the same code with the same kind of message.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LaunchArgs {
+    /// Our peer name, six hex octets like aa:00:00:00:00:01 (default: derived from
+    /// /etc/machine-id, or the host name). Env: WEAVE_NAME.
+    #[arg(long, value_name = "MAC")]
+    pub name: Option<String>,
+    /// Our nickname in status output (default: the host name). Env: WEAVE_NICKNAME.
+    #[arg(long, value_name = "NAME")]
+    pub nickname: Option<String>,
+    /// TCP and UDP port of the mesh [default: 6783]. Env: WEAVE_PORT.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<String>,
+    /// Loopback address of the HTTP control API, or "" for none [default: 127.0.0.1:6784].
+    /// Env: WEAVE_HTTP_ADDR (or WEAVE_STATUS_ADDR).
+    #[arg(long, value_name = "ADDR")]
+    pub http_addr: Option<String>,
+    /// Address of the Prometheus metrics endpoint, or "" for none
+    /// [default: 127.0.0.1:6782]. Env: WEAVE_METRICS_ADDR.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+    /// Most peer connections kept; 0 for no limit [default: 200]. Env: CONN_LIMIT.
+    #[arg(long, value_name = "N")]
+    pub conn_limit: Option<String>,
+    /// Do not dial peers learned from gossip. Env: WEAVE_NO_DISCOVERY.
+    #[arg(long)]
+    pub no_discovery: bool,
+    /// Peers to connect to: host or host:port, IPv4/IPv6 literals or names. Env: KUBE_PEERS
+    /// (separated by spaces or commas).
+    #[arg(value_name = "PEER")]
+    pub peers: Vec<String>,
+}
+
+/// Facts about the host that feed the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostInfo {
+    /// The host name (default nickname; fallback seed of the peer name).
+    pub hostname: String,
+    /// Contents of /etc/machine-id, if readable and non-empty.
+    pub machine_id: Option<String>,
+}
+
+impl HostInfo {
+    /// Reads the host name and machine id of this machine.
+    pub fn read() -> Self {
+        let read_trimmed = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
+        let hostname = read_trimmed("/proc/sys/kernel/hostname")
+            .or_else(|| read_trimmed("/etc/hostname"))
+            .unwrap_or_else(|| "localhost".to_string());
+        let machine_id = read_trimmed("/etc/machine-id");
+        HostInfo {
+            hostname,
+            machine_id,
+        }
+    }
+}
+
+/// A peer address as configured: an IP literal, or a name resolved when the daemon starts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PeerAddr {
+    /// An IP address and port.
+    Ip(SocketAddr),
+    /// A host name and port, to resolve.
+    Host {
+        /// The host name.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddr::Ip(addr) => write!(f, "{addr}"),
+            PeerAddr::Host { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// Why a peer address is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad peer address '{0}'")]
+pub struct BadPeerAddr(pub String);
+
+impl PeerAddr {
+    /// Parses `host`, `host:port`, `ip`, `ip:port`, `ipv6`, `[ipv6]` or `[ipv6]:port`;
+    /// `default_port` fills a missing port.
+    pub fn parse(s: &str, default_port: u16) -> Result<Self, BadPeerAddr> {
+        let bad = || BadPeerAddr(s.to_string());
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(PeerAddr::Ip(addr));
+        }
+        // A bare IPv6 literal has colons but no port.
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(PeerAddr::Ip(SocketAddr::new(ip, default_port)));
+        }
+        if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            let ip: std::net::Ipv6Addr = inner.parse().map_err(|_| bad())?;
+            return Ok(PeerAddr::Ip(SocketAddr::new(IpAddr::V6(ip), default_port)));
+        }
+        let (host, port) = match s.split_once(':') {
+            None => (s, default_port),
+            Some((host, port)) => {
+                let port = parse_port(port).ok_or_else(bad)?;
+                (host, port)
+            }
+        };
+        if !is_host_name(host) {
+            return Err(bad());
+        }
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(PeerAddr::Ip(SocketAddr::new(ip, port)));
+        }
+        Ok(PeerAddr::Host {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// The daemon's whole configuration, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Our peer name.
+    pub name: PeerName,
+    /// Our nickname.
+    pub nickname: String,
+    /// Mesh port (TCP and UDP).
+    pub port: u16,
+    /// Where the HTTP API listens (always loopback); `None` to serve none.
+    pub http_addr: Option<SocketAddr>,
+    /// Where metrics are served; `None` to serve none.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Most connections kept; 0 means no limit.
+    pub conn_limit: usize,
+    /// Whether addresses learned from gossip are dialled.
+    pub discovery: bool,
+    /// Initial peers (flags first, then KUBE_PEERS), without duplicates.
+    pub peers: Vec<PeerAddr>,
+}
+
+/// Why the launch configuration is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag or variable has a value of the wrong form.
+    #[error("invalid value '{value}' for '{source_name}': {reason}")]
+    InvalidValue {
+        /// The flag (`--port`) or variable (`WEAVE_PORT`) that carried it.
+        source_name: String,
+        /// The value given.
+        value: String,
+        /// What was expected.
+        reason: String,
+    },
+    /// The HTTP API address is not a loopback address.
+    #[error(
+        "refusing '{source_name}' = {addr}: the HTTP API is unauthenticated, so it must listen \
+         on a loopback address (127.0.0.1 or ::1)"
+    )]
+    NonLoopbackHttp {
+        /// The flag or variable that carried it.
+        source_name: String,
+        /// The address given.
+        addr: SocketAddr,
+    },
+    /// A peer address is malformed.
+    #[error("{source_name}: {error}")]
+    BadPeer {
+        /// `KUBE_PEERS` or `peer argument`.
+        source_name: String,
+        /// The malformed address.
+        error: BadPeerAddr,
+    },
+}
+
+/// A value and where it came from, for error messages.
+struct Sourced<'a> {
+    value: &'a str,
+    source_name: String,
+}
+
+impl Config {
+    /// Combines flags, environment and host facts into a checked configuration.
+    pub fn resolve<'a>(
+        args: &'a LaunchArgs,
+        env: &'a BTreeMap<String, String>,
+        host: &HostInfo,
+    ) -> Result<Config, ConfigError> {
+        let pick = |flag: &'a Option<String>, flag_name: &str, vars: &[&str]| {
+            pick_source(flag, flag_name, vars, env)
+        };
+
+        let name = match pick(&args.name, "name", &["WEAVE_NAME"]) {
+            Some(s) => s
+                .value
+                .parse::<PeerName>()
+                .map_err(|_| ConfigError::InvalidValue {
+                    source_name: s.source_name,
+                    value: s.value.to_string(),
+                    reason: "expected six hex octets like aa:00:00:00:00:01".to_string(),
+                })?,
+            None => default_peer_name(host.machine_id.as_deref().unwrap_or(&host.hostname)),
+        };
+
+        let nickname = match pick(&args.nickname, "nickname", &["WEAVE_NICKNAME"]) {
+            Some(s) if s.value.is_empty() => host.hostname.clone(),
+            Some(s) => s.value.to_string(),
+            None => host.hostname.clone(),
+        };
+
+        let port = match pick(&args.port, "port", &["WEAVE_PORT"]) {
+            Some(s) => parse_port(s.value).ok_or_else(|| ConfigError::InvalidValue {
+                source_name: s.source_name,
+                value: s.value.to_string(),
+                reason: "expected a port number from 1 to 65535".to_string(),
+            })?,
+            None => DEFAULT_PORT,
+        };
+
+        let http_addr = match pick(
+            &args.http_addr,
+            "http-addr",
+            &["WEAVE_HTTP_ADDR", "WEAVE_STATUS_ADDR"],
+        ) {
+            Some(s) => {
+                let addr = parse_listen_addr(&s)?;
+                if let Some(addr) = addr {
+                    if !addr.ip().is_loopback() {
+                        return Err(ConfigError::NonLoopbackHttp {
+                            source_name: s.source_name,
+                            addr,
+                        });
+                    }
+                }
+                addr
+            }
+            None => Some(DEFAULT_HTTP_ADDR.parse().expect("constant address")),
+        };
+
+        let metrics_addr = match pick(&args.metrics_addr, "metrics-addr", &["WEAVE_METRICS_ADDR"]) {
+            Some(s) => parse_listen_addr(&s)?,
+            None => Some(DEFAULT_METRICS_ADDR.parse().expect("constant address")),
+        };
+
+        let conn_limit = match pick(&args.conn_limit, "conn-limit", &["CONN_LIMIT"]) {
+            Some(s) => s
+                .value
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| ConfigError::InvalidValue {
+                    source_name: s.source_name,
+                    value: s.value.to_string(),
+                    reason: "expected a number of connections (0 for no limit)".to_string(),
+                })?,
+            None => DEFAULT_CONN_LIMIT,
+        };
+
+        let discovery = if args.no_discovery {
+            false
+        } else {
+            match env.get("WEAVE_NO_DISCOVERY") {
+                Some(v) => !parse_bool("WEAVE_NO_DISCOVERY", v)?,
+                None => true,
+            }
+        };
+
+        let mut peers: Vec<PeerAddr> = Vec::new();
+        for p in &args.peers {
+            let addr = PeerAddr::parse(p, port).map_err(|error| ConfigError::BadPeer {
+                source_name: "peer argument".to_string(),
+                error,
+            })?;
+            push_unique(&mut peers, addr);
+        }
+        if let Some(list) = env.get("KUBE_PEERS") {
+            for p in split_peer_list(list) {
+                let addr = PeerAddr::parse(p, port).map_err(|error| ConfigError::BadPeer {
+                    source_name: "KUBE_PEERS".to_string(),
+                    error,
+                })?;
+                push_unique(&mut peers, addr);
+            }
+        }
+
+        Ok(Config {
+            name,
+            nickname,
+            port,
+            http_addr,
+            metrics_addr,
+            conn_limit,
+            discovery,
+            peers,
+        })
+    }
+}
+
+/// The flag's value if given, else the first of `vars` that is set.
+fn pick_source<'a>(
+    flag: &'a Option<String>,
+    flag_name: &str,
+    vars: &[&str],
+    env: &'a BTreeMap<String, String>,
+) -> Option<Sourced<'a>> {
+    if let Some(v) = flag {
+        return Some(Sourced {
+            value: v.as_str(),
+            source_name: format!("--{flag_name}"),
+        });
+    }
+    vars.iter().find_map(|var| {
+        env.get(*var).map(|v| Sourced {
+            value: v.as_str(),
+            source_name: (*var).to_string(),
+        })
+    })
+}
+
+/// A stable peer name from a machine id (or host name): FNV-1a, cut to 48 bits, marked as a
+/// locally administered unicast MAC so it cannot clash with a vendor-assigned one.
+pub fn default_peer_name(seed: &str) -> PeerName {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = FNV_OFFSET;
+    for b in seed.trim().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    // Fold the high bits in so all 64 bits of the hash count.
+    let v = (h ^ (h >> 48)) & PeerName::MAX;
+    let mut bytes = PeerName::from_u64(v).expect("masked to 48 bits").to_bytes();
+    bytes[0] = (bytes[0] | 0x02) & !0x01;
+    PeerName::from_bytes(bytes)
+}
+
+/// Splits a KUBE_PEERS value on spaces and commas.
+pub fn split_peer_list(s: &str) -> impl Iterator<Item = &str> {
+    s.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+}
+
+fn push_unique(peers: &mut Vec<PeerAddr>, addr: PeerAddr) {
+    if !peers.contains(&addr) {
+        peers.push(addr);
+    }
+}
+
+fn parse_port(s: &str) -> Option<u16> {
+    s.trim().parse::<u16>().ok().filter(|p| *p != 0)
+}
+
+/// An empty value means "do not listen".
+fn parse_listen_addr(s: &Sourced) -> Result<Option<SocketAddr>, ConfigError> {
+    if s.value.trim().is_empty() {
+        return Ok(None);
+    }
+    s.value
+        .trim()
+        .parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| ConfigError::InvalidValue {
+            source_name: s.source_name.clone(),
+            value: s.value.to_string(),
+            reason: "expected ip:port, like 127.0.0.1:6784 or [::1]:6784".to_string(),
+        })
+}
+
+fn parse_bool(source_name: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::InvalidValue {
+            source_name: source_name.to_string(),
+            value: v.to_string(),
+            reason: "expected true or false (1/0, yes/no)".to_string(),
+        }),
+    }
+}
+
+/// Letters, digits, '-', '_' and '.', not empty: what a DNS name (or IPv4 literal) can hold.
+fn is_host_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_name_is_stable_local_and_unicast() {
+        let a = default_peer_name("4c4c4544004a4b10804bb4c04f4d4e32");
+        let b = default_peer_name("4c4c4544004a4b10804bb4c04f4d4e32\n");
+        let c = default_peer_name("another-machine");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        for n in [a, c] {
+            let first = n.to_bytes()[0];
+            assert_eq!(first & 0x02, 0x02, "{n} must be locally administered");
+            assert_eq!(first & 0x01, 0x00, "{n} must be unicast");
+        }
+    }
+
+    #[test]
+    fn peer_addr_forms() {
+        let ip = |s: &str| PeerAddr::Ip(s.parse().unwrap());
+        assert_eq!(PeerAddr::parse("10.0.0.1", 6783), Ok(ip("10.0.0.1:6783")));
+        assert_eq!(
+            PeerAddr::parse("10.0.0.1:7000", 6783),
+            Ok(ip("10.0.0.1:7000"))
+        );
+        assert_eq!(PeerAddr::parse("fd00::1", 6783), Ok(ip("[fd00::1]:6783")));
+        assert_eq!(PeerAddr::parse("[fd00::1]", 6783), Ok(ip("[fd00::1]:6783")));
+        assert_eq!(PeerAddr::parse("[fd00::1]:9", 6783), Ok(ip("[fd00::1]:9")));
+        assert_eq!(
+            PeerAddr::parse("node-2.example", 6783),
+            Ok(PeerAddr::Host {
+                host: "node-2.example".into(),
+                port: 6783
+            })
+        );
+        assert_eq!(
+            PeerAddr::parse("node-2:1234", 6783),
+            Ok(PeerAddr::Host {
+                host: "node-2".into(),
+                port: 1234
+            })
+        );
+        for bad in [
+            "a:b:c",
+            "",
+            ":6783",
+            "host:",
+            "host:0",
+            "host:70000",
+            "[zz]",
+            "a b",
+        ] {
+            assert_eq!(
+                PeerAddr::parse(bad, 6783),
+                Err(BadPeerAddr(bad.to_string())),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn peer_list_splits_on_spaces_and_commas() {
+        let v: Vec<&str> = split_peer_list(" 10.0.0.1,10.0.0.2  10.0.0.3 ,\n").collect();
+        assert_eq!(v, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+    }
+}

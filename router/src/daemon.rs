@@ -1,1 +1,443 @@
-//! The daemon shell.
+//! The daemon shell: real sockets, clocks and randomness around the sans-IO [`Mesh`].
+//!
+//! One task owns the mesh. Every connection has a reader task (bytes in) and a writer task
+//! (bytes out, in order); they and the dialers talk to the owner over channels, and the
+//! HTTP handlers ask it for snapshots the same way. The owner feeds inputs to the mesh,
+//! then performs the commands it asks for, logs its events and sleeps until its next timer.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::api::{self, ApiRequest, ApiState};
+use crate::cli::http::io_reason;
+use crate::config::Config;
+use crate::ids::PeerUid;
+use crate::mesh::{Command, ConnKey, Mesh, MeshConfig};
+
+/// How long a dial may take before it counts as failed.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read from a connection at a time.
+const READ_CHUNK: usize = 64 * 1024;
+/// Events queued from I/O tasks to the owner before readers wait (backpressure).
+const IO_QUEUE: usize = 1024;
+/// How long shutdown waits for writers to flush and servers to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the router until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    info!("weave-router {}", api::VERSION);
+    info!("Our name is {}({})", config.name, config.nickname);
+
+    let mut initial = Vec::new();
+    for peer in &config.peers {
+        match api::resolve(peer).await {
+            Ok(addr) => initial.push(addr),
+            // A peer that does not resolve yet (a node still joining) must not stop us.
+            Err(e) => warn!("Ignoring initial peer {peer}: {e}"),
+        }
+    }
+    let shown: Vec<String> = config.peers.iter().map(|p| p.to_string()).collect();
+    info!("Using supplied peer list: [{}]", shown.join(" "));
+
+    let mesh_addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
+    let listener = TcpListener::bind(mesh_addr)
+        .await
+        .with_context(|| format!("cannot listen for peers on TCP {mesh_addr}"))?;
+    info!("Listening for peer connections on TCP {mesh_addr}");
+
+    let http_listener = match config.http_addr {
+        Some(addr) => Some((
+            addr,
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for HTTP control messages on {addr}"))?,
+        )),
+        None => None,
+    };
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some((
+            addr,
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics requests on {addr}"))?,
+        )),
+        None => None,
+    };
+
+    let now = Instant::now();
+    let mesh_config = MeshConfig {
+        name: config.name,
+        nickname: config.nickname.clone(),
+        uid: PeerUid(rand::random()),
+        port: config.port,
+        conn_limit: config.conn_limit,
+        discovery: config.discovery,
+        overlays: vec!["sleeve".to_string()],
+    };
+    let mut mesh = Mesh::new(mesh_config, rand::random(), now);
+    if !initial.is_empty() {
+        mesh.connect(&initial, false, now);
+    }
+
+    let (io_tx, io_rx) = mpsc::channel(IO_QUEUE);
+    let (api_tx, api_rx) = mpsc::channel(64);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let acceptor = tokio::spawn(accept_loop(listener, io_tx.clone()));
+    let state = ApiState {
+        requests: api_tx,
+        port: config.port,
+    };
+    let mut servers = Vec::new();
+    if let Some((addr, l)) = http_listener {
+        info!("Listening for HTTP control messages on {addr}");
+        servers.push(tokio::spawn(serve_until_stopped(
+            l,
+            api::router(state.clone()),
+            stop_rx.clone(),
+            "HTTP API",
+        )));
+    }
+    if let Some((addr, l)) = metrics_listener {
+        info!("Listening for metrics requests on {addr}");
+        servers.push(tokio::spawn(serve_until_stopped(
+            l,
+            api::metrics_router(state.clone()),
+            stop_rx.clone(),
+            "metrics",
+        )));
+    }
+    // The owner holds no sender of its own API channel, so it ends only on a signal.
+    drop(state);
+
+    let mut shell = Shell {
+        mesh,
+        conns: HashMap::new(),
+        dialing: HashMap::new(),
+        io_tx,
+    };
+    let signal = shell.run(io_rx, api_rx).await?;
+    info!("=== received {signal} ===");
+
+    acceptor.abort();
+    let _ = stop_tx.send(true);
+    let writers = shell.close_all();
+    let wait = async {
+        for w in writers {
+            let _ = w.await;
+        }
+        for s in servers {
+            let _ = s.await;
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, wait).await.is_err() {
+        warn!("Shutdown did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    info!("exiting");
+    Ok(())
+}
+
+/// Something an I/O task reports to the owner.
+#[derive(Debug)]
+enum IoEvent {
+    /// A peer connected to us.
+    Accepted(TcpStream, SocketAddr),
+    /// A dial finished.
+    Dialed(ConnKey, Result<TcpStream, String>),
+    /// Bytes arrived.
+    Data(ConnKey, Vec<u8>),
+    /// The connection ended (EOF or error text).
+    Closed(ConnKey, String),
+}
+
+/// What the owner tells a writer task.
+#[derive(Debug)]
+enum WriterMsg {
+    /// Write these bytes after the ones before.
+    Bytes(Vec<u8>),
+    /// Flush, send FIN and stop.
+    Close,
+}
+
+/// The I/O tasks of one open connection.
+struct ConnIo {
+    writer_tx: mpsc::UnboundedSender<WriterMsg>,
+    writer: JoinHandle<()>,
+    reader: JoinHandle<()>,
+}
+
+/// The task that owns the mesh.
+struct Shell {
+    mesh: Mesh,
+    conns: HashMap<ConnKey, ConnIo>,
+    dialing: HashMap<ConnKey, JoinHandle<()>>,
+    io_tx: mpsc::Sender<IoEvent>,
+}
+
+impl Shell {
+    /// Drives the mesh until a termination signal; returns the signal's name.
+    async fn run(
+        &mut self,
+        mut io_rx: mpsc::Receiver<IoEvent>,
+        mut api_rx: mpsc::Receiver<ApiRequest>,
+    ) -> anyhow::Result<&'static str> {
+        // The signal streams are made once so a signal between two loop turns is not lost.
+        let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        loop {
+            self.drain();
+            let deadline = self.mesh.poll_timeout();
+            let timer = async move {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                ev = io_rx.recv() => {
+                    // The acceptor holds a sender until shutdown, so None cannot come first.
+                    let Some(ev) = ev else { anyhow::bail!("I/O event channel closed") };
+                    self.handle_io(ev);
+                }
+                Some(req) = api_rx.recv() => self.handle_api(req),
+                () = timer => self.mesh.handle_timeout(Instant::now()),
+                _ = sigint.recv() => return Ok("SIGINT"),
+                _ = sigterm.recv() => return Ok("SIGTERM"),
+            }
+        }
+    }
+
+    fn handle_io(&mut self, ev: IoEvent) {
+        let now = Instant::now();
+        match ev {
+            IoEvent::Accepted(stream, remote) => {
+                info!("->[{remote}] connection accepted");
+                let conn = self.mesh.handle_accepted(remote, now);
+                self.start_io(conn, stream);
+            }
+            IoEvent::Dialed(conn, result) => {
+                // A dial the mesh has since closed is dropped here, stream and all.
+                if self.dialing.remove(&conn).is_none() {
+                    return;
+                }
+                match result {
+                    Ok(stream) => {
+                        self.start_io(conn, stream);
+                        self.mesh.handle_dialed(conn, now);
+                    }
+                    Err(e) => self.mesh.handle_dial_failed(conn, &e, now),
+                }
+            }
+            IoEvent::Data(conn, bytes) => {
+                // Data read before the mesh closed the connection is stale.
+                if self.conns.contains_key(&conn) {
+                    self.mesh.handle_data(conn, &bytes, now);
+                }
+            }
+            IoEvent::Closed(conn, reason) => {
+                // Both halves may report the same end; the mesh hears of it once.
+                let Some(io) = self.conns.remove(&conn) else {
+                    return;
+                };
+                io.reader.abort();
+                drop(io.writer_tx);
+                self.mesh.handle_closed(conn, &reason, now);
+            }
+        }
+    }
+
+    fn handle_api(&mut self, req: ApiRequest) {
+        let now = Instant::now();
+        match req {
+            ApiRequest::Status { reply } => {
+                let _ = reply.send(self.mesh.status(now));
+            }
+            ApiRequest::Connect {
+                addrs,
+                replace,
+                reply,
+            } => {
+                self.mesh.connect(&addrs, replace, now);
+                let _ = reply.send(());
+            }
+            ApiRequest::Forget { addrs, reply } => {
+                self.mesh.forget(&addrs, now);
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Performs every queued command and logs every queued event.
+    fn drain(&mut self) {
+        while let Some(cmd) = self.mesh.poll_command() {
+            self.execute(cmd);
+        }
+        while let Some(ev) = self.mesh.poll_event() {
+            if ev.warning {
+                warn!("{ev}");
+            } else {
+                info!("{ev}");
+            }
+        }
+    }
+
+    fn execute(&mut self, cmd: Command) {
+        match cmd {
+            Command::Dial { conn, addr } => {
+                let tx = self.io_tx.clone();
+                let task = tokio::spawn(async move {
+                    let result = dial(addr).await;
+                    let _ = tx.send(IoEvent::Dialed(conn, result)).await;
+                });
+                self.dialing.insert(conn, task);
+            }
+            Command::Send { conn, bytes } => {
+                // A send to a connection that has just ended is moot: the mesh hears of
+                // the end through `handle_closed`.
+                if let Some(io) = self.conns.get(&conn) {
+                    let _ = io.writer_tx.send(WriterMsg::Bytes(bytes));
+                }
+            }
+            Command::Close { conn } => {
+                if let Some(io) = self.conns.remove(&conn) {
+                    io.reader.abort();
+                    let _ = io.writer_tx.send(WriterMsg::Close);
+                } else if let Some(task) = self.dialing.remove(&conn) {
+                    task.abort();
+                }
+            }
+        }
+    }
+
+    fn start_io(&mut self, conn: ConnKey, stream: TcpStream) {
+        // Control messages are small and latency matters more than packing.
+        let _ = stream.set_nodelay(true);
+        let label = match (stream.local_addr(), stream.peer_addr()) {
+            (Ok(l), Ok(r)) => format!("{l}->{r}"),
+            _ => conn.to_string(),
+        };
+        let (rd, wr) = stream.into_split();
+        let (writer_tx, writer_rx) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_loop(conn, rd, label.clone(), self.io_tx.clone()));
+        let writer = tokio::spawn(write_loop(conn, wr, label, writer_rx, self.io_tx.clone()));
+        self.conns.insert(
+            conn,
+            ConnIo {
+                writer_tx,
+                writer,
+                reader,
+            },
+        );
+    }
+
+    /// Closes every connection and dial; returns the writers to wait for.
+    fn close_all(&mut self) -> Vec<JoinHandle<()>> {
+        for (_, task) in self.dialing.drain() {
+            task.abort();
+        }
+        self.conns
+            .drain()
+            .map(|(_, io)| {
+                io.reader.abort();
+                let _ = io.writer_tx.send(WriterMsg::Close);
+                io.writer
+            })
+            .collect()
+    }
+}
+
+async fn accept_loop(listener: TcpListener, tx: mpsc::Sender<IoEvent>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                if tx.send(IoEvent::Accepted(stream, remote)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // Usually out of file descriptors: pause rather than spin.
+                warn!("accepting a peer connection failed: {}", io_reason(&e));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn dial(addr: SocketAddr) -> Result<TcpStream, String> {
+    match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(format!("dial tcp {addr}: connect: {}", io_reason(&e))),
+        Err(_) => Err(format!(
+            "dial tcp {addr}: no answer within {}s",
+            DIAL_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+async fn read_loop(conn: ConnKey, mut rd: OwnedReadHalf, label: String, tx: mpsc::Sender<IoEvent>) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let reason = loop {
+        match rd.read(&mut buf).await {
+            Ok(0) => break "EOF".to_string(),
+            Ok(n) => {
+                if tx
+                    .send(IoEvent::Data(conn, buf[..n].to_vec()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => break format!("read tcp {label}: {}", io_reason(&e)),
+        }
+    };
+    let _ = tx.send(IoEvent::Closed(conn, reason)).await;
+}
+
+async fn write_loop(
+    conn: ConnKey,
+    mut wr: OwnedWriteHalf,
+    label: String,
+    mut rx: mpsc::UnboundedReceiver<WriterMsg>,
+    tx: mpsc::Sender<IoEvent>,
+) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            WriterMsg::Bytes(bytes) => {
+                if let Err(e) = wr.write_all(&bytes).await {
+                    let reason = format!("write tcp {label}: {}", io_reason(&e));
+                    let _ = tx.send(IoEvent::Closed(conn, reason)).await;
+                    return;
+                }
+            }
+            WriterMsg::Close => break,
+        }
+    }
+    // Everything queued is written; send FIN. The mesh has already forgotten this
+    // connection, so a failure here has no one to tell.
+    let _ = wr.shutdown().await;
+}
+
+async fn serve_until_stopped(
+    listener: TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+) {
+    let shutdown = async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    if let Err(e) = api::serve(listener, app, shutdown).await {
+        warn!("{what} server failed: {e}");
+    }
+}

@@ -1,3 +1,72 @@
 //! The `weave-router` binary: the daemon (`launch`) and its client subcommands.
 
-fn main() {}
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use weave_router::cli;
+use weave_router::config::{Config, HostInfo, LaunchArgs};
+
+/// Per-node router of a Weave-compatible overlay network.
+#[derive(Debug, Parser)]
+#[command(name = "weave-router", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the router.
+    Launch(LaunchArgs),
+    /// Show a running router's status.
+    Status(cli::StatusArgs),
+    /// Ask a running router to connect to peers.
+    Connect(cli::ConnectArgs),
+    /// Ask a running router to stop keeping peers connected.
+    Forget(cli::ForgetArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weave-router: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Cli) -> anyhow::Result<()> {
+    match args.command {
+        Cmd::Launch(launch) => {
+            init_logging();
+            let env: BTreeMap<String, String> = std::env::vars().collect();
+            let config = Config::resolve(&launch, &env, &HostInfo::read())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(weave_router::daemon::run(config))
+        }
+        Cmd::Status(status) => {
+            let stdout = std::io::stdout();
+            cli::status(&status, &mut stdout.lock())?;
+            Ok(())
+        }
+        Cmd::Connect(connect) => Ok(cli::connect(&connect)?),
+        Cmd::Forget(forget) => Ok(cli::forget(&forget)?),
+    }
+}
+
+/// Logs to stderr; RUST_LOG picks the level (info by default).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,1 +1,123 @@
-//! Placeholder.
+//! Client subcommands: `status`, `connect`, `forget`. They talk to a running router's HTTP
+//! API with a tiny blocking client (no async runtime needed for one request).
+
+pub mod http;
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use crate::api::form;
+use crate::config::DEFAULT_HTTP_ADDR;
+pub use http::ClientError;
+
+/// Which status page to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusPage {
+    /// Peers and the connections each gossips.
+    Peers,
+    /// Our connections and attempts.
+    Connections,
+    /// Addresses we are asked to keep connected.
+    Targets,
+}
+
+/// Flags of `weave-router status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Which page (default: the summary).
+    #[arg(value_enum)]
+    pub page: Option<StatusPage>,
+    /// Address of the router's HTTP API.
+    #[arg(long, env = "WEAVE_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: SocketAddr,
+    /// Print the full /report JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `weave-router connect`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// Replace the current targets instead of adding to them.
+    #[arg(long)]
+    pub replace: bool,
+    /// Address of the router's HTTP API.
+    #[arg(long, env = "WEAVE_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: SocketAddr,
+    /// Peers: host or host:port.
+    #[arg(value_name = "PEER")]
+    pub peers: Vec<String>,
+}
+
+/// Flags of `weave-router forget`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ForgetArgs {
+    /// Address of the router's HTTP API.
+    #[arg(long, env = "WEAVE_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: SocketAddr,
+    /// Peers: host or host:port.
+    #[arg(value_name = "PEER", required = true)]
+    pub peers: Vec<String>,
+}
+
+/// Why a client subcommand failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The HTTP exchange failed.
+    #[error(transparent)]
+    Http(#[from] ClientError),
+    /// `/report` did not hold JSON.
+    #[error("the router's /report is not JSON: {0}")]
+    BadJson(String),
+    /// Writing to our output failed.
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// `weave-router status`: prints the chosen page, or `/report` as indented JSON.
+pub fn status(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliError> {
+    if args.json {
+        let resp = http::get(args.http_addr, "/report", "application/json")?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&resp.body).map_err(|e| CliError::BadJson(e.to_string()))?;
+        let text = crate::api::to_json_pretty(&v).map_err(|e| CliError::BadJson(e.to_string()))?;
+        writeln!(out, "{text}")?;
+        return Ok(());
+    }
+    let path = match args.page {
+        None => "/status",
+        Some(StatusPage::Peers) => "/status/peers",
+        Some(StatusPage::Connections) => "/status/connections",
+        Some(StatusPage::Targets) => "/status/targets",
+    };
+    let resp = http::get(args.http_addr, path, "text/plain")?;
+    out.write_all(&resp.body)?;
+    Ok(())
+}
+
+/// `weave-router connect`: asks the router to connect to peers.
+pub fn connect(args: &ConnectArgs) -> Result<(), CliError> {
+    let mut body = peer_form(&args.peers);
+    body.push_str(if args.replace {
+        "&replace=true"
+    } else {
+        "&replace=false"
+    });
+    http::post_form(args.http_addr, "/connect", body.trim_start_matches('&'))?;
+    Ok(())
+}
+
+/// `weave-router forget`: asks the router to stop keeping peers connected.
+pub fn forget(args: &ForgetArgs) -> Result<(), CliError> {
+    http::post_form(args.http_addr, "/forget", &peer_form(&args.peers))?;
+    Ok(())
+}
+
+/// `peer=a&peer=b`, the way Weave's `weave connect` posts them.
+pub fn peer_form(peers: &[String]) -> String {
+    peers
+        .iter()
+        .map(|p| format!("peer={}", form::encode(p)))
+        .collect::<Vec<_>>()
+        .join("&")
+}

@@ -1,0 +1,277 @@
+//! The HTTP API and its client end to end: a real axum server on 127.0.0.1:0 serving a real
+//! `RouterStatus` (the captured host2 report), queried with the `weave-router` client code.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+use weave_router::api::{self, text, ApiRequest, ApiState};
+use weave_router::cli::{self, http, CliError, ClientError, StatusArgs, StatusPage};
+use weave_router::mesh::status::{Report, RouterStatus};
+
+/// An order the stand-in owner task received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Order {
+    Connect(Vec<SocketAddr>, bool),
+    Forget(Vec<SocketAddr>),
+}
+
+struct Server {
+    api: SocketAddr,
+    metrics: SocketAddr,
+    orders: Arc<Mutex<Vec<Order>>>,
+    status: RouterStatus,
+    stop: watch::Sender<bool>,
+}
+
+/// host2's `/report` Router section (it has no nulls, so it parses as is).
+fn host2_status() -> RouterStatus {
+    let text = include_str!("../testdata/report-host2.json");
+    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+    serde_json::from_value(v["Router"].clone()).unwrap()
+}
+
+/// Starts the API and metrics servers, and a task that answers them as the mesh owner does.
+async fn start(answering: bool) -> Server {
+    let status = host2_status();
+    let (tx, mut rx) = mpsc::channel(8);
+    let orders = Arc::new(Mutex::new(Vec::new()));
+    let (stop, stop_rx) = watch::channel(false);
+
+    let owner_status = status.clone();
+    let owner_orders = orders.clone();
+    tokio::spawn(async move {
+        if !answering {
+            // Gone, as when the router is shutting down.
+            drop(rx);
+            return;
+        }
+        while let Some(req) = rx.recv().await {
+            match req {
+                ApiRequest::Status { reply } => {
+                    let _ = reply.send(owner_status.clone());
+                }
+                ApiRequest::Connect {
+                    addrs,
+                    replace,
+                    reply,
+                } => {
+                    owner_orders
+                        .lock()
+                        .unwrap()
+                        .push(Order::Connect(addrs, replace));
+                    let _ = reply.send(());
+                }
+                ApiRequest::Forget { addrs, reply } => {
+                    owner_orders.lock().unwrap().push(Order::Forget(addrs));
+                    let _ = reply.send(());
+                }
+            }
+        }
+    });
+
+    let state = ApiState {
+        requests: tx,
+        port: 6783,
+    };
+    let mut addrs = Vec::new();
+    for app in [api::router(state.clone()), api::metrics_router(state)] {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(l.local_addr().unwrap());
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(api::serve(l, app, async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }));
+    }
+    Server {
+        api: addrs[0],
+        metrics: addrs[1],
+        orders,
+        status,
+        stop,
+    }
+}
+
+/// Runs blocking client code off the runtime's worker threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+fn status_output(
+    addr: SocketAddr,
+    page: Option<StatusPage>,
+    json: bool,
+) -> Result<String, CliError> {
+    let mut out = Vec::new();
+    cli::status(
+        &StatusArgs {
+            page,
+            http_addr: addr,
+            json,
+        },
+        &mut out,
+    )?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_pages_show_the_snapshot() {
+    let s = start(true).await;
+    let addr = s.api;
+    let pages = blocking(move || {
+        [
+            None,
+            Some(StatusPage::Peers),
+            Some(StatusPage::Connections),
+            Some(StatusPage::Targets),
+        ]
+        .map(|p| status_output(addr, p, false).unwrap())
+    })
+    .await;
+    assert_eq!(pages[0], text::render_status(api::VERSION, &s.status));
+    assert!(pages[0].contains("           Name: aa:00:00:00:00:02(host2)\n"));
+    assert_eq!(
+        pages[1],
+        "aa:00:00:00:00:02(host2)\n\
+         \x20  -> 192.168.77.1:6783     aa:00:00:00:00:01(host1)              established\n\
+         \x20  <- 192.168.78.3:48645    aa:00:00:00:00:03(host3)              established\n\
+         aa:00:00:00:00:01(host1)\n\
+         \x20  <- 192.168.77.2:43347    aa:00:00:00:00:02(host2)              established\n\
+         aa:00:00:00:00:03(host3)\n\
+         \x20  -> 192.168.78.2:6783     aa:00:00:00:00:02(host2)              established\n"
+    );
+    assert_eq!(
+        pages[2],
+        "-> 192.168.77.1:6783     established sleeve aa:00:00:00:00:01(host1) mtu=1438\n\
+         <- 192.168.78.3:48645    established sleeve aa:00:00:00:00:03(host3) mtu=1438\n"
+    );
+    assert_eq!(pages[3], "192.168.77.1\n");
+    let _ = s.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_report_round_trips() {
+    let s = start(true).await;
+    let addr = s.api;
+    let out = blocking(move || status_output(addr, None, true).unwrap()).await;
+    assert!(out.starts_with("{\n    \"Ready\": true,\n"), "{out}");
+    let report: Report = serde_json::from_str(&out).unwrap();
+    assert!(report.ready);
+    assert_eq!(report.version, api::VERSION);
+    assert_eq!(report.router, s.status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_forget_reach_the_owner() {
+    let s = start(true).await;
+    let addr = s.api;
+    blocking(move || {
+        cli::connect(&cli::ConnectArgs {
+            replace: true,
+            http_addr: addr,
+            peers: vec![
+                "10.0.0.1".into(),
+                "[fd00::2]:7000".into(),
+                "localhost:7001".into(),
+            ],
+        })
+        .unwrap();
+        cli::forget(&cli::ForgetArgs {
+            http_addr: addr,
+            peers: vec!["10.0.0.1".into()],
+        })
+        .unwrap();
+        // The query string works too, and replace defaults to false.
+        http::post_form(addr, "/connect?peer=10.0.0.4%3A9", "").unwrap();
+    })
+    .await;
+    let orders = s.orders.lock().unwrap().clone();
+    assert_eq!(
+        orders,
+        [
+            Order::Connect(
+                vec![
+                    "10.0.0.1:6783".parse().unwrap(),
+                    "[fd00::2]:7000".parse().unwrap(),
+                    "127.0.0.1:7001".parse().unwrap()
+                ],
+                true
+            ),
+            Order::Forget(vec!["10.0.0.1:6783".parse().unwrap()]),
+            Order::Connect(vec!["10.0.0.4:9".parse().unwrap()], false),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_peers_are_refused_but_good_ones_taken() {
+    let s = start(true).await;
+    let addr = s.api;
+    let err = blocking(move || {
+        http::post_form(
+            addr,
+            "/connect",
+            "peer=a%3Ab%3Ac&peer=10.0.0.3&replace=false",
+        )
+        .unwrap_err()
+    })
+    .await;
+    match err {
+        ClientError::Refused {
+            status, message, ..
+        } => {
+            assert_eq!(status, 400);
+            assert!(message.contains("bad peer address 'a:b:c'"), "{message}");
+        }
+        other => panic!("unexpected {other}"),
+    }
+    let bad_form =
+        blocking(move || http::post_form(addr, "/forget", "peer=%zz").unwrap_err()).await;
+    assert!(
+        bad_form.to_string().contains("unable to parse form"),
+        "{bad_form}"
+    );
+    assert_eq!(
+        s.orders.lock().unwrap().clone(),
+        [Order::Connect(
+            vec!["10.0.0.3:6783".parse().unwrap()],
+            false
+        )]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_connections() {
+    let s = start(true).await;
+    let addr = s.metrics;
+    let resp = blocking(move || http::get(addr, "/metrics", "text/plain").unwrap()).await;
+    let body = String::from_utf8(resp.body).unwrap();
+    assert!(
+        body.lines()
+            .any(|l| l
+                == "weave_connections{encryption=\"\",state=\"established\",type=\"sleeve\"} 2")
+    );
+    assert!(body
+        .lines()
+        .any(|l| l == "weave_connection_terminations_total 0"));
+    // The control API is not served on the metrics address.
+    let err = blocking(move || http::get(addr, "/status", "text/plain").unwrap_err()).await;
+    assert!(
+        matches!(err, ClientError::Refused { status: 404, .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_gone_is_503() {
+    let s = start(false).await;
+    let addr = s.api;
+    let err = blocking(move || status_output(addr, None, false).unwrap_err()).await;
+    assert!(
+        matches!(
+            err,
+            CliError::Http(ClientError::Refused { status: 503, .. })
+        ),
+        "{err}"
+    );
+}

@@ -1,0 +1,256 @@
+//! `weave-router launch` configuration: flags, the DaemonSet's environment, defaults and
+//! refusals, all through the pure `Config::resolve`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use clap::Parser;
+use weave_router::config::{Config, ConfigError, HostInfo, LaunchArgs, PeerAddr};
+use weave_router::ids::PeerName;
+
+#[derive(Debug, Parser)]
+struct Launch {
+    #[command(flatten)]
+    args: LaunchArgs,
+}
+
+fn host() -> HostInfo {
+    HostInfo {
+        hostname: "node-a".into(),
+        machine_id: Some("0123456789abcdef0123456789abcdef".into()),
+    }
+}
+
+fn resolve(argv: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let launch = Launch::try_parse_from(std::iter::once("launch").chain(argv.iter().copied()))
+        .expect("flags parse");
+    let env: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::resolve(&launch.args, &env, &host())
+}
+
+fn ip(s: &str) -> PeerAddr {
+    PeerAddr::Ip(s.parse().unwrap())
+}
+
+#[test]
+fn defaults() {
+    let c = resolve(&[], &[]).unwrap();
+    assert_eq!(c.nickname, "node-a");
+    assert_eq!(c.port, 6783);
+    assert_eq!(c.http_addr, Some("127.0.0.1:6784".parse().unwrap()));
+    assert_eq!(c.metrics_addr, Some("127.0.0.1:6782".parse().unwrap()));
+    assert_eq!(c.conn_limit, 200);
+    assert!(c.discovery);
+    assert!(c.peers.is_empty());
+    // The default name is derived from the machine id: the same machine, the same name.
+    assert_eq!(c.name, resolve(&[], &[]).unwrap().name);
+    let other = HostInfo {
+        machine_id: Some("fedcba9876543210fedcba9876543210".into()),
+        ..host()
+    };
+    let c2 = Config::resolve(&LaunchArgs::default(), &BTreeMap::new(), &other).unwrap();
+    assert_ne!(c.name, c2.name);
+}
+
+#[test]
+fn name_falls_back_to_host_name_without_machine_id() {
+    let a = HostInfo {
+        hostname: "node-a".into(),
+        machine_id: None,
+    };
+    let b = HostInfo {
+        hostname: "node-b".into(),
+        machine_id: None,
+    };
+    let ca = Config::resolve(&LaunchArgs::default(), &BTreeMap::new(), &a).unwrap();
+    let cb = Config::resolve(&LaunchArgs::default(), &BTreeMap::new(), &b).unwrap();
+    assert_ne!(ca.name, cb.name);
+    assert_eq!(ca.name.to_bytes()[0] & 0x03, 0x02);
+}
+
+#[test]
+fn flags_like_weave() {
+    let c = resolve(
+        &[
+            "--name=aa:00:00:00:00:02",
+            "--nickname=host2",
+            "--port=7000",
+            "--http-addr=127.0.0.1:7001",
+            "--metrics-addr=0.0.0.0:7002",
+            "--conn-limit=30",
+            "--no-discovery",
+            "192.168.77.1",
+            "[fd00::1]:7003",
+            "node-3",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.name, "aa:00:00:00:00:02".parse::<PeerName>().unwrap());
+    assert_eq!(c.nickname, "host2");
+    assert_eq!(c.port, 7000);
+    assert_eq!(c.http_addr, Some("127.0.0.1:7001".parse().unwrap()));
+    assert_eq!(c.metrics_addr, Some("0.0.0.0:7002".parse().unwrap()));
+    assert_eq!(c.conn_limit, 30);
+    assert!(!c.discovery);
+    // Peers without a port get the mesh port.
+    assert_eq!(
+        c.peers,
+        [
+            ip("192.168.77.1:7000"),
+            ip("[fd00::1]:7003"),
+            PeerAddr::Host {
+                host: "node-3".into(),
+                port: 7000
+            }
+        ]
+    );
+}
+
+#[test]
+fn environment_like_the_daemonset() {
+    let c = resolve(
+        &[],
+        &[
+            ("WEAVE_NAME", "aa:00:00:00:00:03"),
+            ("WEAVE_NICKNAME", "host3"),
+            ("WEAVE_PORT", "6790"),
+            ("WEAVE_STATUS_ADDR", "[::1]:6791"),
+            ("WEAVE_METRICS_ADDR", "0.0.0.0:6792"),
+            ("CONN_LIMIT", "0"),
+            ("WEAVE_NO_DISCOVERY", "1"),
+            ("KUBE_PEERS", "10.0.0.1 10.0.0.2,10.0.0.3:6800 ,10.0.0.1"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.name.to_string(), "aa:00:00:00:00:03");
+    assert_eq!(c.nickname, "host3");
+    assert_eq!(c.port, 6790);
+    assert_eq!(c.http_addr, Some("[::1]:6791".parse().unwrap()));
+    assert_eq!(c.metrics_addr, Some("0.0.0.0:6792".parse().unwrap()));
+    assert_eq!(c.conn_limit, 0);
+    assert!(!c.discovery);
+    assert_eq!(
+        c.peers,
+        [
+            ip("10.0.0.1:6790"),
+            ip("10.0.0.2:6790"),
+            ip("10.0.0.3:6800")
+        ]
+    );
+}
+
+#[test]
+fn flags_win_over_environment() {
+    let c = resolve(
+        &["--port=7100", "--conn-limit=5", "--http-addr=127.0.0.2:1"],
+        &[
+            ("WEAVE_PORT", "7200"),
+            ("CONN_LIMIT", "x"),
+            ("WEAVE_HTTP_ADDR", "10.0.0.1:6784"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.port, 7100);
+    assert_eq!(c.conn_limit, 5);
+    assert_eq!(c.http_addr, Some("127.0.0.2:1".parse().unwrap()));
+    // WEAVE_HTTP_ADDR wins over its alias WEAVE_STATUS_ADDR.
+    let c = resolve(
+        &[],
+        &[
+            ("WEAVE_HTTP_ADDR", "127.0.0.1:1"),
+            ("WEAVE_STATUS_ADDR", "127.0.0.1:2"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.http_addr, Some("127.0.0.1:1".parse().unwrap()));
+    // Flag peers come first, then KUBE_PEERS.
+    let c = resolve(&["10.0.0.9"], &[("KUBE_PEERS", "10.0.0.8")]).unwrap();
+    assert_eq!(c.peers, [ip("10.0.0.9:6783"), ip("10.0.0.8:6783")]);
+}
+
+#[test]
+fn empty_addresses_turn_listeners_off() {
+    let c = resolve(&["--http-addr=", "--metrics-addr="], &[]).unwrap();
+    assert_eq!((c.http_addr, c.metrics_addr), (None, None));
+}
+
+#[test]
+fn bad_values_are_refused_by_name() {
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            &["--conn-limit=x"],
+            &[],
+            "invalid value 'x' for '--conn-limit'",
+        ),
+        (
+            &[],
+            &[("CONN_LIMIT", "-1")],
+            "invalid value '-1' for 'CONN_LIMIT'",
+        ),
+        (&["--port=0"], &[], "invalid value '0' for '--port'"),
+        (
+            &[],
+            &[("WEAVE_PORT", "65536")],
+            "invalid value '65536' for 'WEAVE_PORT'",
+        ),
+        (&["--name=aa:bb"], &[], "invalid value 'aa:bb' for '--name'"),
+        (
+            &[],
+            &[("WEAVE_NAME", "zz:00:00:00:00:01")],
+            "invalid value 'zz:00:00:00:00:01' for 'WEAVE_NAME'",
+        ),
+        (
+            &["--metrics-addr=localhost"],
+            &[],
+            "invalid value 'localhost' for '--metrics-addr'",
+        ),
+        (
+            &[],
+            &[("WEAVE_NO_DISCOVERY", "maybe")],
+            "invalid value 'maybe' for 'WEAVE_NO_DISCOVERY'",
+        ),
+        (
+            &[],
+            &[("KUBE_PEERS", "10.0.0.1 a:b:c")],
+            "KUBE_PEERS: bad peer address 'a:b:c'",
+        ),
+        (
+            &["host:99999"],
+            &[],
+            "peer argument: bad peer address 'host:99999'",
+        ),
+    ];
+    for (argv, env, want) in cases {
+        let err = resolve(argv, env).unwrap_err().to_string();
+        assert!(
+            err.starts_with(want),
+            "{argv:?} {env:?}: got {err:?}, want {want:?}"
+        );
+    }
+}
+
+#[test]
+fn http_api_must_stay_on_loopback() {
+    for (argv, env) in [
+        (vec!["--http-addr=0.0.0.0:6784"], vec![]),
+        (vec![], vec![("WEAVE_HTTP_ADDR", "10.1.2.3:6784")]),
+        (vec![], vec![("WEAVE_STATUS_ADDR", "[::]:6784")]),
+    ] {
+        let err = resolve(&argv, &env).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::NonLoopbackHttp { .. }),
+            "{argv:?} {env:?}: {err}"
+        );
+        assert!(err.to_string().contains("unauthenticated"), "{err}");
+    }
+    let ok: SocketAddr = "[::1]:6784".parse().unwrap();
+    assert_eq!(
+        resolve(&["--http-addr=[::1]:6784"], &[]).unwrap().http_addr,
+        Some(ok)
+    );
+}
