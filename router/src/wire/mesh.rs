@@ -4,13 +4,82 @@
 use std::collections::BTreeMap;
 
 use crate::ids::PeerName;
+use crate::wire::gob::{self, FieldDesc, GobError, Slot, TypeDesc};
 
 /// Errors from decoding mesh protocol data.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
-    /// The placeholder until the codec lands.
-    #[error("not implemented")]
-    Todo,
+    /// The protocol header did not start with `"weave"`.
+    #[error("protocol header starts with {0:02x?}, not \"weave\"")]
+    BadMagic([u8; 5]),
+    /// A length prefix announced a body larger than [`MAX_MESSAGE_LEN`].
+    #[error("message length {0} exceeds the {MAX_MESSAGE_LEN}-byte limit")]
+    TooLong(usize),
+    /// A message body had no tag byte.
+    #[error("empty message body")]
+    EmptyBody,
+    /// A heartbeat (tag 0) carried bytes after its tag.
+    #[error("heartbeat with {0} bytes of payload")]
+    HeartbeatPayload(usize),
+    /// An overlay control message (tag 7) lacked its overlay index or sub-tag.
+    #[error("overlay control message of {0} bytes lacks overlay index and sub-tag")]
+    ShortOverlayControl(usize),
+    /// The gob data of the named part was malformed or of the wrong type.
+    #[error("malformed {what}: {err}")]
+    Gob {
+        /// Which part of the message: "feature map", "gossip channel name", ...
+        what: &'static str,
+        /// What the gob decoder found.
+        #[source]
+        err: GobError,
+    },
+    /// The named part ended before a value it needs.
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    /// The named part had gob data after its last expected value.
+    #[error("unexpected data after the {0}")]
+    TrailingData(&'static str),
+    /// A gob peer name did not fit 48 bits.
+    #[error("peer name {0:#x} does not fit 48 bits")]
+    PeerNameTooWide(u64),
+    /// A topology `NameByte` was not 6 bytes long.
+    #[error("peer name bytes of length {0}, expected 6")]
+    BadNameBytes(usize),
+    /// A topology `ShortID` did not fit 16 bits.
+    #[error("short id {0} does not fit 16 bits")]
+    ShortIdTooWide(u64),
+}
+
+/// Wraps a [`GobError`] with the part of the message it came from.
+fn malformed(what: &'static str) -> impl Fn(GobError) -> WireError {
+    move |err| WireError::Gob { what, err }
+}
+
+/// The first five bytes of the protocol header.
+pub const PROTOCOL_MAGIC: [u8; 5] = *b"weave";
+
+/// Message tags (the first byte of every body after the feature map).
+pub mod tag {
+    /// Keep-alive, no payload.
+    pub const HEARTBEAT: u8 = 0;
+    /// Gossip to a neighbour.
+    pub const GOSSIP: u8 = 4;
+    /// Gossip to one peer.
+    pub const GOSSIP_UNICAST: u8 = 5;
+    /// Gossip along a broadcast tree.
+    pub const GOSSIP_BROADCAST: u8 = 6;
+    /// An overlay's control message.
+    pub const OVERLAY_CONTROL: u8 = 7;
+}
+
+/// Sub-tags of the sleeve overlay's control messages ([`Message::OverlayControl`]).
+pub mod sleeve_subtag {
+    /// The sender accepted our UDP heartbeat.
+    pub const CONNECTION_ESTABLISHED: u8 = 1;
+    /// The sender received our fragmentation test.
+    pub const FRAGMENTATION_RECEIVED: u8 = 2;
+    /// The sender received our PMTU probe; data = the MTU as a big-endian `u16`.
+    pub const PMTU_VERIFIED: u8 = 3;
 }
 
 /// The 7-byte protocol header: `"weave"`, min version, max version.
@@ -111,66 +180,480 @@ pub enum Message {
 }
 
 impl ProtocolHeader {
+    /// Length of the header on the wire.
+    pub const LEN: usize = 7;
+
     /// Parses the 7-byte header.
-    pub fn parse(_buf: &[u8; 7]) -> Result<Self, WireError> {
-        todo!()
+    pub fn parse(buf: &[u8; 7]) -> Result<Self, WireError> {
+        let [w, e, a, v, e2, min_version, max_version] = *buf;
+        let magic = [w, e, a, v, e2];
+        if magic != PROTOCOL_MAGIC {
+            return Err(WireError::BadMagic(magic));
+        }
+        Ok(ProtocolHeader {
+            min_version,
+            max_version,
+        })
     }
+
     /// Emits the 7-byte header.
     pub fn emit(&self) -> [u8; 7] {
-        todo!()
+        let [w, e, a, v, e2] = PROTOCOL_MAGIC;
+        [w, e, a, v, e2, self.min_version, self.max_version]
+    }
+
+    /// The version both sides speak: the highest in both ranges, `None` if they do not meet.
+    pub fn negotiate(&self, remote: &ProtocolHeader) -> Option<u8> {
+        let lo = self.min_version.max(remote.min_version);
+        let hi = self.max_version.min(remote.max_version);
+        (lo <= hi).then_some(hi)
     }
 }
 
 impl Message {
     /// Parses a message body (tag byte + payload).
-    pub fn parse(_body: &[u8]) -> Result<Self, WireError> {
-        todo!()
+    pub fn parse(body: &[u8]) -> Result<Self, WireError> {
+        let (&tag, rest) = body.split_first().ok_or(WireError::EmptyBody)?;
+        match tag {
+            tag::HEARTBEAT if rest.is_empty() => Ok(Message::Heartbeat),
+            tag::HEARTBEAT => Err(WireError::HeartbeatPayload(rest.len())),
+            tag::GOSSIP => {
+                let g = parse_gossip(rest, false)?;
+                Ok(Message::Gossip {
+                    channel: g.channel,
+                    src: g.src,
+                    payload: g.payload,
+                })
+            }
+            tag::GOSSIP_UNICAST => {
+                let g = parse_gossip(rest, true)?;
+                Ok(Message::GossipUnicast {
+                    channel: g.channel,
+                    src: g.src,
+                    // parse_gossip always fills dst when asked to.
+                    dst: g.dst.unwrap_or_default(),
+                    payload: g.payload,
+                })
+            }
+            tag::GOSSIP_BROADCAST => {
+                let g = parse_gossip(rest, false)?;
+                Ok(Message::GossipBroadcast {
+                    channel: g.channel,
+                    src: g.src,
+                    payload: g.payload,
+                })
+            }
+            tag::OVERLAY_CONTROL => {
+                let [overlay, subtag, data @ ..] = rest else {
+                    return Err(WireError::ShortOverlayControl(body.len()));
+                };
+                Ok(Message::OverlayControl {
+                    overlay: *overlay,
+                    subtag: *subtag,
+                    data: data.to_vec(),
+                })
+            }
+            _ => Ok(Message::Unknown {
+                tag,
+                body: rest.to_vec(),
+            }),
+        }
     }
+
     /// Emits the body (tag byte + payload), without the length prefix.
     pub fn emit(&self) -> Vec<u8> {
-        todo!()
+        match self {
+            Message::Heartbeat => vec![tag::HEARTBEAT],
+            Message::Gossip {
+                channel,
+                src,
+                payload,
+            } => emit_gossip(tag::GOSSIP, channel, *src, None, payload),
+            Message::GossipUnicast {
+                channel,
+                src,
+                dst,
+                payload,
+            } => emit_gossip(tag::GOSSIP_UNICAST, channel, *src, Some(*dst), payload),
+            Message::GossipBroadcast {
+                channel,
+                src,
+                payload,
+            } => emit_gossip(tag::GOSSIP_BROADCAST, channel, *src, None, payload),
+            Message::OverlayControl {
+                overlay,
+                subtag,
+                data,
+            } => {
+                let mut out = Vec::with_capacity(3 + data.len());
+                out.extend_from_slice(&[tag::OVERLAY_CONTROL, *overlay, *subtag]);
+                out.extend_from_slice(data);
+                out
+            }
+            Message::Unknown { tag, body } => {
+                let mut out = Vec::with_capacity(1 + body.len());
+                out.push(*tag);
+                out.extend_from_slice(body);
+                out
+            }
+        }
     }
 }
 
-/// Encodes a feature map as the first message body.
-pub fn encode_features(_features: &BTreeMap<String, String>) -> Vec<u8> {
-    todo!()
+/// The gob values of a gossip message after its tag.
+struct GossipEnvelope {
+    channel: String,
+    src: PeerName,
+    dst: Option<PeerName>,
+    payload: Vec<u8>,
 }
 
-/// Decodes the first message body into a feature map.
-pub fn decode_features(_body: &[u8]) -> Result<BTreeMap<String, String>, WireError> {
-    todo!()
+/// Reads `channel, src, [dst,] payload`: successive values of one gob stream.
+fn parse_gossip(rest: &[u8], unicast: bool) -> Result<GossipEnvelope, WireError> {
+    let mut dec = gob::Decoder::new(rest);
+    let channel = dec
+        .string()
+        .map_err(malformed("gossip channel name"))?
+        .to_owned();
+    let src = peer_name(dec.uint().map_err(malformed("gossip source peer"))?)?;
+    let dst = if unicast {
+        Some(peer_name(
+            dec.uint().map_err(malformed("gossip destination peer"))?,
+        )?)
+    } else {
+        None
+    };
+    let payload = dec.bytes().map_err(malformed("gossip payload"))?.to_vec();
+    if !dec.is_at_end() {
+        return Err(WireError::TrailingData("gossip payload"));
+    }
+    Ok(GossipEnvelope {
+        channel,
+        src,
+        dst,
+        payload,
+    })
 }
+
+fn peer_name(v: u64) -> Result<PeerName, WireError> {
+    PeerName::from_u64(v).ok_or(WireError::PeerNameTooWide(v))
+}
+
+/// Writes tag + one fresh gob stream of the envelope's values.
+fn emit_gossip(
+    tag: u8,
+    channel: &str,
+    src: PeerName,
+    dst: Option<PeerName>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + channel.len() + payload.len());
+    out.push(tag);
+    let mut enc = gob::Encoder::with_buffer(out);
+    enc.string(channel);
+    enc.uint(src.as_u64());
+    if let Some(dst) = dst {
+        enc.uint(dst.as_u64());
+    }
+    enc.bytes(payload);
+    enc.into_bytes()
+}
+
+/// Go's `map[string]string`.
+static FEATURE_MAP: TypeDesc = TypeDesc::Map {
+    key: &TypeDesc::String,
+    elem: &TypeDesc::String,
+};
+
+/// Encodes a feature map as the first message body.
+pub fn encode_features(features: &BTreeMap<String, String>) -> Vec<u8> {
+    let mut enc = gob::Encoder::new();
+    enc.encode(&FEATURE_MAP, |w| {
+        w.seq_len(features.len());
+        for (k, v) in features {
+            w.string(k);
+            w.string(v);
+        }
+    });
+    enc.into_bytes()
+}
+
+/// Decodes the first message body into a feature map. A key sent twice keeps its last value,
+/// as Go's decoder does.
+pub fn decode_features(body: &[u8]) -> Result<BTreeMap<String, String>, WireError> {
+    const WHAT: &str = "feature map";
+    let mut dec = gob::Decoder::new(body);
+    let mut top = dec
+        .next_top()
+        .map_err(malformed(WHAT))?
+        .ok_or(WireError::Missing(WHAT))?;
+    let mut map = top
+        .slot()
+        .and_then(Slot::into_map)
+        .map_err(malformed(WHAT))?;
+    if map.key_type() != gob::TypeId::STRING || map.elem_type() != gob::TypeId::STRING {
+        return Err(WireError::Gob {
+            what: WHAT,
+            err: GobError::TypeMismatch {
+                expected: "map[string]string",
+                found: top.type_id().0,
+            },
+        });
+    }
+    let mut out = BTreeMap::new();
+    while let Some(key) = map.next_key().map_err(malformed(WHAT))? {
+        let key = key.string().map_err(malformed(WHAT))?;
+        let value = map.elem().and_then(Slot::string).map_err(malformed(WHAT))?;
+        out.insert(key.to_owned(), value.to_owned());
+    }
+    top.finish().map_err(malformed(WHAT))?;
+    if !dec.is_at_end() {
+        return Err(WireError::TrailingData(WHAT));
+    }
+    Ok(out)
+}
+
+/// Field order of Go's `peerSummary`; a Go peer matches fields by these names.
+static PEER_SUMMARY_FIELDS: [FieldDesc; 6] = [
+    FieldDesc {
+        name: "NameByte",
+        ty: &TypeDesc::Bytes,
+    },
+    FieldDesc {
+        name: "NickName",
+        ty: &TypeDesc::String,
+    },
+    FieldDesc {
+        name: "UID",
+        ty: &TypeDesc::Uint,
+    },
+    FieldDesc {
+        name: "Version",
+        ty: &TypeDesc::Uint,
+    },
+    FieldDesc {
+        name: "ShortID",
+        ty: &TypeDesc::Uint,
+    },
+    FieldDesc {
+        name: "HasShortID",
+        ty: &TypeDesc::Bool,
+    },
+];
+
+/// Go's `peerSummary`.
+static PEER_SUMMARY: TypeDesc = TypeDesc::Struct {
+    name: "peerSummary",
+    fields: &PEER_SUMMARY_FIELDS,
+};
+
+/// Field order of Go's `connectionSummary`.
+static CONNECTION_SUMMARY_FIELDS: [FieldDesc; 4] = [
+    FieldDesc {
+        name: "NameByte",
+        ty: &TypeDesc::Bytes,
+    },
+    FieldDesc {
+        name: "RemoteTCPAddr",
+        ty: &TypeDesc::String,
+    },
+    FieldDesc {
+        name: "Outbound",
+        ty: &TypeDesc::Bool,
+    },
+    FieldDesc {
+        name: "Established",
+        ty: &TypeDesc::Bool,
+    },
+];
+
+/// Go's `connectionSummary`.
+static CONNECTION_SUMMARY: TypeDesc = TypeDesc::Struct {
+    name: "connectionSummary",
+    fields: &CONNECTION_SUMMARY_FIELDS,
+};
+
+/// Go's `[]connectionSummary`.
+static CONNECTION_SUMMARIES: TypeDesc = TypeDesc::Slice {
+    elem: &CONNECTION_SUMMARY,
+};
 
 /// Encodes a topology gossip payload.
-pub fn encode_topology(_entries: &[TopologyEntry]) -> Vec<u8> {
-    todo!()
+pub fn encode_topology(entries: &[TopologyEntry]) -> Vec<u8> {
+    encode_topology_with(gob::Encoder::new(), entries)
+}
+
+/// Encodes a topology payload with a given encoder, e.g. one whose type ids start where a
+/// Go process's did, to compare bytes.
+pub fn encode_topology_with(mut enc: gob::Encoder, entries: &[TopologyEntry]) -> Vec<u8> {
+    for (peer, conns) in entries {
+        enc.encode(&PEER_SUMMARY, |w| {
+            let mut s = w.begin_struct();
+            s.bytes(0, &peer.name.to_bytes());
+            s.string(1, &peer.nickname);
+            s.uint(2, peer.uid);
+            s.uint(3, peer.version);
+            s.uint(4, u64::from(peer.short_id));
+            s.bool(5, peer.has_short_id);
+            s.end();
+        });
+        enc.encode(&CONNECTION_SUMMARIES, |w| {
+            w.seq_len(conns.len());
+            for c in conns {
+                let mut s = w.begin_struct();
+                s.bytes(0, &c.name.to_bytes());
+                s.string(1, &c.remote_tcp_addr);
+                s.bool(2, c.outbound);
+                s.bool(3, c.established);
+                s.end();
+            }
+        });
+    }
+    enc.into_bytes()
 }
 
 /// Decodes a topology gossip payload.
-pub fn decode_topology(_payload: &[u8]) -> Result<Vec<TopologyEntry>, WireError> {
-    todo!()
+pub fn decode_topology(payload: &[u8]) -> Result<Vec<TopologyEntry>, WireError> {
+    const PEER: &str = "topology peer summary";
+    const CONNS: &str = "topology connection list";
+    let mut dec = gob::Decoder::new(payload);
+    let mut out = Vec::new();
+    loop {
+        let Some(mut top) = dec.next_top().map_err(malformed(PEER))? else {
+            return Ok(out);
+        };
+        let peer = read_peer_summary(top.slot().map_err(malformed(PEER))?)?;
+        top.finish().map_err(malformed(PEER))?;
+        let mut top = dec
+            .next_top()
+            .map_err(malformed(CONNS))?
+            .ok_or(WireError::Missing(CONNS))?;
+        let conns = read_connection_summaries(top.slot().map_err(malformed(CONNS))?)?;
+        top.finish().map_err(malformed(CONNS))?;
+        out.push((peer, conns));
+    }
+}
+
+/// Reads a `peerSummary`, matching fields by name and skipping unknown ones (as Go does).
+fn read_peer_summary(slot: Slot<'_, '_>) -> Result<PeerSummary, WireError> {
+    const WHAT: &str = "topology peer summary";
+    let err = malformed(WHAT);
+    let mut s = slot.into_struct().map_err(&err)?;
+    let mut name: &[u8] = &[];
+    let mut summary = PeerSummary {
+        name: PeerName::default(),
+        nickname: String::new(),
+        uid: 0,
+        version: 0,
+        short_id: 0,
+        has_short_id: false,
+    };
+    while let Some((field, v)) = s.next_field().map_err(&err)? {
+        match field {
+            "NameByte" => name = v.bytes().map_err(&err)?,
+            "NickName" => summary.nickname = v.string().map_err(&err)?.to_owned(),
+            "UID" => summary.uid = v.uint().map_err(&err)?,
+            "Version" => summary.version = v.uint().map_err(&err)?,
+            "ShortID" => {
+                let id = v.uint().map_err(&err)?;
+                summary.short_id = u16::try_from(id).map_err(|_| WireError::ShortIdTooWide(id))?;
+            }
+            "HasShortID" => summary.has_short_id = v.bool().map_err(&err)?,
+            _ => v.skip().map_err(&err)?,
+        }
+    }
+    summary.name = name_from_bytes(name)?;
+    Ok(summary)
+}
+
+/// Reads a `[]connectionSummary`.
+fn read_connection_summaries(slot: Slot<'_, '_>) -> Result<Vec<ConnectionSummary>, WireError> {
+    const WHAT: &str = "topology connection list";
+    let err = malformed(WHAT);
+    let mut seq = slot.into_slice().map_err(&err)?;
+    let mut out = Vec::with_capacity(seq.remaining());
+    while let Some(elem) = seq.next_elem().map_err(&err)? {
+        let mut s = elem.into_struct().map_err(&err)?;
+        let mut name: &[u8] = &[];
+        let mut conn = ConnectionSummary {
+            name: PeerName::default(),
+            remote_tcp_addr: String::new(),
+            outbound: false,
+            established: false,
+        };
+        while let Some((field, v)) = s.next_field().map_err(&err)? {
+            match field {
+                "NameByte" => name = v.bytes().map_err(&err)?,
+                "RemoteTCPAddr" => conn.remote_tcp_addr = v.string().map_err(&err)?.to_owned(),
+                "Outbound" => conn.outbound = v.bool().map_err(&err)?,
+                "Established" => conn.established = v.bool().map_err(&err)?,
+                _ => v.skip().map_err(&err)?,
+            }
+        }
+        conn.name = name_from_bytes(name)?;
+        out.push(conn);
+    }
+    Ok(out)
+}
+
+fn name_from_bytes(b: &[u8]) -> Result<PeerName, WireError> {
+    PeerName::from_slice(b).ok_or(WireError::BadNameBytes(b.len()))
 }
 
 /// Splits a v2 byte stream into message bodies (4-byte big-endian length + body).
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
-    _buf: Vec<u8>,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already handed out; compacted lazily so that each byte moves O(1) times.
+    start: usize,
 }
 
 impl FrameDecoder {
     /// Appends received bytes.
-    pub fn push(&mut self, _data: &[u8]) {
-        todo!()
+    pub fn push(&mut self, data: &[u8]) {
+        if self.start > 0 && self.start >= self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(data);
     }
+
     /// Returns the next complete body, `Ok(None)` when more bytes are needed, or an error
     /// for a length over [`MAX_MESSAGE_LEN`].
     pub fn next_body(&mut self) -> Result<Option<Vec<u8>>, WireError> {
-        todo!()
+        let avail = &self.buf[self.start..];
+        let Some((len, rest)) = avail.split_first_chunk::<4>() else {
+            return Ok(None);
+        };
+        // Checked as soon as the prefix arrives, before any of the body is waited for.
+        let len = u32::from_be_bytes(*len) as usize;
+        if len > MAX_MESSAGE_LEN {
+            return Err(WireError::TooLong(len));
+        }
+        let Some(body) = rest.get(..len) else {
+            return Ok(None);
+        };
+        let body = body.to_vec();
+        self.start += 4 + len;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        Ok(Some(body))
+    }
+
+    /// Bytes received but not yet returned as bodies.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
     }
 }
 
-/// Prefixes a body with its 4-byte big-endian length.
-pub fn frame(_body: &[u8]) -> Vec<u8> {
-    todo!()
+/// Prefixes a body with its 4-byte big-endian length. Bodies must not exceed
+/// [`MAX_MESSAGE_LEN`]; a receiver refuses them.
+pub fn frame(body: &[u8]) -> Vec<u8> {
+    debug_assert!(body.len() <= MAX_MESSAGE_LEN, "message body too long");
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
 }
