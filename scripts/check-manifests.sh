@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Validates manifests/ with scripts/check_manifests.py, using a python3 that has PyYAML
+# (the first python3 on PATH, else Debian's, else PyYAML installed with pip).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+py=""
+for candidate in python3 /usr/bin/python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import yaml' 2>/dev/null; then
+        py="$candidate"
+        break
+    fi
+done
+if [ -z "$py" ]; then
+    python3 -m pip install --quiet pyyaml
+    py=python3
+fi
+exec "$py" scripts/check_manifests.py

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Checks manifests/*.yaml: valid YAML, well-formed Kubernetes objects, and a DaemonSet that
+matches what weave-router reads (every env var it sets is one the router knows)."""
+import pathlib
+import re
+import sys
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MANIFESTS = ROOT / "manifests"
+ROUTER_CONFIG = ROOT / "router" / "src" / "config.rs"
+
+errors = []
+
+
+def fail(msg):
+    errors.append(msg)
+
+
+def check_daemonset(ds, known_env):
+    spec = ds["spec"]["template"]["spec"]
+    if spec.get("hostNetwork") is not True:
+        fail("DaemonSet: hostNetwork must be true")
+    if spec.get("serviceAccountName") != "weave-router":
+        fail("DaemonSet: serviceAccountName must be weave-router")
+    (container,) = spec["containers"]
+    if container.get("securityContext", {}).get("privileged") is not True:
+        fail("DaemonSet: container must be privileged")
+    env = {e["name"]: e for e in container.get("env", [])}
+    for name in env:
+        if name not in known_env:
+            fail(f"DaemonSet: env {name} is not read by weave-router ({ROUTER_CONFIG.name})")
+    for name in ["WEAVE_PORT", "WEAVE_HTTP_ADDR", "WEAVE_METRICS_ADDR", "CONN_LIMIT", "KUBE_PEERS"]:
+        if name not in env:
+            fail(f"DaemonSet: env {name} missing")
+    if env.get("WEAVE_METRICS_ADDR", {}).get("value") != "0.0.0.0:6782":
+        fail("DaemonSet: WEAVE_METRICS_ADDR must be 0.0.0.0:6782")
+    probe = container.get("readinessProbe", {}).get("httpGet", {})
+    if (probe.get("host"), probe.get("port"), probe.get("path")) != ("127.0.0.1", 6784, "/status"):
+        fail(f"DaemonSet: readiness probe must GET 127.0.0.1:6784/status, is {probe}")
+
+
+def main():
+    known_env = set(re.findall(r"\b(?:WEAVE_[A-Z_]+|CONN_LIMIT|KUBE_PEERS)\b", ROUTER_CONFIG.read_text()))
+    kinds = {}
+    files = sorted(MANIFESTS.glob("*.yaml"))
+    if not files:
+        fail("no manifests found")
+    for path in files:
+        try:
+            docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        except yaml.YAMLError as e:
+            fail(f"{path.name}: invalid YAML: {e}")
+            continue
+        for doc in docs:
+            for key in ("apiVersion", "kind", "metadata"):
+                if key not in doc:
+                    fail(f"{path.name}: object without {key}")
+            name = doc.get("metadata", {}).get("name")
+            if not name:
+                fail(f"{path.name}: {doc.get('kind')} without metadata.name")
+            kinds.setdefault(doc.get("kind"), []).append(doc)
+    for kind in ["DaemonSet", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap"]:
+        if kind not in kinds:
+            fail(f"no {kind} in manifests/")
+    for ds in kinds.get("DaemonSet", []):
+        check_daemonset(ds, known_env)
+    for role in kinds.get("ClusterRole", []):
+        rules = [r for r in role.get("rules", []) if "nodes" in r.get("resources", [])]
+        if not rules or set(rules[0].get("verbs", [])) != {"get", "list", "watch"}:
+            fail("ClusterRole: must allow get/list/watch on nodes")
+    for msg in errors:
+        print(f"check_manifests: {msg}", file=sys.stderr)
+    count = sum(len(v) for v in kinds.values())
+    print(f"check_manifests: {count} objects in {len(files)} files, {len(errors)} problems")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
