@@ -117,7 +117,9 @@ impl Router {
             .args(["--port", &MESH_PORT.to_string()])
             .args(["--http-addr", HTTP_ADDR])
             .args(["--metrics-addr", METRICS_ADDR])
-            .args(peers.iter().map(Ipv4Addr::to_string));
+            .args(peers.iter().map(Ipv4Addr::to_string))
+            // The log goes to a file, where colour codes only get in the way.
+            .env("NO_COLOR", "1");
         Ok(host.spawn(&format!("router-{}", host.name()), cmd)?)
     }
 
