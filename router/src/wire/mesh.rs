@@ -367,7 +367,12 @@ static FEATURE_MAP: TypeDesc = TypeDesc::Map {
 
 /// Encodes a feature map as the first message body.
 pub fn encode_features(features: &BTreeMap<String, String>) -> Vec<u8> {
-    let mut enc = gob::Encoder::new();
+    encode_features_with(gob::Encoder::new(), features)
+}
+
+/// Encodes a feature map with a given encoder, e.g. one whose type ids start where a Go
+/// process's did, to compare bytes.
+pub fn encode_features_with(mut enc: gob::Encoder, features: &BTreeMap<String, String>) -> Vec<u8> {
     enc.encode(&FEATURE_MAP, |w| {
         w.seq_len(features.len());
         for (k, v) in features {
@@ -656,4 +661,423 @@ pub fn frame(body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(body);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name(v: u64) -> PeerName {
+        PeerName::from_u64(v).unwrap()
+    }
+
+    #[test]
+    fn header_round_trips_and_negotiates() {
+        let bytes = [0x77, 0x65, 0x61, 0x76, 0x65, 0x01, 0x02];
+        let h = ProtocolHeader::parse(&bytes).unwrap();
+        assert_eq!(
+            h,
+            ProtocolHeader {
+                min_version: 1,
+                max_version: 2
+            }
+        );
+        assert_eq!(h.emit(), bytes);
+        assert_eq!(h.negotiate(&h), Some(2));
+        let old = ProtocolHeader {
+            min_version: 1,
+            max_version: 1,
+        };
+        assert_eq!(h.negotiate(&old), Some(1));
+        let future = ProtocolHeader {
+            min_version: 3,
+            max_version: 4,
+        };
+        assert_eq!(h.negotiate(&future), None);
+    }
+
+    #[test]
+    fn header_with_wrong_magic_is_refused() {
+        assert_eq!(
+            ProtocolHeader::parse(b"GET / H"),
+            Err(WireError::BadMagic(*b"GET /"))
+        );
+    }
+
+    #[test]
+    fn frame_decoder_reassembles_split_bodies() {
+        let mut stream = frame(&[0x00]);
+        stream.extend(frame(&[0x07, 0x00, 0x03, 0x05, 0x9e]));
+        stream.extend(frame(&[]));
+        let mut dec = FrameDecoder::default();
+        let mut bodies = Vec::new();
+        for chunk in stream.chunks(3) {
+            dec.push(chunk);
+            while let Some(body) = dec.next_body().unwrap() {
+                bodies.push(body);
+            }
+        }
+        assert_eq!(
+            bodies,
+            vec![vec![0x00], vec![0x07, 0x00, 0x03, 0x05, 0x9e], vec![]]
+        );
+        assert_eq!(dec.buffered(), 0);
+    }
+
+    #[test]
+    fn frame_decoder_refuses_oversized_length_before_the_body_arrives() {
+        let mut dec = FrameDecoder::default();
+        dec.push(&((MAX_MESSAGE_LEN as u32) + 1).to_be_bytes());
+        assert_eq!(
+            dec.next_body(),
+            Err(WireError::TooLong(MAX_MESSAGE_LEN + 1))
+        );
+
+        let mut dec = FrameDecoder::default();
+        dec.push(&(MAX_MESSAGE_LEN as u32).to_be_bytes());
+        assert_eq!(dec.next_body(), Ok(None));
+    }
+
+    #[test]
+    fn frame_decoder_waits_for_a_truncated_body() {
+        let mut dec = FrameDecoder::default();
+        dec.push(&[0, 0, 0, 3, 0x07, 0x00]);
+        assert_eq!(dec.next_body(), Ok(None));
+        dec.push(&[0x01]);
+        assert_eq!(dec.next_body(), Ok(Some(vec![0x07, 0x00, 0x01])));
+    }
+
+    #[test]
+    fn simple_messages_parse_and_emit() {
+        let cases = [
+            (vec![0x00], Message::Heartbeat),
+            (
+                vec![0x07, 0x00, 0x03, 0x05, 0x9e],
+                Message::OverlayControl {
+                    overlay: 0,
+                    subtag: sleeve_subtag::PMTU_VERIFIED,
+                    data: vec![0x05, 0x9e],
+                },
+            ),
+            (
+                vec![0x02, 0xaa],
+                Message::Unknown {
+                    tag: 2,
+                    body: vec![0xaa],
+                },
+            ),
+        ];
+        for (bytes, msg) in cases {
+            assert_eq!(Message::parse(&bytes), Ok(msg.clone()));
+            assert_eq!(msg.emit(), bytes);
+        }
+    }
+
+    #[test]
+    fn malformed_messages_get_specific_errors() {
+        assert_eq!(Message::parse(&[]), Err(WireError::EmptyBody));
+        assert_eq!(Message::parse(&[0, 1]), Err(WireError::HeartbeatPayload(1)));
+        assert_eq!(
+            Message::parse(&[7, 0]),
+            Err(WireError::ShortOverlayControl(2))
+        );
+        assert!(matches!(
+            Message::parse(&[4]),
+            Err(WireError::Gob {
+                what: "gossip channel name",
+                err: GobError::Truncated
+            })
+        ));
+        // A gossip whose "channel" is a uint.
+        let mut enc = gob::Encoder::with_buffer(vec![4]);
+        enc.uint(1);
+        assert!(matches!(
+            Message::parse(enc.as_bytes()),
+            Err(WireError::Gob {
+                what: "gossip channel name",
+                err: GobError::TypeMismatch { .. }
+            })
+        ));
+        // A source name wider than 48 bits.
+        let mut enc = gob::Encoder::with_buffer(vec![4]);
+        enc.string("topology");
+        enc.uint(1 << 48);
+        enc.bytes(&[]);
+        assert_eq!(
+            Message::parse(enc.as_bytes()),
+            Err(WireError::PeerNameTooWide(1 << 48))
+        );
+        // A unicast without its destination.
+        let mut enc = gob::Encoder::with_buffer(vec![5]);
+        enc.string("IPallocation");
+        enc.uint(1);
+        enc.bytes(&[1, 2]);
+        assert!(matches!(
+            Message::parse(enc.as_bytes()),
+            Err(WireError::Gob {
+                what: "gossip destination peer",
+                err: GobError::TypeMismatch { .. }
+            })
+        ));
+        // A value after the payload.
+        let mut enc = gob::Encoder::with_buffer(vec![6]);
+        enc.string("x");
+        enc.uint(1);
+        enc.bytes(&[]);
+        enc.uint(2);
+        assert_eq!(
+            Message::parse(enc.as_bytes()),
+            Err(WireError::TrailingData("gossip payload"))
+        );
+    }
+
+    #[test]
+    fn garbage_feature_maps_are_refused() {
+        assert_eq!(decode_features(&[]), Err(WireError::Missing("feature map")));
+        assert!(matches!(
+            decode_features(&[0xff, 0x01]),
+            Err(WireError::Gob {
+                what: "feature map",
+                err: GobError::Truncated
+            })
+        ));
+        // A string where the map should be.
+        let mut enc = gob::Encoder::new();
+        enc.string("Name");
+        assert!(matches!(
+            decode_features(enc.as_bytes()),
+            Err(WireError::Gob {
+                what: "feature map",
+                err: GobError::TypeMismatch {
+                    expected: "map",
+                    ..
+                }
+            })
+        ));
+        // map[string]uint is not a feature map.
+        static SU: TypeDesc = TypeDesc::Map {
+            key: &TypeDesc::String,
+            elem: &TypeDesc::Uint,
+        };
+        let mut enc = gob::Encoder::new();
+        enc.encode(&SU, |w| w.seq_len(0));
+        assert!(matches!(
+            decode_features(enc.as_bytes()),
+            Err(WireError::Gob {
+                what: "feature map",
+                err: GobError::TypeMismatch {
+                    expected: "map[string]string",
+                    ..
+                }
+            })
+        ));
+        // Two maps in one body.
+        let one = encode_features(&BTreeMap::new());
+        let mut two = one.clone();
+        two.extend_from_slice(&one[one.len() - 5..]);
+        assert_eq!(
+            decode_features(&two),
+            Err(WireError::TrailingData("feature map"))
+        );
+    }
+
+    #[test]
+    fn topology_refusals() {
+        let entry = (
+            PeerSummary {
+                name: name(1),
+                nickname: "a".into(),
+                uid: 1,
+                version: 1,
+                short_id: 1,
+                has_short_id: true,
+            },
+            vec![],
+        );
+        let bytes = encode_topology(&[entry]);
+        // Drop the connection list message (the last 5 bytes: len, id, id, 0, count).
+        assert_eq!(
+            decode_topology(&bytes[..bytes.len() - 5]),
+            Err(WireError::Missing("topology connection list"))
+        );
+        assert!(matches!(
+            decode_topology(&bytes[..bytes.len() - 1]),
+            Err(WireError::Gob {
+                what: "topology connection list",
+                err: GobError::Truncated
+            })
+        ));
+        // A peer summary whose NameByte has 3 bytes.
+        static ODD: TypeDesc = TypeDesc::Struct {
+            name: "peerSummary",
+            fields: &PEER_SUMMARY_FIELDS,
+        };
+        let mut enc = gob::Encoder::new();
+        enc.encode(&ODD, |w| {
+            let mut s = w.begin_struct();
+            s.bytes(0, &[1, 2, 3]);
+            s.end();
+        });
+        enc.encode(&CONNECTION_SUMMARIES, |w| w.seq_len(0));
+        assert_eq!(
+            decode_topology(enc.as_bytes()),
+            Err(WireError::BadNameBytes(3))
+        );
+        assert_eq!(decode_topology(&[]), Ok(vec![]));
+    }
+
+    #[test]
+    fn topology_decoder_skips_unknown_fields_and_tolerates_missing_ones() {
+        static EXTRA_FIELDS: [FieldDesc; 3] = [
+            FieldDesc {
+                name: "Future",
+                ty: &TypeDesc::String,
+            },
+            FieldDesc {
+                name: "NameByte",
+                ty: &TypeDesc::Bytes,
+            },
+            FieldDesc {
+                name: "UID",
+                ty: &TypeDesc::Uint,
+            },
+        ];
+        static EXTRA: TypeDesc = TypeDesc::Struct {
+            name: "peerSummary",
+            fields: &EXTRA_FIELDS,
+        };
+        let mut enc = gob::Encoder::new();
+        enc.encode(&EXTRA, |w| {
+            let mut s = w.begin_struct();
+            s.string(0, "ignored");
+            s.bytes(1, &name(7).to_bytes());
+            s.uint(2, 99);
+            s.end();
+        });
+        enc.encode(&CONNECTION_SUMMARIES, |w| w.seq_len(0));
+        let entries = decode_topology(enc.as_bytes()).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].0.name, name(7));
+        assert_eq!(entries[0].0.uid, 99);
+        assert_eq!(entries[0].0.version, 0);
+    }
+
+    fn arb_peer_name() -> impl Strategy<Value = PeerName> {
+        (0..=PeerName::MAX).prop_map(name)
+    }
+
+    fn arb_entry() -> impl Strategy<Value = TopologyEntry> {
+        let peer = (
+            arb_peer_name(),
+            ".{0,12}",
+            any::<u64>(),
+            any::<u64>(),
+            any::<u16>(),
+            any::<bool>(),
+        )
+            .prop_map(|(name, nickname, uid, version, short_id, has_short_id)| {
+                PeerSummary {
+                    name,
+                    nickname,
+                    uid,
+                    version,
+                    short_id,
+                    has_short_id,
+                }
+            });
+        let conn = (arb_peer_name(), ".{0,24}", any::<bool>(), any::<bool>()).prop_map(
+            |(name, remote_tcp_addr, outbound, established)| ConnectionSummary {
+                name,
+                remote_tcp_addr,
+                outbound,
+                established,
+            },
+        );
+        (peer, proptest::collection::vec(conn, 0..5))
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        let bytes = proptest::collection::vec(any::<u8>(), 0..64);
+        prop_oneof![
+            Just(Message::Heartbeat),
+            (".{0,16}", arb_peer_name(), bytes.clone()).prop_map(|(channel, src, payload)| {
+                Message::Gossip {
+                    channel,
+                    src,
+                    payload,
+                }
+            }),
+            (".{0,16}", arb_peer_name(), arb_peer_name(), bytes.clone()).prop_map(
+                |(channel, src, dst, payload)| Message::GossipUnicast {
+                    channel,
+                    src,
+                    dst,
+                    payload,
+                }
+            ),
+            (".{0,16}", arb_peer_name(), bytes.clone()).prop_map(|(channel, src, payload)| {
+                Message::GossipBroadcast {
+                    channel,
+                    src,
+                    payload,
+                }
+            }),
+            (any::<u8>(), any::<u8>(), bytes.clone()).prop_map(|(overlay, subtag, data)| {
+                Message::OverlayControl {
+                    overlay,
+                    subtag,
+                    data,
+                }
+            }),
+            (prop_oneof![1..4u8, 8..=255u8], bytes)
+                .prop_map(|(tag, body)| Message::Unknown { tag, body }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn features_round_trip(features in proptest::collection::btree_map(".{0,16}", ".{0,32}", 0..12)) {
+            prop_assert_eq!(decode_features(&encode_features(&features)), Ok(features));
+        }
+
+        #[test]
+        fn topology_round_trips(entries in proptest::collection::vec(arb_entry(), 0..8)) {
+            prop_assert_eq!(decode_topology(&encode_topology(&entries)), Ok(entries));
+        }
+
+        #[test]
+        fn messages_round_trip(msg in arb_message()) {
+            prop_assert_eq!(Message::parse(&msg.emit()), Ok(msg));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Message::parse(&bytes);
+            let _ = decode_features(&bytes);
+            let _ = decode_topology(&bytes);
+            let mut dec = gob::Decoder::new(&bytes);
+            while let Ok(Some(_)) = dec.next_value() {}
+            let mut frames = FrameDecoder::default();
+            frames.push(&bytes);
+            while let Ok(Some(_)) = frames.next_body() {}
+        }
+
+        #[test]
+        fn mutated_valid_streams_never_panic(
+            entries in proptest::collection::vec(arb_entry(), 1..4),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+        ) {
+            // Random bytes rarely get past the first message; flipping bytes of a valid
+            // stream reaches the definition and struct decoders.
+            let mut bytes = encode_topology(&entries);
+            for (at, v) in flips {
+                let i = at % bytes.len();
+                bytes[i] = v;
+            }
+            let _ = decode_topology(&bytes);
+            let mut dec = gob::Decoder::new(&bytes);
+            while let Ok(Some(_)) = dec.next_value() {}
+        }
+    }
 }
