@@ -976,9 +976,15 @@ mod tests {
         let mut sleeper2 = h2.spawn("sleeper2", cmd).unwrap();
         assert!(sleeper2.is_running());
         let pid = sleeper2.pid();
-        assert!(run_cmd(&["ip", "netns", "pids", h2.netns()])
-            .unwrap()
-            .contains(&pid.to_string()));
+        // `ip netns exec` enters the namespace only after it has been started.
+        wait_until("the sleeper to enter host2", Duration::from_secs(5), || {
+            let pids = run_cmd(&["ip", "netns", "pids", h2.netns()]).map_err(|e| e.to_string())?;
+            match pids.split_whitespace().any(|p| p == pid.to_string()) {
+                true => Ok(()),
+                false => Err(format!("pids {pids:?}")),
+            }
+        })
+        .unwrap();
         let log_dir = bed.log_dir().to_owned();
 
         bed.teardown().unwrap();
