@@ -22,7 +22,7 @@ use crate::api::{self, ApiRequest, ApiState};
 use crate::cli::http::io_reason;
 use crate::config::Config;
 use crate::ids::PeerUid;
-use crate::mesh::{Command, ConnKey, Mesh, MeshConfig};
+use crate::mesh::{Command, ConnKey, Event, Mesh, MeshConfig};
 
 /// How long a dial may take before it counts as failed.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,7 +36,23 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Runs the router until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     info!("weave-router {}", api::VERSION);
-    info!("Our name is {}({})", config.name, config.nickname);
+    // No password support yet, so say so the way operators are used to reading it.
+    info!("Communication between peers is unencrypted.");
+
+    let now = Instant::now();
+    let mesh_config = MeshConfig {
+        name: config.name,
+        nickname: config.nickname.clone(),
+        uid: PeerUid(rand::random()),
+        port: config.port,
+        conn_limit: config.conn_limit,
+        discovery: config.discovery,
+        overlays: vec!["sleeve".to_string()],
+    };
+    let mut mesh = Mesh::new(mesh_config, rand::random(), now);
+    while let Some(ev) = mesh.poll_event() {
+        log_event(&ev);
+    }
 
     let mut initial = Vec::new();
     for peer in &config.peers {
@@ -74,19 +90,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
-    let now = Instant::now();
-    let mesh_config = MeshConfig {
-        name: config.name,
-        nickname: config.nickname.clone(),
-        uid: PeerUid(rand::random()),
-        port: config.port,
-        conn_limit: config.conn_limit,
-        discovery: config.discovery,
-        overlays: vec!["sleeve".to_string()],
-    };
-    let mut mesh = Mesh::new(mesh_config, rand::random(), now);
     if !initial.is_empty() {
-        mesh.connect(&initial, false, now);
+        mesh.connect(&initial, false, Instant::now());
     }
 
     let (io_tx, io_rx) = mpsc::channel(IO_QUEUE);
@@ -221,7 +226,6 @@ impl Shell {
         let now = Instant::now();
         match ev {
             IoEvent::Accepted(stream, remote) => {
-                info!("->[{remote}] connection accepted");
                 let conn = self.mesh.handle_accepted(remote, now);
                 self.start_io(conn, stream);
             }
@@ -283,11 +287,7 @@ impl Shell {
             self.execute(cmd);
         }
         while let Some(ev) = self.mesh.poll_event() {
-            if ev.warning {
-                warn!("{ev}");
-            } else {
-                info!("{ev}");
-            }
+            log_event(&ev);
         }
     }
 
@@ -353,6 +353,14 @@ impl Shell {
                 io.writer
             })
             .collect()
+    }
+}
+
+fn log_event(ev: &Event) {
+    if ev.warning {
+        warn!("{ev}");
+    } else {
+        info!("{ev}");
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `weave-router` binary: the daemon (`launch`) and its client subcommands.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -53,8 +54,10 @@ fn run(args: Cli) -> anyhow::Result<()> {
         }
         Cmd::Status(status) => {
             let stdout = std::io::stdout();
-            cli::status(&status, &mut stdout.lock())?;
-            Ok(())
+            match cli::status(&status, &mut stdout.lock()) {
+                Err(e) if e.is_broken_pipe() => Ok(()),
+                other => Ok(other?),
+            }
         }
         Cmd::Connect(connect) => Ok(cli::connect(&connect)?),
         Cmd::Forget(forget) => Ok(cli::forget(&forget)?),
@@ -68,5 +71,6 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

@@ -154,7 +154,11 @@ async fn json_report_round_trips() {
     let s = start(true).await;
     let addr = s.api;
     let out = blocking(move || status_output(addr, None, true).unwrap()).await;
-    assert!(out.starts_with("{\n    \"Ready\": true,\n"), "{out}");
+    // Weave's key order and indentation, not re-sorted by the client.
+    assert!(
+        out.starts_with("{\n    \"Ready\": true,\n    \"Version\": "),
+        "{out}"
+    );
     let report: Report = serde_json::from_str(&out).unwrap();
     assert!(report.ready);
     assert_eq!(report.version, api::VERSION);
@@ -274,4 +278,109 @@ async fn owner_gone_is_503() {
         ),
         "{err}"
     );
+}
+
+/// A `weave-router launch` child process, killed if the test ends early.
+struct Daemon {
+    child: std::process::Child,
+    http: SocketAddr,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn launch(name: &str, nickname: &str, peers: &[String]) -> (Daemon, u16) {
+    let port = free_port();
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_weave-router"))
+        .arg("launch")
+        .arg(format!("--name={name}"))
+        .arg(format!("--nickname={nickname}"))
+        .arg(format!("--port={port}"))
+        .arg(format!("--http-addr={http}"))
+        .arg("--metrics-addr=")
+        .args(peers)
+        .env_remove("KUBE_PEERS")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    (Daemon { child, http }, port)
+}
+
+/// Polls `/report` until `done` holds; gives up (fails) after a generous bound so a broken
+/// build fails instead of hanging. Not a timing assertion.
+fn wait_for(d: &Daemon, what: &str, done: impl Fn(&Report) -> bool) -> Report {
+    let mut last = String::new();
+    for _ in 0..300 {
+        match http::get(d.http, "/report", "application/json") {
+            Ok(resp) => {
+                let report: Report = serde_json::from_slice(&resp.body).unwrap();
+                if done(&report) {
+                    return report;
+                }
+                last = format!("{:?}", report.router.connections);
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("gave up waiting for {what}; last: {last}");
+}
+
+fn established(r: &Report) -> bool {
+    r.router.connections.len() == 1 && r.router.connections[0].state == "established"
+}
+
+#[test]
+fn two_daemons_on_loopback_connect_and_shut_down_on_sigterm() {
+    let (a, a_port) = launch("aa:00:00:00:00:01", "host1", &[]);
+    let (mut b, _) = launch(
+        "aa:00:00:00:00:02",
+        "host2",
+        &[format!("127.0.0.1:{a_port}")],
+    );
+
+    let ra = wait_for(&a, "host1 to accept host2", established);
+    let rb = wait_for(&b, "host2 to reach host1", established);
+    assert!(!ra.router.connections[0].outbound);
+    assert!(rb.router.connections[0].outbound);
+    assert_eq!(rb.router.targets, [format!("127.0.0.1:{a_port}")]);
+    let rb = wait_for(&b, "host2 to learn host1", |r| r.router.peers.len() == 2);
+    assert_eq!(rb.router.peers[1].nickname, "host1");
+
+    let peers = status_output(b.http, Some(StatusPage::Peers), false).unwrap();
+    assert!(
+        peers.starts_with("aa:00:00:00:00:02(host2)\n   -> 127.0.0.1:"),
+        "{peers}"
+    );
+
+    // SIGTERM: host2 logs and exits cleanly; host1 sees the connection end.
+    let pid = b.child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = b.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(b.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(log.contains("=== received SIGTERM ==="), "{log}");
+    let ra = wait_for(&a, "host1 to drop host2", |r| {
+        r.router.connections.is_empty()
+    });
+    assert!(ra.router.termination_count >= 1);
 }

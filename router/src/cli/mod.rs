@@ -70,18 +70,33 @@ pub enum CliError {
     #[error("the router's /report is not JSON: {0}")]
     BadJson(String),
     /// Writing to our output failed.
-    #[error("cannot write output: {0}")]
+    #[error("cannot write output")]
     Output(#[from] std::io::Error),
+}
+
+impl CliError {
+    /// True when our reader went away (`status | head`): not worth an error message.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
 }
 
 /// `weave-router status`: prints the chosen page, or `/report` as indented JSON.
 pub fn status(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliError> {
     if args.json {
         let resp = http::get(args.http_addr, "/report", "application/json")?;
+        // Checked, then printed as sent: re-encoding would sort the keys out of the
+        // server's (and Weave's) order, and both servers already indent.
         let v: serde_json::Value =
             serde_json::from_slice(&resp.body).map_err(|e| CliError::BadJson(e.to_string()))?;
-        let text = crate::api::to_json_pretty(&v).map_err(|e| CliError::BadJson(e.to_string()))?;
-        writeln!(out, "{text}")?;
+        if resp.body.contains(&b'\n') {
+            out.write_all(resp.body.trim_ascii_end())?;
+        } else {
+            let text =
+                crate::api::to_json_pretty(&v).map_err(|e| CliError::BadJson(e.to_string()))?;
+            out.write_all(text.as_bytes())?;
+        }
+        out.write_all(b"\n")?;
         return Ok(());
     }
     let path = match args.page {
