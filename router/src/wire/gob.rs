@@ -187,23 +187,60 @@ pub enum WireType {
 /// The type definitions received so far in one stream.
 #[derive(Debug, Clone, Default)]
 pub struct Types {
-    defs: HashMap<TypeId, WireType>,
+    /// Ids from 64 to 64 + [`DENSE_IDS`], where Go processes put theirs: indexed directly,
+    /// because every struct, slice element and value looks its type up.
+    dense: Vec<Option<WireType>>,
+    /// Any other id a sender chose.
+    sparse: HashMap<TypeId, WireType>,
+    count: usize,
 }
+
+/// How many ids from [`TypeId::FIRST_USER`] up [`Types`] indexes directly.
+const DENSE_IDS: usize = 4096;
 
 impl Types {
     /// The definition of a user type, if it was received.
     pub fn get(&self, id: TypeId) -> Option<&WireType> {
-        self.defs.get(&id)
+        match dense_index(id) {
+            Some(i) => self.dense.get(i)?.as_ref(),
+            None => self.sparse.get(&id),
+        }
     }
 
     /// Number of definitions received.
     pub fn len(&self) -> usize {
-        self.defs.len()
+        self.count
     }
 
     /// Whether no definition was received.
     pub fn is_empty(&self) -> bool {
-        self.defs.is_empty()
+        self.count == 0
+    }
+
+    /// Records a definition; `false` if `id` was already defined.
+    fn insert(&mut self, id: TypeId, def: WireType) -> bool {
+        let slot = match dense_index(id) {
+            Some(i) => {
+                if self.dense.len() <= i {
+                    self.dense.resize(i + 1, None);
+                }
+                &mut self.dense[i]
+            }
+            None => {
+                if self.sparse.contains_key(&id) {
+                    return false;
+                }
+                self.sparse.insert(id, def);
+                self.count += 1;
+                return true;
+            }
+        };
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(def);
+        self.count += 1;
+        true
     }
 
     /// Checks that `id` names a type values can be decoded as.
@@ -211,10 +248,15 @@ impl Types {
         match id.0 {
             1..=7 => Ok(()),
             8..=63 => Err(GobError::Unsupported(id.0)),
-            _ if self.defs.contains_key(&id) => Ok(()),
+            _ if self.get(id).is_some() => Ok(()),
             _ => Err(GobError::UnknownType(id.0)),
         }
     }
+}
+
+fn dense_index(id: TypeId) -> Option<usize> {
+    let i = id.0.checked_sub(TypeId::FIRST_USER.0)?;
+    usize::try_from(i).ok().filter(|&i| i < DENSE_IDS)
 }
 
 /// A decoded gob value of any supported type.
@@ -317,12 +359,11 @@ impl<'a> Decoder<'a> {
             if id < TypeId::FIRST_USER {
                 return Err(GobError::ReservedTypeId(id.0));
             }
-            if self.types.defs.contains_key(&id) {
-                return Err(GobError::DuplicateType(id.0));
-            }
             let def = read_wire_type(&mut body)?;
             body.finish()?;
-            self.types.defs.insert(id, def);
+            if !self.types.insert(id, def) {
+                return Err(GobError::DuplicateType(id.0));
+            }
         }
         Ok(None)
     }
@@ -1746,6 +1787,42 @@ mod tests {
             Decoder::new(&twice).next_value(),
             Err(GobError::DuplicateType(65))
         );
+    }
+
+    #[test]
+    fn far_type_ids_work_and_are_checked_for_duplicates() {
+        static S: TypeDesc = TypeDesc::Slice {
+            elem: &TypeDesc::String,
+        };
+        for first in [
+            TypeId(64),
+            TypeId(64 + 4095),
+            TypeId(64 + 4096),
+            TypeId(1 << 30),
+        ] {
+            let mut enc = Encoder::with_first_type_id(first);
+            enc.encode(&S, |w| {
+                w.seq_len(1);
+                w.string("x");
+            });
+            let one = enc.into_bytes();
+            let mut dec = Decoder::new(&one);
+            assert_eq!(
+                dec.next_value(),
+                Ok(Some(Value::Slice(vec![Value::String("x".into())])))
+            );
+            assert!(dec.types().get(first).is_some());
+            assert_eq!(dec.types().len(), 1);
+
+            let def_len = usize::from(one[0]) + 1;
+            let mut twice = one[..def_len].to_vec();
+            twice.extend_from_slice(&one);
+            assert_eq!(
+                Decoder::new(&twice).next_value(),
+                Err(GobError::DuplicateType(first.0))
+            );
+        }
+        assert!(Types::default().get(TypeId(i32::MIN)).is_none());
     }
 
     #[test]
