@@ -625,6 +625,9 @@ impl FrameDecoder {
 
     /// Returns the next complete body, `Ok(None)` when more bytes are needed, or an error
     /// for a length over [`MAX_MESSAGE_LEN`].
+    ///
+    /// The error repeats on later calls: a v2 stream cannot be resynchronised after a bad
+    /// length, so the connection must be closed.
     pub fn next_body(&mut self) -> Result<Option<Vec<u8>>, WireError> {
         let avail = &self.buf[self.start..];
         let Some((len, rest)) = avail.split_first_chunk::<4>() else {
@@ -733,6 +736,8 @@ mod tests {
             dec.next_body(),
             Err(WireError::TooLong(MAX_MESSAGE_LEN + 1))
         );
+        dec.push(&[0; 16]);
+        assert!(dec.next_body().is_err());
 
         let mut dec = FrameDecoder::default();
         dec.push(&(MAX_MESSAGE_LEN as u32).to_be_bytes());
