@@ -985,6 +985,11 @@ mod tests {
             }
         })
         .unwrap();
+        let mut cmd = h1.command("sleep");
+        cmd.arg("600");
+        let mut stopped = h1.spawn("stopped", cmd).unwrap();
+        stopped.stop(Duration::from_secs(5)).unwrap();
+        assert!(!stopped.is_running());
         let log_dir = bed.log_dir().to_owned();
 
         bed.teardown().unwrap();
