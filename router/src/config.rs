@@ -107,6 +107,17 @@ impl fmt::Display for PeerAddr {
     }
 }
 
+impl PeerAddr {
+    /// How the connection maker shows this peer: without the port when it is the default.
+    pub fn target_text(&self, default_port: u16) -> String {
+        match self {
+            PeerAddr::Ip(addr) if addr.port() == default_port => addr.ip().to_string(),
+            PeerAddr::Host { host, port } if *port == default_port => host.clone(),
+            PeerAddr::Ip(_) | PeerAddr::Host { .. } => self.to_string(),
+        }
+    }
+}
+
 /// Why a peer address is not one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("bad peer address '{0}'")]

@@ -22,7 +22,7 @@ use crate::api::{self, ApiRequest, ApiState};
 use crate::cli::http::io_reason;
 use crate::config::Config;
 use crate::ids::PeerUid;
-use crate::mesh::{Command, ConnKey, Event, Mesh, MeshConfig};
+use crate::mesh::{Command, ConnKey, DirectPeer, Event, Mesh, MeshConfig};
 
 /// How long a dial may take before it counts as failed.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,7 +57,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut initial = Vec::new();
     for peer in &config.peers {
         match api::resolve(peer).await {
-            Ok(addr) => initial.push(addr),
+            Ok(addr) => initial.push(DirectPeer::new(
+                peer.target_text(config.port),
+                addr,
+                config.port,
+            )),
             // A peer that does not resolve yet (a node still joining) must not stop us.
             Err(e) => warn!("Ignoring initial peer {peer}: {e}"),
         }

@@ -56,14 +56,17 @@ async fn start(answering: bool) -> Server {
                     replace,
                     reply,
                 } => {
-                    owner_orders
-                        .lock()
-                        .unwrap()
-                        .push(Order::Connect(addrs, replace));
+                    owner_orders.lock().unwrap().push(Order::Connect(
+                        addrs.iter().map(|d| d.addr).collect(),
+                        replace,
+                    ));
                     let _ = reply.send(());
                 }
                 ApiRequest::Forget { addrs, reply } => {
-                    owner_orders.lock().unwrap().push(Order::Forget(addrs));
+                    owner_orders
+                        .lock()
+                        .unwrap()
+                        .push(Order::Forget(addrs.iter().map(|d| d.addr).collect()));
                     let _ = reply.send(());
                 }
             }

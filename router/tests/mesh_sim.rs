@@ -16,7 +16,9 @@ fn secs(s: u64) -> Duration {
 }
 
 fn all(sim: &Sim) -> Vec<Idx> {
-    (0..sim.peers.len()).filter(|i| sim.peers[*i].mesh.is_some()).collect()
+    (0..sim.peers.len())
+        .filter(|i| sim.peers[*i].mesh.is_some())
+        .collect()
 }
 
 fn peer_count(sim: &Sim, i: Idx) -> usize {
@@ -24,7 +26,9 @@ fn peer_count(sim: &Sim, i: Idx) -> usize {
 }
 
 fn connected_to(sim: &Sim, i: Idx, j: Idx) -> bool {
-    sim.mesh(i).connected_peers().any(|n| n == sim.peers[j].name)
+    sim.mesh(i)
+        .connected_peers()
+        .any(|n| n == sim.peers[j].name)
 }
 
 /// Checks every running peer's data routes against a plain BFS over the edges both ends
@@ -38,15 +42,25 @@ fn assert_routes_match_bfs(sim: &Sim, who: &[Idx]) {
         let dist = bfs(&edges, me);
         let reached: BTreeSet<PeerName> = routes.keys().copied().collect();
         let expected: BTreeSet<PeerName> = dist.keys().copied().collect();
-        assert_eq!(reached, expected, "peer {i}: reachable set differs from BFS");
+        assert_eq!(
+            reached, expected,
+            "peer {i}: reachable set differs from BFS"
+        );
         for (dest, via) in &routes {
             if *dest == me {
                 assert_eq!(*via, UNKNOWN_PEER_NAME);
                 continue;
             }
-            assert!(edges.contains(&(me.min(*via), me.max(*via))), "peer {i}: hop {via} is not a neighbour");
+            assert!(
+                edges.contains(&(me.min(*via), me.max(*via))),
+                "peer {i}: hop {via} is not a neighbour"
+            );
             let from_hop = bfs(&edges, *via);
-            assert_eq!(from_hop[dest] + 1, dist[dest], "peer {i}: hop {via} to {dest} is not on a shortest path");
+            assert_eq!(
+                from_hop[dest] + 1,
+                dist[dest],
+                "peer {i}: hop {via} to {dest} is not on a shortest path"
+            );
         }
     }
 }
@@ -57,8 +71,15 @@ fn two_peers_connect_and_agree() {
     let a = sim.add_peer(Sim::config(0, true));
     let b = sim.add_peer(Sim::config(1, true));
     sim.connect(b, &[a]);
-    let t = sim.run_until_true(Duration::from_millis(10), secs(10), |s| s.agree(&[a, b]) && peer_count(s, a) == 2);
-    assert!(t.is_some(), "logs a:\n{}\nlogs b:\n{}", sim.dump_logs(a), sim.dump_logs(b));
+    let t = sim.run_until_true(Duration::from_millis(10), secs(10), |s| {
+        s.agree(&[a, b]) && peer_count(s, a) == 2
+    });
+    assert!(
+        t.is_some(),
+        "logs a:\n{}\nlogs b:\n{}",
+        sim.dump_logs(a),
+        sim.dump_logs(b)
+    );
     assert!(connected_to(&sim, a, b) && connected_to(&sim, b, a));
     let status = sim.mesh(a).status(sim.instant());
     assert_eq!(status.peers.len(), 2);
@@ -79,10 +100,18 @@ fn chain_discovers_the_far_end_and_survives_losing_the_middle() {
     let t = sim.run_until_true(Duration::from_millis(50), secs(30), |s| {
         connected_to(s, h1, h3) && connected_to(s, h3, h1) && s.agree(&[h1, h2, h3])
     });
-    assert!(t.is_some(), "h1 and h3 never connected directly:\n{}", sim.dump_logs(h3));
+    assert!(
+        t.is_some(),
+        "h1 and h3 never connected directly:\n{}",
+        sim.dump_logs(h3)
+    );
     for i in [h1, h2, h3] {
         assert_eq!(peer_count(&sim, i), 3);
-        assert_eq!(sim.mesh(i).connected_peers().count(), 2, "full mesh of three");
+        assert_eq!(
+            sim.mesh(i).connected_peers().count(),
+            2,
+            "full mesh of three"
+        );
     }
     let old_uid = sim.mesh(h1).topology().get(peer_name(1)).unwrap().uid;
 
@@ -96,11 +125,16 @@ fn chain_discovers_the_far_end_and_survives_losing_the_middle() {
     sim.start_peer(h2, Sim::config(1, true));
     sim.connect(h2, &[h1]);
     let t = sim.run_until_true(Duration::from_millis(50), secs(60), |s| {
-        s.agree(&[h1, h2, h3]) && peer_count(s, h1) == 3 && s.mesh(h2).connected_peers().count() == 2
+        s.agree(&[h1, h2, h3])
+            && peer_count(s, h1) == 3
+            && s.mesh(h2).connected_peers().count() == 2
     });
     assert!(t.is_some(), "h2 did not rejoin:\n{}", sim.dump_logs(h2));
     let new_uid = sim.mesh(h1).topology().get(peer_name(1)).unwrap().uid;
-    assert_ne!(old_uid, new_uid, "the restarted peer is known by its new UID");
+    assert_ne!(
+        old_uid, new_uid,
+        "the restarted peer is known by its new UID"
+    );
     assert_routes_match_bfs(&sim, &[h1, h2, h3]);
 }
 
@@ -121,11 +155,26 @@ fn simultaneous_dials_leave_one_connection_at_both_ends() {
     assert_eq!(sim.mesh(b).connected_peers().count(), 1);
     let sa = sim.mesh(a).status(sim.instant());
     let sb = sim.mesh(b).status(sim.instant());
-    let est = |s: &weave_router::mesh::status::RouterStatus| s.connections.iter().filter(|c| c.state == "established").count();
+    let est = |s: &weave_router::mesh::status::RouterStatus| {
+        s.connections
+            .iter()
+            .filter(|c| c.state == "established")
+            .count()
+    };
     assert_eq!((est(&sa), est(&sb)), (1, 1));
     // Both ends keep the same TCP connection: one side's outbound is the other's inbound.
-    let oa = sa.connections.iter().find(|c| c.state == "established").unwrap().outbound;
-    let ob = sb.connections.iter().find(|c| c.state == "established").unwrap().outbound;
+    let oa = sa
+        .connections
+        .iter()
+        .find(|c| c.state == "established")
+        .unwrap()
+        .outbound;
+    let ob = sb
+        .connections
+        .iter()
+        .find(|c| c.state == "established")
+        .unwrap()
+        .outbound;
     assert_ne!(oa, ob);
 }
 
@@ -135,9 +184,16 @@ fn connecting_to_ourself_is_refused_and_never_retried() {
     let a = sim.add_peer(Sim::config(0, true));
     sim.connect(a, &[a]);
     sim.run_until(secs(600));
-    let attempts = sim.peers[a].log.iter().filter(|l| l.contains("attempting connection")).count();
+    let attempts = sim.peers[a]
+        .log
+        .iter()
+        .filter(|l| l.contains("attempting connection"))
+        .count();
     assert_eq!(attempts, 1, "{}", sim.dump_logs(a));
-    assert!(sim.peers[a].log.iter().any(|l| l.contains("cannot connect to ourself")));
+    assert!(sim.peers[a]
+        .log
+        .iter()
+        .any(|l| l.contains("cannot connect to ourself")));
     assert_eq!(peer_count(&sim, a), 1);
 }
 
@@ -150,8 +206,19 @@ fn a_peer_using_our_name_is_refused_and_never_retried() {
     let b = sim.add_peer(clash);
     sim.connect(b, &[a]);
     sim.run_until(secs(600));
-    assert!(sim.peers[b].log.iter().any(|l| l.contains("peer names collision")), "{}", sim.dump_logs(b));
-    let attempts = sim.peers[b].log.iter().filter(|l| l.contains("attempting connection")).count();
+    assert!(
+        sim.peers[b]
+            .log
+            .iter()
+            .any(|l| l.contains("peer names collision")),
+        "{}",
+        sim.dump_logs(b)
+    );
+    let attempts = sim.peers[b]
+        .log
+        .iter()
+        .filter(|l| l.contains("attempting connection"))
+        .count();
     assert_eq!(attempts, 1);
     assert_eq!(sim.mesh(a).connected_peers().count(), 0);
 }
@@ -162,13 +229,18 @@ fn connection_limit_is_enforced() {
     let mut cfg = Sim::config(0, false);
     cfg.conn_limit = 2;
     let hub = sim.add_peer(cfg);
-    let others: Vec<Idx> = (1..5).map(|i| sim.add_peer(Sim::config(i, false))).collect();
+    let others: Vec<Idx> = (1..5)
+        .map(|i| sim.add_peer(Sim::config(i, false)))
+        .collect();
     for o in &others {
         sim.connect(*o, &[hub]);
     }
     sim.run_until(secs(30));
     assert_eq!(sim.mesh(hub).connected_peers().count(), 2);
-    assert!(sim.peers[hub].log.iter().any(|l| l.contains("Connection limit reached (2)")));
+    assert!(sim.peers[hub]
+        .log
+        .iter()
+        .any(|l| l.contains("Connection limit reached (2)")));
 }
 
 #[test]
@@ -218,11 +290,17 @@ fn two_hundred_peers_with_loss_and_a_healing_partition_converge() {
     }
     sim.loss = 0.05;
     let everyone = all(&sim);
-    let links_up = |s: &Sim| intended.iter().all(|(a, b)| connected_to(s, *a, *b) && connected_to(s, *b, *a));
+    let links_up = |s: &Sim| {
+        intended
+            .iter()
+            .all(|(a, b)| connected_to(s, *a, *b) && connected_to(s, *b, *a))
+    };
 
     let t0 = sim.now;
     let m0 = sim.messages;
-    let first = sim.run_until_true(Duration::from_millis(100), t0 + secs(600), |s| links_up(s) && s.agree(&everyone));
+    let first = sim.run_until_true(Duration::from_millis(100), t0 + secs(600), |s| {
+        links_up(s) && s.agree(&everyone)
+    });
     let first = first.expect("initial convergence");
     println!(
         "initial convergence: {:.1} simulated s, {} messages ({} KiB)",
@@ -242,14 +320,20 @@ fn two_hundred_peers_with_loss_and_a_healing_partition_converge() {
         let mine = side.contains(&i);
         for p in sim.mesh(i).topology().peers() {
             let idx = (p.name.as_u64() - 0x0200_0000_0000 - 1) as usize;
-            assert_eq!(side.contains(&idx), mine, "peer {i} still knows {idx} across the partition");
+            assert_eq!(
+                side.contains(&idx),
+                mine,
+                "peer {i} still knows {idx} across the partition"
+            );
         }
     }
 
     sim.partition = None;
     let healed_at = sim.now;
     let m1 = sim.messages;
-    let t = sim.run_until_true(Duration::from_millis(100), healed_at + secs(1200), |s| links_up(s) && s.agree(&everyone));
+    let t = sim.run_until_true(Duration::from_millis(100), healed_at + secs(1200), |s| {
+        links_up(s) && s.agree(&everyone)
+    });
     let t = t.expect("convergence after the partition healed");
     println!(
         "after healing: {:.1} simulated s, {} messages; {} peers, {} links, loss {:.0}%",

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::PeerAddr;
 use crate::mesh::status::{Report, RouterStatus};
+use crate::mesh::DirectPeer;
 
 /// The version reported by `/report` and `/status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -34,8 +35,8 @@ pub enum ApiRequest {
     },
     /// Add connection targets (`POST /connect`).
     Connect {
-        /// Resolved addresses.
-        addrs: Vec<SocketAddr>,
+        /// Resolved peers.
+        addrs: Vec<DirectPeer>,
         /// Drop the previous targets first.
         replace: bool,
         /// Answered once the mesh has them.
@@ -43,8 +44,8 @@ pub enum ApiRequest {
     },
     /// Remove connection targets (`POST /forget`).
     Forget {
-        /// Resolved addresses.
-        addrs: Vec<SocketAddr>,
+        /// Resolved peers.
+        addrs: Vec<DirectPeer>,
         /// Answered once the mesh has dropped them.
         reply: oneshot::Sender<()>,
     },
@@ -125,12 +126,14 @@ impl ApiState {
     }
 
     /// Parses and resolves `peer` fields; returns the good addresses and the errors.
-    async fn resolve_peers(&self, peers: &[String]) -> (Vec<SocketAddr>, Vec<String>) {
+    async fn resolve_peers(&self, peers: &[String]) -> (Vec<DirectPeer>, Vec<String>) {
         let mut addrs = Vec::new();
         let mut errors = Vec::new();
         for p in peers {
             let resolved = match PeerAddr::parse(p, self.port) {
-                Ok(peer) => resolve(&peer).await,
+                Ok(peer) => resolve(&peer)
+                    .await
+                    .map(|addr| DirectPeer::new(p.clone(), addr, self.port)),
                 Err(e) => Err(format!("{e}, should be host[:port]")),
             };
             match resolved {

@@ -6,7 +6,7 @@
 //! 6 min; a connection that lived over a minute is retried at once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -74,6 +74,30 @@ impl Target {
     }
 }
 
+/// A peer address given on the command line or to `POST /connect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectPeer {
+    /// The address as the operator wrote it (shown by `/status/targets`).
+    pub text: String,
+    /// Where to dial (resolved, with the mesh port when none was given).
+    pub addr: SocketAddr,
+    /// Whether the operator gave a port. A peer given without one is not dialled while it
+    /// is connected to us from that IP, so two peers that list each other keep one
+    /// connection instead of replacing it with every retry.
+    pub port_given: bool,
+}
+
+impl DirectPeer {
+    /// A direct peer from an address; `default_port` tells whether a port was given.
+    pub fn new(text: impl Into<String>, addr: SocketAddr, default_port: u16) -> Self {
+        DirectPeer {
+            text: text.into(),
+            addr,
+            port_given: addr.port() != default_port,
+        }
+    }
+}
+
 /// One of our live connections, as the maker needs to see it.
 #[derive(Debug, Clone)]
 pub struct OurConn {
@@ -108,7 +132,7 @@ pub struct Attempt {
 pub struct ConnectionMaker {
     discovery: bool,
     port: u16,
-    direct: BTreeSet<SocketAddr>,
+    direct: BTreeMap<String, DirectPeer>,
     targets: BTreeMap<SocketAddr, Target>,
 }
 
@@ -118,35 +142,34 @@ impl ConnectionMaker {
         ConnectionMaker {
             discovery,
             port,
-            direct: BTreeSet::new(),
+            direct: BTreeMap::new(),
             targets: BTreeMap::new(),
         }
     }
 
     /// Adds direct peers; with `replace` the old ones are dropped first. Known targets are
     /// retried at once.
-    pub fn connect(&mut self, addrs: &[SocketAddr], replace: bool, now: Instant) {
+    pub fn connect(&mut self, peers: &[DirectPeer], replace: bool, now: Instant) {
         if replace {
             self.direct.clear();
         }
-        for addr in addrs {
-            self.direct.insert(*addr);
-            if let Some(t) = self.targets.get_mut(addr) {
+        for peer in peers {
+            self.direct.insert(peer.text.clone(), peer.clone());
+            if let Some(t) = self.targets.get_mut(&peer.addr) {
                 t.try_now(now);
             }
         }
     }
 
-    /// Removes direct peers (existing connections stay).
-    pub fn forget(&mut self, addrs: &[SocketAddr]) {
-        for addr in addrs {
-            self.direct.remove(addr);
-        }
+    /// Removes direct peers, matched by text or address (existing connections stay).
+    pub fn forget(&mut self, peers: &[DirectPeer]) {
+        self.direct
+            .retain(|text, d| !peers.iter().any(|p| p.text == *text || p.addr == d.addr));
     }
 
-    /// The direct peers, for `/status/targets`.
-    pub fn direct_peers(&self) -> impl Iterator<Item = &SocketAddr> {
-        self.direct.iter()
+    /// The direct peers as given, for `/status/targets`.
+    pub fn direct_peers(&self) -> impl Iterator<Item = &str> {
+        self.direct.keys().map(String::as_str)
     }
 
     /// All targets, for `/status/connections`.
@@ -163,6 +186,12 @@ impl ConnectionMaker {
     ) -> (Vec<Attempt>, Option<Instant>) {
         let connected_peers: BTreeSet<PeerName> = ours.iter().map(|c| c.peer).collect();
         let connected_addrs: BTreeSet<SocketAddr> = ours.iter().map(|c| c.addr).collect();
+        let inbound_ips: BTreeSet<IpAddr> = ours
+            .iter()
+            .filter(|c| !c.outbound)
+            .map(|c| c.addr.ip())
+            .collect();
+        let direct: BTreeSet<SocketAddr> = self.direct.values().map(|d| d.addr).collect();
         let mut valid = BTreeSet::new();
         let mut add = |targets: &mut BTreeMap<SocketAddr, Target>, addr: SocketAddr| {
             if connected_addrs.contains(&addr) {
@@ -171,8 +200,10 @@ impl ConnectionMaker {
             valid.insert(addr);
             targets.entry(addr).or_insert_with(|| Target::new(now));
         };
-        for addr in &self.direct {
-            add(&mut self.targets, *addr);
+        for d in self.direct.values() {
+            if d.port_given || !inbound_ips.contains(&d.addr.ip()) {
+                add(&mut self.targets, d.addr);
+            }
         }
         if self.discovery {
             for addr in discovered(topo, &connected_peers, self.port) {
@@ -181,7 +212,7 @@ impl ConnectionMaker {
         }
         let mut attempts = Vec::new();
         let mut next: Option<Instant> = None;
-        let direct = &self.direct;
+        let direct = &direct;
         self.targets.retain(|addr, t| {
             if !matches!(t.state, TargetState::Waiting | TargetState::Suspended) {
                 return true;
@@ -212,7 +243,13 @@ impl ConnectionMaker {
     }
 
     /// A dial failed (or was refused before a connection existed): back off.
-    pub fn attempt_failed(&mut self, addr: SocketAddr, error: &str, now: Instant, rng: &mut impl Rng) {
+    pub fn attempt_failed(
+        &mut self,
+        addr: SocketAddr,
+        error: &str,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) {
         if let Some(t) = self.targets.get_mut(&addr) {
             t.state = TargetState::Waiting;
             t.last_error = Some(error.to_string());
@@ -294,7 +331,10 @@ mod tests {
         for _ in 0..30 {
             t.try_later(now, &mut rng);
             let wait = t.try_after.unwrap() - now;
-            assert!(wait >= expected / 2 && wait < expected * 3 / 2, "{wait:?} vs {expected:?}");
+            assert!(
+                wait >= expected / 2 && wait < expected * 3 / 2,
+                "{wait:?} vs {expected:?}"
+            );
             expected = (expected * 3 / 2).min(MAX_INTERVAL);
             assert_eq!(t.interval, expected);
         }
@@ -307,7 +347,7 @@ mod tests {
         let now = Instant::now();
         let a = addr("10.0.0.2:6783");
         let mut m = ConnectionMaker::new(6783, true);
-        m.connect(&[a], false, now);
+        m.connect(&[DirectPeer::new("10.0.0.2", a, 6783)], false, now);
         let me = crate::mesh::topology::Peer {
             name: PeerName::from_u64(1).unwrap(),
             nickname: String::new(),
@@ -320,12 +360,22 @@ mod tests {
         };
         let topo = Topology::new(me);
         let (attempts, _) = m.check(&[], &topo, now);
-        assert_eq!(attempts, vec![Attempt { addr: a, accept_new_peer: true }]);
+        assert_eq!(
+            attempts,
+            vec![Attempt {
+                addr: a,
+                accept_new_peer: true
+            }]
+        );
         m.connection_created(a);
         let later = now + Duration::from_secs(120);
         m.connection_terminated(a, "eof", Termination::Failed, later, &mut rng);
         let (attempts, _) = m.check(&[], &topo, later);
-        assert_eq!(attempts.len(), 1, "retried at once after a long-lived connection");
+        assert_eq!(
+            attempts.len(),
+            1,
+            "retried at once after a long-lived connection"
+        );
         m.connection_terminated(a, "self", Termination::Never, later, &mut rng);
         let (attempts, next) = m.check(&[], &topo, later + MAX_INTERVAL * 10);
         assert!(attempts.is_empty() && next.is_none());

@@ -3,9 +3,10 @@
 //! as [`Command`]s the shell executes.
 
 pub mod maker;
-pub mod routes;
 pub mod router;
-pub mod topology;
+pub mod routes;
 pub mod status;
+pub mod topology;
 
+pub use maker::DirectPeer;
 pub use router::{Command, ConnKey, Event, Mesh, MeshConfig};

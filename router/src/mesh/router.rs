@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::ids::{ConnId, ConnUid, PeerName, PeerUid, ShortId, UNKNOWN_PEER_NAME};
-use crate::mesh::maker::{ConnectionMaker, OurConn, TargetState, Termination};
+use crate::mesh::maker::{ConnectionMaker, DirectPeer, OurConn, TargetState, Termination};
 use crate::mesh::routes::{self, UnicastRoutes};
 use crate::mesh::status::{
     BroadcastRouteStatus, LocalConnectionStatus, PeerConnectionStatus, PeerStatus, RouterStatus,
@@ -253,14 +253,16 @@ impl Mesh {
 
     /// Adds addresses for the connection maker to keep connected (initial peers,
     /// `POST /connect`); with `replace`, the previous direct targets are dropped.
-    pub fn connect(&mut self, addrs: &[SocketAddr], replace: bool, now: Instant) {
-        self.maker.connect(addrs, replace, now);
+    pub fn connect(&mut self, peers: &[DirectPeer], replace: bool, now: Instant) {
+        self.maker.connect(peers, replace, now);
+        self.maker_dirty = true;
         self.run_maker(now);
     }
 
     /// Removes addresses from the targets (`POST /forget`).
-    pub fn forget(&mut self, addrs: &[SocketAddr], now: Instant) {
-        self.maker.forget(addrs);
+    pub fn forget(&mut self, peers: &[DirectPeer], now: Instant) {
+        self.maker.forget(peers);
+        self.maker_dirty = true;
         self.run_maker(now);
     }
 
@@ -287,9 +289,13 @@ impl Mesh {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
-        self.info(format!("->[{}] error during connection attempt: {error}", c.addr));
+        self.info(format!(
+            "->[{}] error during connection attempt: {error}",
+            c.addr
+        ));
         let rng = &mut self.rng;
         self.maker.attempt_failed(c.addr, error, now, rng);
+        self.maker_dirty = true;
         self.run_maker(now);
     }
 
@@ -365,18 +371,27 @@ impl Mesh {
 
     /// When `handle_timeout` should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let conn_times = self.conns.values().filter(|c| c.phase != Phase::Dialing).map(|c| {
-            if c.phase == Phase::Ready {
-                c.deadline.min(c.next_heartbeat)
-            } else {
-                c.deadline
-            }
-        });
-        [self.gc_due, self.update_due, self.maker_due, Some(self.next_gossip)]
-            .into_iter()
-            .flatten()
-            .chain(conn_times)
-            .min()
+        let conn_times = self
+            .conns
+            .values()
+            .filter(|c| c.phase != Phase::Dialing)
+            .map(|c| {
+                if c.phase == Phase::Ready {
+                    c.deadline.min(c.next_heartbeat)
+                } else {
+                    c.deadline
+                }
+            });
+        [
+            self.gc_due,
+            self.update_due,
+            self.maker_due,
+            Some(self.next_gossip),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(conn_times)
+        .min()
     }
 
     /// The next effect to perform.
@@ -412,7 +427,12 @@ impl Mesh {
     /// A snapshot for `/report` and the status texts; `now` dates retry times.
     pub fn status(&self, now: Instant) -> RouterStatus {
         let me = self.config.name;
-        let nick = |n: PeerName| self.topo.get(n).map(|p| p.nickname.clone()).unwrap_or_default();
+        let nick = |n: PeerName| {
+            self.topo
+                .get(n)
+                .map(|p| p.nickname.clone())
+                .unwrap_or_default()
+        };
         let mut peers: Vec<&Peer> = self.topo.peers().collect();
         peers.sort_by_key(|p| (p.name != me, p.name));
         let peers = peers
@@ -457,7 +477,12 @@ impl Mesh {
                 Some(LocalConnectionStatus {
                     address: c.addr.to_string(),
                     outbound: c.outbound,
-                    state: if c.established { "established" } else { "pending" }.to_string(),
+                    state: if c.established {
+                        "established"
+                    } else {
+                        "pending"
+                    }
+                    .to_string(),
                     info: format!("{:<6} {}({})", "none", name, nick(*name)),
                     attrs: BTreeMap::new(),
                 })
@@ -504,14 +529,20 @@ impl Mesh {
             broadcast_routes,
             connections,
             termination_count: self.termination_count,
-            targets: self.maker.direct_peers().map(|a| a.to_string()).collect(),
+            targets: self.maker.direct_peers().map(str::to_string).collect(),
             trusted_subnets: Vec::new(),
         }
     }
 
     // ----- connections -----
 
-    fn new_conn(&mut self, addr: SocketAddr, outbound: bool, accept_new_peer: bool, now: Instant) -> ConnKey {
+    fn new_conn(
+        &mut self,
+        addr: SocketAddr,
+        outbound: bool,
+        accept_new_peer: bool,
+        now: Instant,
+    ) -> ConnKey {
         let key = ConnKey(self.next_key);
         self.next_key += 1;
         let conn_id = ConnId(self.rng.gen());
@@ -521,7 +552,11 @@ impl Mesh {
                 addr,
                 outbound,
                 accept_new_peer,
-                phase: if outbound { Phase::Dialing } else { Phase::Header },
+                phase: if outbound {
+                    Phase::Dialing
+                } else {
+                    Phase::Header
+                },
                 pending: Vec::new(),
                 frames: FrameDecoder::default(),
                 conn_id,
@@ -564,14 +599,18 @@ impl Mesh {
                     }
                     let bytes: [u8; 7] = c.pending[..7].try_into().expect("length checked");
                     c.pending.drain(..7);
-                    let header = ProtocolHeader::parse(&bytes)
-                        .map_err(|e| ConnError::failed(format!("remote protocol header not recognised: {e}")))?;
+                    let header = ProtocolHeader::parse(&bytes).map_err(|e| {
+                        ConnError::failed(format!("remote protocol header not recognised: {e}"))
+                    })?;
                     let lo = header.min_version.max(PROTOCOL_MIN_VERSION);
                     let hi = header.max_version.min(PROTOCOL_MAX_VERSION);
                     if lo > hi {
                         return Err(ConnError::failed(format!(
                             "remote version range [{},{}] is incompatible with ours [{},{}]",
-                            header.min_version, header.max_version, PROTOCOL_MIN_VERSION, PROTOCOL_MAX_VERSION
+                            header.min_version,
+                            header.max_version,
+                            PROTOCOL_MIN_VERSION,
+                            PROTOCOL_MAX_VERSION
                         )));
                     }
                     c.phase = Phase::Flag;
@@ -592,7 +631,9 @@ impl Mesh {
                                 "no password specified, but peer requested an encrypted connection",
                             ))
                         }
-                        other => return Err(ConnError::failed(format!("bad encryption flag {other}"))),
+                        other => {
+                            return Err(ConnError::failed(format!("bad encryption flag {other}")))
+                        }
                     }
                     c.phase = Phase::Features;
                     let rest = std::mem::take(&mut c.pending);
@@ -636,7 +677,12 @@ impl Mesh {
     }
 
     /// Validates the remote's feature map and adds the connection.
-    fn handle_features(&mut self, key: ConnKey, body: &[u8], now: Instant) -> Result<(), ConnError> {
+    fn handle_features(
+        &mut self,
+        key: ConnKey,
+        body: &[u8],
+        now: Instant,
+    ) -> Result<(), ConnError> {
         let features = wire::decode_features(body)
             .map_err(|e| ConnError::failed(format!("bad feature map: {e}")))?;
         let remote = parse_features(&features).map_err(ConnError::failed)?;
@@ -677,7 +723,9 @@ impl Mesh {
         }
         let restarted = known_uid.is_some_and(|u| u != remote.uid);
         let prefix = c.prefix();
-        self.info(format!("{prefix}: connection ready; using protocol version 2"));
+        self.info(format!(
+            "{prefix}: connection ready; using protocol version 2"
+        ));
         self.add_connection(key, remote.name, restarted, now)?;
         if self.conns.get(&key).is_some_and(|c| c.outbound) {
             self.maker.connection_created(addr);
@@ -689,10 +737,27 @@ impl Mesh {
     }
 
     /// Weave's `handleAddConnection`: duplicates, the limit, then registration.
-    fn add_connection(&mut self, key: ConnKey, name: PeerName, restarted: bool, now: Instant) -> Result<(), ConnError> {
+    fn add_connection(
+        &mut self,
+        key: ConnKey,
+        name: PeerName,
+        restarted: bool,
+        now: Instant,
+    ) -> Result<(), ConnError> {
         let me = format!("{}({})", self.config.name, self.config.nickname);
-        let remote_desc = format!("{}({})", name, self.topo.get(name).map(|p| p.nickname.as_str()).unwrap_or(""));
-        let dup = || ConnError::failed(format!("Multiple connections to {remote_desc} added to {me}"));
+        let remote_desc = format!(
+            "{}({})",
+            name,
+            self.topo
+                .get(name)
+                .map(|p| p.nickname.as_str())
+                .unwrap_or("")
+        );
+        let dup = || {
+            ConnError::failed(format!(
+                "Multiple connections to {remote_desc} added to {me}"
+            ))
+        };
         if let Some(&existing) = self.by_peer.get(&name) {
             let ours = self.conns[&key].uid;
             let theirs = self.conns[&existing].uid;
@@ -706,10 +771,13 @@ impl Mesh {
         }
         let limit = self.config.conn_limit;
         if limit != 0 && self.by_peer.len() >= limit {
-            return Err(ConnError::failed(format!("Connection limit reached ({limit})")));
+            return Err(ConnError::failed(format!(
+                "Connection limit reached ({limit})"
+            )));
         }
         self.ensure_routes();
-        let connected_peer = routes::unicast(&self.topo, self.config.name, true).contains_key(&name);
+        let connected_peer =
+            routes::unicast(&self.topo, self.config.name, true).contains_key(&name);
         let c = self.conns.get_mut(&key).expect("caller holds the key");
         c.phase = Phase::Ready;
         c.registered = true;
@@ -770,9 +838,15 @@ impl Mesh {
         };
         let prefix = c.prefix();
         if c.remote.is_none() {
-            self.warn(format!("{prefix} connection shutting down due to error during handshake: {}", err.reason));
+            self.warn(format!(
+                "{prefix} connection shutting down due to error during handshake: {}",
+                err.reason
+            ));
         } else {
-            self.warn(format!("{prefix}: connection shutting down due to error: {}", err.reason));
+            self.warn(format!(
+                "{prefix}: connection shutting down due to error: {}",
+                err.reason
+            ));
         }
         if close {
             self.commands.push_back(Command::Close { conn: key });
@@ -798,7 +872,8 @@ impl Mesh {
         }
         if c.outbound {
             let rng = &mut self.rng;
-            self.maker.connection_terminated(c.addr, &err.reason, err.how, now, rng);
+            self.maker
+                .connection_terminated(c.addr, &err.reason, err.how, now, rng);
         }
         self.maker_dirty = true;
     }
@@ -809,13 +884,21 @@ impl Mesh {
         if body.is_empty() {
             return Ok(());
         }
-        let msg = Message::parse(body).map_err(|e| ConnError::failed(format!("bad message: {e}")))?;
+        let msg =
+            Message::parse(body).map_err(|e| ConnError::failed(format!("bad message: {e}")))?;
         match msg {
             Message::Heartbeat => Ok(()),
-            Message::Gossip { channel, src, payload } => {
-                self.handle_gossip(&channel, src, &payload, now)
-            }
-            Message::GossipUnicast { channel, src, dst, payload } => {
+            Message::Gossip {
+                channel,
+                src,
+                payload,
+            } => self.handle_gossip(&channel, src, &payload, now),
+            Message::GossipUnicast {
+                channel,
+                src,
+                dst,
+                payload,
+            } => {
                 if dst != self.config.name {
                     self.relay_unicast(&channel, dst, body);
                     return Ok(());
@@ -829,7 +912,11 @@ impl Mesh {
                 let _ = payload;
                 Ok(())
             }
-            Message::GossipBroadcast { channel, src, payload } => {
+            Message::GossipBroadcast {
+                channel,
+                src,
+                payload,
+            } => {
                 let payload = if channel == TOPOLOGY_CHANNEL {
                     let names = self.apply_topology(&payload, now)?.0;
                     if names.is_empty() {
@@ -855,7 +942,13 @@ impl Mesh {
         }
     }
 
-    fn handle_gossip(&mut self, channel: &str, src: PeerName, payload: &[u8], now: Instant) -> Result<(), ConnError> {
+    fn handle_gossip(
+        &mut self,
+        channel: &str,
+        src: PeerName,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), ConnError> {
         if channel == TOPOLOGY_CHANNEL {
             let improved = self.apply_topology(payload, now)?.1;
             if !improved.is_empty() {
@@ -869,7 +962,11 @@ impl Mesh {
         if self.surrogate_seen.iter().any(|(h, _)| *h == hash) {
             return Ok(());
         }
-        while self.surrogate_seen.front().is_some_and(|(_, t)| *t + GOSSIP_INTERVAL <= now) {
+        while self
+            .surrogate_seen
+            .front()
+            .is_some_and(|(_, t)| *t + GOSSIP_INTERVAL <= now)
+        {
             self.surrogate_seen.pop_front();
         }
         self.surrogate_seen.push_back((hash, now));
@@ -887,7 +984,9 @@ impl Mesh {
             .map_err(|e| ConnError::failed(format!("bad topology update: {e}")))?;
         let names: BTreeSet<PeerName> = entries.iter().map(|(s, _)| s.name).collect();
         let rng = &mut self.rng;
-        let out = self.topo.apply_entries(&entries, &mut |used| pick_short_id(rng, used));
+        let out = self
+            .topo
+            .apply_entries(&entries, &mut |used| pick_short_id(rng, used));
         if out.ourself_changed {
             self.schedule_update(None, now);
         }
@@ -965,11 +1064,15 @@ impl Mesh {
     fn relay_unicast(&mut self, channel: &str, dst: PeerName, body: &[u8]) {
         self.ensure_routes();
         let Some(&hop) = self.unicast_all.get(&dst) else {
-            self.warn(format!("[gossip {channel}]: unknown relay destination: {dst}"));
+            self.warn(format!(
+                "[gossip {channel}]: unknown relay destination: {dst}"
+            ));
             return;
         };
         let Some(&key) = self.by_peer.get(&hop) else {
-            self.warn(format!("[gossip {channel}]: unable to find connection to relay peer {hop}"));
+            self.warn(format!(
+                "[gossip {channel}]: unable to find connection to relay peer {hop}"
+            ));
             return;
         };
         self.send(key, wire::frame(body));
@@ -1099,17 +1202,23 @@ fn parse_features(f: &BTreeMap<String, String>) -> Result<RemoteFeatures, String
     }
     let flavour = &f["PeerNameFlavour"];
     if flavour != "mac" {
-        return Err(format!("Peer name flavour mismatch (ours: 'mac', theirs: '{flavour}')"));
+        return Err(format!(
+            "Peer name flavour mismatch (ours: 'mac', theirs: '{flavour}')"
+        ));
     }
     let name: PeerName = f["Name"].parse().map_err(|e| format!("field Name: {e}"))?;
-    let uid: u64 = f["UID"].parse().map_err(|_| format!("field UID: not a 64-bit number: {:?}", f["UID"]))?;
+    let uid: u64 = f["UID"]
+        .parse()
+        .map_err(|_| format!("field UID: not a 64-bit number: {:?}", f["UID"]))?;
     let conn_id: u64 = f["ConnID"]
         .parse()
         .map_err(|_| format!("field ConnID: not a 64-bit number: {:?}", f["ConnID"]))?;
     let short_id = match f.get("ShortID") {
         None => None,
         Some(s) => {
-            let v: u16 = s.parse().map_err(|_| format!("field ShortID: not a number: {s:?}"))?;
+            let v: u16 = s
+                .parse()
+                .map_err(|_| format!("field ShortID: not a number: {s:?}"))?;
             if v >= ShortId::COUNT {
                 return Err(format!("field ShortID: {v} does not fit 12 bits"));
             }
@@ -1133,13 +1242,18 @@ fn pick_short_id(rng: &mut impl Rng, used: &BTreeSet<ShortId>) -> ShortId {
             return id;
         }
     }
-    let free: Vec<ShortId> = (0..ShortId::COUNT).map(ShortId).filter(|id| !used.contains(id)).collect();
+    let free: Vec<ShortId> = (0..ShortId::COUNT)
+        .map(ShortId)
+        .filter(|id| !used.contains(id))
+        .collect();
     free.choose(rng).copied().unwrap_or(ShortId(0))
 }
 
 /// FNV-1a, 64 bit: the surrogate gossip de-duplication hash.
 fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -1147,7 +1261,10 @@ mod tests {
     use super::*;
 
     fn features(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

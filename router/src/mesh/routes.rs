@@ -19,8 +19,14 @@ pub fn unicast(topo: &Topology, start: PeerName, established_symmetric: bool) ->
 }
 
 /// Every peer reachable from `start`, itself included.
-pub fn reachable(topo: &Topology, start: PeerName, established_symmetric: bool) -> BTreeSet<PeerName> {
-    unicast(topo, start, established_symmetric).into_keys().collect()
+pub fn reachable(
+    topo: &Topology,
+    start: PeerName,
+    established_symmetric: bool,
+) -> BTreeSet<PeerName> {
+    unicast(topo, start, established_symmetric)
+        .into_keys()
+        .collect()
 }
 
 /// The neighbours of `ourself` that a broadcast from `source` must be forwarded to: those
@@ -123,7 +129,11 @@ mod tests {
         };
         let mut all: BTreeMap<u64, Peer> = (1..=n).map(|i| (i, mk(i))).collect();
         for &(a, b) in edges {
-            let c = PeerConn { remote_tcp_addr: String::new(), outbound: true, established: true };
+            let c = PeerConn {
+                remote_tcp_addr: String::new(),
+                outbound: true,
+                established: true,
+            };
             all.get_mut(&a).unwrap().conns.insert(name(b), c.clone());
             all.get_mut(&b).unwrap().conns.insert(name(a), c);
         }
@@ -136,7 +146,11 @@ mod tests {
                 let other = if a == 1 { b } else { a };
                 t.ourself_mut().conns.insert(
                     name(other),
-                    PeerConn { remote_tcp_addr: String::new(), outbound: true, established: true },
+                    PeerConn {
+                        remote_tcp_addr: String::new(),
+                        outbound: true,
+                        established: true,
+                    },
                 );
             }
         }
@@ -174,7 +188,10 @@ mod tests {
         let t = topo(3, &[(1, 2), (1, 3)]);
         assert_eq!(broadcast(&t, name(1), name(2), true), vec![name(3)]);
         assert_eq!(broadcast(&t, name(1), name(3), true), vec![name(2)]);
-        assert_eq!(broadcast(&t, name(1), name(1), true), vec![name(2), name(3)]);
+        assert_eq!(
+            broadcast(&t, name(1), name(1), true),
+            vec![name(2), name(3)]
+        );
     }
 
     #[test]

@@ -307,10 +307,9 @@ impl Topology {
     ) -> bool {
         let me = self.ourself();
         let ours = me.short_id;
-        let clash = self
-            .peers
-            .values()
-            .any(|p| p.name != self.ourself && p.has_short_id && p.short_id == ours && p.name < self.ourself);
+        let clash = self.peers.values().any(|p| {
+            p.name != self.ourself && p.has_short_id && p.short_id == ours && p.name < self.ourself
+        });
         if !clash {
             return false;
         }
@@ -395,7 +394,11 @@ mod tests {
         let mut t = Topology::new(me());
         t.ourself_mut().conns.insert(
             name(2),
-            PeerConn { remote_tcp_addr: "x".into(), outbound: true, established: true },
+            PeerConn {
+                remote_tcp_addr: "x".into(),
+                outbound: true,
+                established: true,
+            },
         );
         t.add_local_ref(&summary(2, 5, 0, 9));
         let out = t.apply_entries(&[(summary(2, 5, 3, 9), vec![conn(1)])], &mut no_pick);
@@ -430,13 +433,20 @@ mod tests {
         // 3 is known only through 2's connections; nobody connects us to 2.
         t.apply_entries(&[(summary(2, 5, 1, 9), vec![conn(3)])], &mut no_pick);
         assert_eq!(t.len(), 3);
-        assert_eq!(t.garbage_collect(), [name(2), name(3)].into_iter().collect());
+        assert_eq!(
+            t.garbage_collect(),
+            [name(2), name(3)].into_iter().collect()
+        );
         assert_eq!(t.len(), 1);
         // With a local reference and our connection to 2, both stay.
         t.add_local_ref(&summary(2, 5, 0, 9));
         t.ourself_mut().conns.insert(
             name(2),
-            PeerConn { remote_tcp_addr: "x".into(), outbound: true, established: true },
+            PeerConn {
+                remote_tcp_addr: "x".into(),
+                outbound: true,
+                established: true,
+            },
         );
         t.apply_entries(&[(summary(2, 5, 1, 9), vec![conn(3)])], &mut no_pick);
         assert!(t.garbage_collect().is_empty());

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use weave_router::ids::{PeerName, PeerUid};
-use weave_router::mesh::{Command, ConnKey, Mesh, MeshConfig};
+use weave_router::mesh::{Command, ConnKey, DirectPeer, Mesh, MeshConfig};
 
 /// Index of a simulated peer.
 pub type Idx = usize;
@@ -51,7 +51,8 @@ pub struct Sim {
     seq: u64,
     links: BTreeMap<End, End>,
     last_delivery: BTreeMap<End, Duration>,
-    /// Probability that a sent message is lost.
+    sends: BTreeMap<End, u64>,
+    /// Probability that a message after the handshake is lost.
     pub loss: f64,
     /// Peers on side A of a partition (None: no partition).
     pub partition: Option<BTreeSet<Idx>>,
@@ -66,7 +67,10 @@ pub fn peer_name(i: Idx) -> PeerName {
 }
 
 pub fn peer_addr(i: Idx) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 1, (i >> 8) as u8, (i & 255) as u8), 6783))
+    SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::new(10, 1, (i >> 8) as u8, (i & 255) as u8),
+        6783,
+    ))
 }
 
 impl Sim {
@@ -81,6 +85,7 @@ impl Sim {
             seq: 0,
             links: BTreeMap::new(),
             last_delivery: BTreeMap::new(),
+            sends: BTreeMap::new(),
             loss: 0.0,
             partition: None,
             latency: (1, 10),
@@ -106,7 +111,13 @@ impl Sim {
     pub fn add_peer(&mut self, mut config: MeshConfig) -> Idx {
         let i = self.peers.len();
         let addr = peer_addr(i);
-        self.peers.push(SimPeer { mesh: None, addr, name: config.name, log: Vec::new(), timer_at: None });
+        self.peers.push(SimPeer {
+            mesh: None,
+            addr,
+            name: config.name,
+            log: Vec::new(),
+            timer_at: None,
+        });
         config.uid = PeerUid(self.rng.gen());
         self.start_peer(i, config);
         i
@@ -126,7 +137,12 @@ impl Sim {
     /// Kills a peer's process: every link of it closes at once (the kernel resets them).
     pub fn kill_peer(&mut self, i: Idx) {
         self.peers[i].mesh = None;
-        let ends: Vec<(End, End)> = self.links.iter().filter(|(a, _)| a.peer == i).map(|(a, b)| (*a, *b)).collect();
+        let ends: Vec<(End, End)> = self
+            .links
+            .iter()
+            .filter(|(a, _)| a.peer == i)
+            .map(|(a, b)| (*a, *b))
+            .collect();
         for (a, b) in ends {
             self.links.remove(&a);
             self.links.remove(&b);
@@ -144,7 +160,16 @@ impl Sim {
     }
 
     pub fn connect(&mut self, i: Idx, targets: &[Idx]) {
-        let addrs: Vec<SocketAddr> = targets.iter().map(|t| self.peers[*t].addr).collect();
+        let addrs: Vec<DirectPeer> = targets
+            .iter()
+            .map(|t| {
+                DirectPeer::new(
+                    self.peers[*t].addr.ip().to_string(),
+                    self.peers[*t].addr,
+                    6783,
+                )
+            })
+            .collect();
         let now = self.instant();
         if let Some(m) = self.peers[i].mesh.as_mut() {
             m.connect(&addrs, false, now);
@@ -178,12 +203,16 @@ impl Sim {
         while let Some(c) = m.poll_command() {
             cmds.push(c);
         }
+        let mut lines = Vec::new();
         while let Some(e) = m.poll_event() {
             if self.keep_logs {
-                self.peers[i].log.push(format!("{:?} {}", self.now, e));
+                lines.push(format!("{:.3}s {}", self.now.as_secs_f64(), e));
             }
         }
-        let next = m.poll_timeout().map(|t| t.saturating_duration_since(self.base).max(self.now));
+        let next = m
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(self.base).max(self.now));
+        self.peers[i].log.extend(lines);
         for c in cmds {
             match c {
                 Command::Dial { conn, addr } => {
@@ -195,27 +224,45 @@ impl Sim {
                             self.push(at, Ev::Connect { from, to: t })
                         }
                         Some(t) if t == i => self.push(at, Ev::Connect { from, to: t }),
-                        _ => self.push(at, Ev::DialFailed { from, why: "connect: connection refused" }),
+                        _ => self.push(
+                            at,
+                            Ev::DialFailed {
+                                from,
+                                why: "connect: connection refused",
+                            },
+                        ),
                     }
                 }
                 Command::Send { conn, bytes } => {
                     let from = End { peer: i, key: conn };
-                    let Some(&to) = self.links.get(&from) else { continue };
+                    let Some(&to) = self.links.get(&from) else {
+                        continue;
+                    };
                     self.messages += 1;
                     self.bytes += bytes.len() as u64;
-                    if self.cut(i, to.peer) || self.rng.gen_bool(self.loss) {
+                    // The handshake (header, flag, feature map) is never lost: a TCP
+                    // connection either delivers it or fails. Loss models messages that
+                    // vanish afterwards, which the gossip must survive.
+                    let sent = self.sends.entry(from).or_insert(0);
+                    *sent += 1;
+                    let lossy = *sent > 3;
+                    if self.cut(i, to.peer) || (lossy && self.rng.gen_bool(self.loss)) {
                         continue;
                     }
-                    let at = (self.now + self.latency()).max(*self.last_delivery.get(&to).unwrap_or(&Duration::ZERO));
+                    let at = (self.now + self.latency())
+                        .max(*self.last_delivery.get(&to).unwrap_or(&Duration::ZERO));
                     self.last_delivery.insert(to, at);
                     self.push(at, Ev::Data { to, bytes });
                 }
                 Command::Close { conn } => {
                     let from = End { peer: i, key: conn };
-                    let Some(to) = self.links.remove(&from) else { continue };
+                    let Some(to) = self.links.remove(&from) else {
+                        continue;
+                    };
                     self.links.remove(&to);
                     if !self.cut(i, to.peer) {
-                        let at = (self.now + self.latency()).max(*self.last_delivery.get(&to).unwrap_or(&Duration::ZERO));
+                        let at = (self.now + self.latency())
+                            .max(*self.last_delivery.get(&to).unwrap_or(&Duration::ZERO));
                         self.push(at, Ev::Closed { to });
                     }
                 }
@@ -245,7 +292,12 @@ impl Sim {
     }
 
     /// Runs in steps of `step` until `done` holds (returns the time) or `limit` passes.
-    pub fn run_until_true(&mut self, step: Duration, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> Option<Duration> {
+    pub fn run_until_true(
+        &mut self,
+        step: Duration,
+        limit: Duration,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Option<Duration> {
         loop {
             if done(self) {
                 return Some(self.now);
@@ -278,15 +330,27 @@ impl Sim {
                     return;
                 }
                 if self.peers[to].mesh.is_none() || self.cut(from.peer, to) {
-                    self.peers[from.peer].mesh.as_mut().unwrap().handle_dial_failed(from.key, "connect: connection refused", now);
+                    self.peers[from.peer]
+                        .mesh
+                        .as_mut()
+                        .unwrap()
+                        .handle_dial_failed(from.key, "connect: connection refused", now);
                     self.after_call(from.peer);
                     return;
                 }
                 let port = 40000 + (self.seq % 20000) as u16;
                 let mut remote = self.peers[from.peer].addr;
                 remote.set_port(port);
-                self.peers[from.peer].mesh.as_mut().unwrap().handle_dialed(from.key, now);
-                let key = self.peers[to].mesh.as_mut().unwrap().handle_accepted(remote, now);
+                self.peers[from.peer]
+                    .mesh
+                    .as_mut()
+                    .unwrap()
+                    .handle_dialed(from.key, now);
+                let key = self.peers[to]
+                    .mesh
+                    .as_mut()
+                    .unwrap()
+                    .handle_accepted(remote, now);
                 let back = End { peer: to, key };
                 self.links.insert(from, back);
                 self.links.insert(back, from);
@@ -323,14 +387,25 @@ impl Sim {
         self.mesh(i)
             .topology()
             .peers()
-            .map(|p| (p.name, (p.uid.0, p.version, p.conns.iter().map(|(n, c)| (*n, c.established)).collect())))
+            .map(|p| {
+                (
+                    p.name,
+                    (
+                        p.uid.0,
+                        p.version,
+                        p.conns.iter().map(|(n, c)| (*n, c.established)).collect(),
+                    ),
+                )
+            })
             .collect()
     }
 
     /// Whether every running peer holds the same topology.
     pub fn agree(&self, who: &[Idx]) -> bool {
         let mut views = who.iter().map(|i| self.view(*i));
-        let Some(first) = views.next() else { return true };
+        let Some(first) = views.next() else {
+            return true;
+        };
         views.all(|v| v == first)
     }
 
@@ -340,7 +415,9 @@ impl Sim {
         for i in who {
             let m = self.mesh(*i);
             let me = m.name();
-            let Some(p) = m.topology().get(me) else { continue };
+            let Some(p) = m.topology().get(me) else {
+                continue;
+            };
             for (n, c) in &p.conns {
                 if c.established {
                     out.insert((me.min(*n), me.max(*n)));
@@ -353,10 +430,19 @@ impl Sim {
             .flat_map(|i| {
                 let m = self.mesh(*i);
                 let me = m.name();
-                m.topology().get(me).unwrap().conns.iter().filter(|(_, c)| c.established).map(move |(n, _)| (me, *n)).collect::<Vec<_>>()
+                m.topology()
+                    .get(me)
+                    .unwrap()
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.established)
+                    .map(move |(n, _)| (me, *n))
+                    .collect::<Vec<_>>()
             })
             .collect();
-        out.into_iter().filter(|(a, b)| directed.contains(&(*a, *b)) && directed.contains(&(*b, *a))).collect()
+        out.into_iter()
+            .filter(|(a, b)| directed.contains(&(*a, *b)) && directed.contains(&(*b, *a)))
+            .collect()
     }
 
     pub fn dump_logs(&self, i: Idx) -> String {
