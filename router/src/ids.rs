@@ -32,7 +32,9 @@ impl PeerName {
 
     /// Builds a name from six bytes, most significant first.
     pub fn from_bytes(b: [u8; 6]) -> Self {
-        PeerName(u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]))
+        PeerName(u64::from_be_bytes([
+            0, 0, b[0], b[1], b[2], b[3], b[4], b[5],
+        ]))
     }
 
     /// Builds a name from a byte slice of length 6 (Weave's `NameByte`).
@@ -145,7 +147,13 @@ mod tests {
 
     #[test]
     fn peer_name_rejects_bad_text() {
-        for bad in ["", "aa:00:00:00:00", "aa:00:00:00:00:0g", "aa:00:00:00:00:001", "aa::00:00:00:00:01"] {
+        for bad in [
+            "",
+            "aa:00:00:00:00",
+            "aa:00:00:00:00:0g",
+            "aa:00:00:00:00:001",
+            "aa::00:00:00:00:01",
+        ] {
             assert!(bad.parse::<PeerName>().is_err(), "{bad}");
         }
         assert!(PeerName::from_u64(1 << 48).is_none());
