@@ -1004,9 +1004,12 @@ impl Mesh {
         if removed.is_empty() {
             return;
         }
-        for name in &removed {
-            self.pending_update.remove(name);
-            self.info(format!("Removed unreachable peer {name}"));
+        for peer in &removed {
+            self.pending_update.remove(&peer.name);
+            self.info(format!(
+                "Removed unreachable peer {}({})",
+                peer.name, peer.nickname
+            ));
         }
         self.topology_changed();
     }

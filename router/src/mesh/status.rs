@@ -6,6 +6,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::PeerName;
 
+/// Reads Weave's `null` (its encoding of an empty Go slice or map) as the empty value.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// The `Router` section of `/report`, with Weave's keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -34,12 +43,15 @@ pub struct RouterStatus {
     /// Next hops per broadcast source.
     pub broadcast_routes: Vec<BroadcastRouteStatus>,
     /// Our connections and connection attempts.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub connections: Vec<LocalConnectionStatus>,
     /// How many connections have ended since start.
     pub termination_count: u64,
     /// The addresses the connection maker is asked to keep connected.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub targets: Vec<String>,
     /// Subnets trusted to carry unencrypted traffic.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub trusted_subnets: Vec<String>,
 }
 
@@ -61,6 +73,7 @@ pub struct PeerStatus {
     /// Its topology version.
     pub version: u64,
     /// Its connections as it gossips them.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub connections: Vec<PeerConnectionStatus>,
 }
 
@@ -98,6 +111,7 @@ pub struct BroadcastRouteStatus {
     /// Broadcast source.
     pub source: PeerName,
     /// Neighbours to forward to.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub via: Vec<PeerName>,
 }
 
@@ -114,6 +128,7 @@ pub struct LocalConnectionStatus {
     /// Free text: the remote peer, or the error and next retry.
     pub info: String,
     /// Overlay attributes (`name`, `mtu`) once established.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub attrs: BTreeMap<String, serde_json::Value>,
 }
 
@@ -127,4 +142,22 @@ pub struct Report {
     pub version: String,
     /// The mesh.
     pub router: RouterStatus,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weave_reports_with_nulls_parse() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/report-host1.json"
+        ))
+        .unwrap();
+        let report: Report = serde_json::from_str(&text).expect("Weave's own /report parses");
+        assert_eq!(report.router.name.to_string(), "aa:00:00:00:00:01");
+        assert_eq!(report.router.peers.len(), 3);
+        assert!(report.router.targets.is_empty());
+    }
 }

@@ -328,8 +328,8 @@ impl Topology {
     }
 
     /// Removes peers we can no longer reach over any gossiped connection and that none of
-    /// our connections refers to. Returns the removed names.
-    pub fn garbage_collect(&mut self) -> BTreeSet<PeerName> {
+    /// our connections refers to. Returns the removed entries.
+    pub fn garbage_collect(&mut self) -> Vec<Peer> {
         let reached = crate::mesh::routes::reachable(self, self.ourself, false);
         let removed: BTreeSet<PeerName> = self
             .peers
@@ -337,10 +337,10 @@ impl Topology {
             .filter(|p| p.local_refs == 0 && !reached.contains(&p.name))
             .map(|p| p.name)
             .collect();
-        for name in &removed {
-            self.peers.remove(name);
-        }
         removed
+            .iter()
+            .filter_map(|name| self.peers.remove(name))
+            .collect()
     }
 }
 
@@ -433,10 +433,8 @@ mod tests {
         // 3 is known only through 2's connections; nobody connects us to 2.
         t.apply_entries(&[(summary(2, 5, 1, 9), vec![conn(3)])], &mut no_pick);
         assert_eq!(t.len(), 3);
-        assert_eq!(
-            t.garbage_collect(),
-            [name(2), name(3)].into_iter().collect()
-        );
+        let removed: Vec<PeerName> = t.garbage_collect().iter().map(|p| p.name).collect();
+        assert_eq!(removed, vec![name(2), name(3)]);
         assert_eq!(t.len(), 1);
         // With a local reference and our connection to 2, both stay.
         t.add_local_ref(&summary(2, 5, 0, 9));
