@@ -1,0 +1,253 @@
+//! The mesh state machine against real Weave Net 2.8.1 bytes and against hostile input:
+//! captured handshakes and gossip are replayed into a [`Mesh`], and malformed handshakes
+//! are refused with a logged reason.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weave_router::ids::{PeerName, PeerUid};
+use weave_router::mesh::{Command, ConnKey, Mesh, MeshConfig};
+use weave_router::wire::mesh::{self as wire, FrameDecoder, Message};
+
+fn capture() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/three-peers-plain.dissect.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The hex of the event at `frame` in the capture.
+fn hex_of(cap: &Value, frame: u64) -> Vec<u8> {
+    let ev = cap["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["frame"] == frame)
+        .unwrap_or_else(|| panic!("frame {frame} in capture"));
+    hex::decode(ev["hex"].as_str().unwrap()).unwrap()
+}
+
+fn host1() -> MeshConfig {
+    MeshConfig {
+        name: "aa:00:00:00:00:01".parse().unwrap(),
+        nickname: "host1".into(),
+        uid: PeerUid(10147670469106945850),
+        port: 6783,
+        conn_limit: 200,
+        discovery: true,
+        overlays: vec!["sleeve".into()],
+    }
+}
+
+/// Everything the mesh wants sent on `key`, and whether it closed it.
+fn drain(mesh: &mut Mesh, key: ConnKey) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut closed = false;
+    while let Some(c) = mesh.poll_command() {
+        match c {
+            Command::Send { conn, bytes } if conn == key => out.extend(bytes),
+            Command::Close { conn } if conn == key => closed = true,
+            Command::Send { .. } | Command::Close { .. } | Command::Dial { .. } => {}
+        }
+    }
+    (out, closed)
+}
+
+fn events(mesh: &mut Mesh) -> Vec<String> {
+    std::iter::from_fn(|| mesh.poll_event())
+        .map(|e| e.message)
+        .collect()
+}
+
+#[test]
+fn captured_weave_peer_is_accepted_and_its_gossip_applied() {
+    let cap = capture();
+    let now = Instant::now();
+    let mut mesh = Mesh::new(host1(), 7, now);
+    let remote: SocketAddr = "192.168.77.2:43347".parse().unwrap();
+    let key = mesh.handle_accepted(remote, now);
+
+    // host2's side of the capture: header (frame 6), flag (12), feature map (13).
+    let mut input = hex_of(&cap, 6);
+    input.extend(hex_of(&cap, 12));
+    input.extend(wire::frame(&hex_of(&cap, 13)));
+    mesh.handle_data(key, &input, now);
+    let (sent, closed) = drain(&mut mesh, key);
+    assert!(!closed, "{:?}", events(&mut mesh));
+
+    // Our answer: the same 7-byte header Weave sends, flag 0, then a feature map a Weave
+    // peer can read, then the full topology (host2 is a new peer).
+    assert_eq!(&sent[..5], b"weave");
+    assert_eq!(sent[7], 0);
+    let mut frames = FrameDecoder::default();
+    frames.push(&sent[8..]);
+    let features = wire::decode_features(&frames.next_body().unwrap().unwrap()).unwrap();
+    assert_eq!(features["Name"], "aa:00:00:00:00:01");
+    assert_eq!(features["PeerNameFlavour"], "mac");
+    assert_eq!(features["UID"], "10147670469106945850");
+    assert!(features["ConnID"].parse::<u64>().is_ok());
+    let Message::Gossip {
+        channel,
+        src,
+        payload,
+    } = Message::parse(&frames.next_body().unwrap().unwrap()).unwrap()
+    else {
+        panic!("expected topology gossip");
+    };
+    assert_eq!(
+        (channel.as_str(), src.to_string().as_str()),
+        ("topology", "aa:00:00:00:00:01")
+    );
+    let entries = wire::decode_topology(&payload).unwrap();
+    assert_eq!(entries.len(), 2);
+
+    // host2's first topology gossip (frame 16) names itself with its connection to us.
+    mesh.handle_data(key, &wire::frame(&hex_of(&cap, 16)), now);
+    let (_, closed) = drain(&mut mesh, key);
+    assert!(!closed);
+    let host2: PeerName = "aa:00:00:00:00:02".parse().unwrap();
+    let status = mesh.status(now);
+    assert_eq!(status.peers.len(), 2);
+    let p2 = status.peers.iter().find(|p| p.name == host2).unwrap();
+    assert_eq!(
+        (p2.uid, p2.version, p2.short_id),
+        (10347548252719273627, 1, 3422)
+    );
+    assert_eq!(p2.connections.len(), 1);
+    assert_eq!(p2.connections[0].address, "192.168.77.1:6783");
+    assert!(p2.connections[0].outbound && !p2.connections[0].established);
+    let ours = &status.peers[0];
+    assert_eq!(ours.connections[0].address, "192.168.77.2:43347");
+    assert!(!ours.connections[0].outbound);
+
+    // A captured IPallocation gossip (frame 19) is for a channel we do not run: it is
+    // accepted and not held against the connection.
+    mesh.handle_data(key, &wire::frame(&hex_of(&cap, 19)), now);
+    // A TCP heartbeat (frame 594) keeps the connection; silence for 60 s ends it.
+    mesh.handle_data(key, &wire::frame(&hex_of(&cap, 594)), now);
+    let (_, closed) = drain(&mut mesh, key);
+    assert!(!closed);
+    let later = now + Duration::from_secs(61);
+    mesh.handle_timeout(later);
+    let (_, closed) = drain(&mut mesh, key);
+    assert!(closed, "a silent connection is closed after 60 s");
+    assert!(events(&mut mesh)
+        .iter()
+        .any(|e| e.contains("no message for 60s")));
+}
+
+/// Feeds `bytes` to a fresh inbound connection; returns whether it was closed and the log.
+fn refuse(bytes: &[u8]) -> (bool, Vec<String>) {
+    let now = Instant::now();
+    let mut mesh = Mesh::new(host1(), 1, now);
+    let key = mesh.handle_accepted("192.168.77.2:40000".parse().unwrap(), now);
+    mesh.handle_data(key, bytes, now);
+    let (_, closed) = drain(&mut mesh, key);
+    // The router is still whole: it reports itself and no connection.
+    let status = mesh.status(now);
+    assert_eq!(status.peers.len(), 1);
+    assert!(status.connections.is_empty());
+    (closed, events(&mut mesh))
+}
+
+fn assert_refused(bytes: &[u8], reason: &str) {
+    let (closed, log) = refuse(bytes);
+    assert!(closed, "not closed for {reason}");
+    assert!(
+        log.iter().any(|l| l.contains(reason)),
+        "no log line with {reason:?} in {log:?}"
+    );
+}
+
+#[test]
+fn wrong_magic_is_refused() {
+    assert_refused(b"wheat\x01\x02", "remote protocol header not recognised");
+}
+
+#[test]
+fn protocol_one_only_is_refused() {
+    assert_refused(
+        b"weave\x01\x01",
+        "remote version range [1,1] is incompatible with ours [2,2]",
+    );
+}
+
+#[test]
+fn encrypted_connection_without_a_password_is_refused() {
+    let mut bytes = b"weave\x01\x02\x01".to_vec();
+    bytes.extend([0u8; 32]);
+    assert_refused(&bytes, "peer requested an encrypted connection");
+}
+
+#[test]
+fn oversized_length_is_refused_before_buffering() {
+    let mut bytes = b"weave\x01\x02\x00".to_vec();
+    bytes.extend((11u32 * 1024 * 1024).to_be_bytes());
+    assert_refused(&bytes, "incoming message");
+}
+
+#[test]
+fn garbage_feature_map_is_refused() {
+    let mut bytes = b"weave\x01\x02\x00".to_vec();
+    bytes.extend(wire::frame(&[0x05, 0xff, 0x00, 0x13, 0x37, 0x42]));
+    assert_refused(&bytes, "bad feature map");
+}
+
+#[test]
+fn feature_map_missing_a_field_is_refused_naming_it() {
+    let mut f = std::collections::BTreeMap::new();
+    f.insert("PeerNameFlavour".to_string(), "mac".to_string());
+    f.insert("Name".to_string(), "aa:00:00:00:00:02".to_string());
+    f.insert("NickName".to_string(), "x".to_string());
+    f.insert("ConnID".to_string(), "5".to_string());
+    let mut bytes = b"weave\x01\x02\x00".to_vec();
+    bytes.extend(wire::frame(&wire::encode_features(&f)));
+    assert_refused(&bytes, "field UID is missing");
+}
+
+#[test]
+fn silent_handshake_times_out() {
+    let now = Instant::now();
+    let mut mesh = Mesh::new(host1(), 1, now);
+    let key = mesh.handle_accepted("192.168.77.2:40000".parse().unwrap(), now);
+    mesh.handle_data(key, b"weave\x01", now);
+    mesh.handle_timeout(now + Duration::from_secs(11));
+    let (_, closed) = drain(&mut mesh, key);
+    assert!(closed);
+    assert!(events(&mut mesh)
+        .iter()
+        .any(|l| l.contains("handshake timed out")));
+}
+
+#[test]
+fn arbitrary_bytes_never_panic_the_mesh() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(99);
+    let cap = capture();
+    let valid_start = {
+        let mut v = hex_of(&cap, 6);
+        v.extend(hex_of(&cap, 12));
+        v.extend(wire::frame(&hex_of(&cap, 13)));
+        v.extend(wire::frame(&hex_of(&cap, 16)));
+        v
+    };
+    for round in 0..2000 {
+        let now = Instant::now();
+        let mut mesh = Mesh::new(host1(), round, now);
+        let key = mesh.handle_accepted("192.168.77.2:40000".parse().unwrap(), now);
+        let mut bytes = valid_start.clone();
+        for _ in 0..rng.gen_range(1..8) {
+            let i = rng.gen_range(0..bytes.len());
+            bytes[i] = rng.gen();
+        }
+        bytes.truncate(rng.gen_range(0..=bytes.len()));
+        for chunk in bytes.chunks(rng.gen_range(1..64)) {
+            mesh.handle_data(key, chunk, now);
+        }
+        mesh.handle_timeout(now + Duration::from_secs(120));
+        while mesh.poll_command().is_some() {}
+        let _ = mesh.status(now);
+    }
+}
