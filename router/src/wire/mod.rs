@@ -4,5 +4,9 @@
 //! - [`mesh`]: the TCP control protocol: protocol header, v2 framing, feature map, messages,
 //!   gossip envelopes and the topology payload.
 
+pub mod eth;
 pub mod gob;
+pub mod icmp;
 pub mod mesh;
+pub mod sleeve;
+pub mod vnet;

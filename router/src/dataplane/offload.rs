@@ -1,0 +1,1 @@
+//! GSO split and GRO coalesce of TCP super-frames.

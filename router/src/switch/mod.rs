@@ -1,0 +1,1 @@
+//! Sans-IO forwarding: MAC learning, forwarding decisions, flooding.

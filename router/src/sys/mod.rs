@@ -1,0 +1,1 @@
+//! The small unsafe layer: TAP devices, socket options, control messages.

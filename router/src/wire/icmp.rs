@@ -1,0 +1,1 @@
+//! Synthesised ICMP messages (IPv4 "fragmentation needed").

@@ -1,0 +1,1 @@
+//! Sleeve datagrams: sender name, then frames with source and destination peers.
