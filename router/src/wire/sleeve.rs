@@ -223,6 +223,17 @@ impl<T: AsRef<[u8]>> SleevePacket<T> {
     }
 }
 
+impl<'a, T: AsRef<[u8]> + ?Sized> SleevePacket<&'a T> {
+    /// Like [`SleevePacket::frames`], but the frames borrow the buffer rather than the view.
+    pub fn into_frames(self) -> Frames<'a> {
+        Frames {
+            buf: self.buffer.as_ref(),
+            offset: PACKET_HEADER_LEN,
+            done: false,
+        }
+    }
+}
+
 /// Iterator over the frames of a [`SleevePacket`].
 #[derive(Debug, Clone)]
 pub struct Frames<'a> {
