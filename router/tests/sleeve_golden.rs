@@ -249,6 +249,17 @@ fn re_encoding_gives_the_captured_bytes() {
 }
 
 #[test]
+fn relaying_rewrites_only_the_sender() {
+    // Frames 299 and 300: pod1's echo request host1 -> host2, then relayed host2 -> host3.
+    let all = datagrams();
+    let hop1 = all.iter().find(|d| d.frame == 299).unwrap();
+    let hop2 = all.iter().find(|d| d.frame == 300).unwrap();
+    let mut relayed = SleevePacket::new_checked(hop1.payload.clone()).unwrap();
+    relayed.set_sender("aa:00:00:00:00:02".parse().unwrap());
+    assert!(relayed.into_inner() == hop2.payload);
+}
+
+#[test]
 fn packer_packs_like_weave_within_a_1500_byte_path() {
     // Weave filled each datagram up to the path's payload limit; ours, given the same frames
     // and limit, makes the same datagram.

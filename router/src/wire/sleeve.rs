@@ -223,6 +223,13 @@ impl<T: AsRef<[u8]>> SleevePacket<T> {
     }
 }
 
+impl<T: AsRef<[u8]> + AsMut<[u8]>> SleevePacket<T> {
+    /// Rewrites the sender: relaying a whole datagram to the next hop changes nothing else.
+    pub fn set_sender(&mut self, sender: PeerName) {
+        self.buffer.as_mut()[field::SENDER].copy_from_slice(&sender.to_bytes());
+    }
+}
+
 impl<'a, T: AsRef<[u8]> + ?Sized> SleevePacket<&'a T> {
     /// Like [`SleevePacket::frames`], but the frames borrow the buffer rather than the view.
     pub fn into_frames(self) -> Frames<'a> {
