@@ -320,6 +320,14 @@ impl Shell {
                     task.abort();
                 }
             }
+            Command::SendUdp(udp) => {
+                // The sleeve is only switched on together with the data plane, which owns
+                // the UDP sockets; this daemon runs the mesh without it.
+                warn!(
+                    "Dropping a sleeve datagram to {}: no data plane is running",
+                    udp.to
+                );
+            }
         }
     }
 

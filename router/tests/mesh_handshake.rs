@@ -49,7 +49,10 @@ fn drain(mesh: &mut Mesh, key: ConnKey) -> (Vec<u8>, bool) {
         match c {
             Command::Send { conn, bytes } if conn == key => out.extend(bytes),
             Command::Close { conn } if conn == key => closed = true,
-            Command::Send { .. } | Command::Close { .. } | Command::Dial { .. } => {}
+            Command::Send { .. }
+            | Command::Close { .. }
+            | Command::Dial { .. }
+            | Command::SendUdp(_) => {}
         }
     }
     (out, closed)

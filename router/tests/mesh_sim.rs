@@ -348,3 +348,50 @@ fn two_hundred_peers_with_loss_and_a_healing_partition_converge() {
     }
     assert_routes_match_bfs(&sim, &everyone);
 }
+
+#[test]
+fn sleeve_heartbeats_establish_connections_and_verify_the_mtu() {
+    let mut sim = Sim::new(8);
+    sim.sleeve = true;
+    let h1 = sim.add_peer(Sim::config(0, true));
+    let h2 = sim.add_peer(Sim::config(1, true));
+    let h3 = sim.add_peer(Sim::config(2, true));
+    sim.connect(h2, &[h1]);
+    sim.connect(h3, &[h2]);
+    let t = sim.run_until_true(Duration::from_millis(50), secs(30), |s| {
+        s.agree(&[h1, h2, h3])
+            && [h1, h2, h3].iter().all(|i| {
+                let st = s.mesh(*i).status(s.instant());
+                st.connections
+                    .iter()
+                    .filter(|c| c.state == "established")
+                    .count()
+                    == 2
+                    && st
+                        .connections
+                        .iter()
+                        .all(|c| c.attrs.get("mtu").is_some_and(|m| m == 1438))
+            })
+    });
+    assert!(t.is_some(), "{}", sim.dump_logs(h1));
+    let st = sim.mesh(h2).status(sim.instant());
+    assert!(st.connections.iter().all(|c| c.info.starts_with("sleeve ")));
+    assert_eq!(sim.mesh(h2).sleeve_peers().len(), 2);
+    assert!(sim.peers[h1]
+        .log
+        .iter()
+        .any(|l| l.contains("Effective MTU verified at 1438")));
+    assert_routes_match_bfs(&sim, &[h1, h2, h3]);
+
+    // Heartbeats that stop arriving end the connection after 60 s; it is then redialled.
+    sim.loss = 1.0;
+    sim.run_until(sim.now + secs(70));
+    assert!(
+        sim.peers[h1]
+            .log
+            .iter()
+            .any(|l| l.contains("no UDP heartbeat for 60s")),
+        "{}",
+        sim.dump_logs(h1)
+    );
+}

@@ -16,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::ids::{ConnId, ConnUid, PeerName, PeerUid, ShortId, UNKNOWN_PEER_NAME};
 use crate::mesh::maker::{ConnectionMaker, DirectPeer, OurConn, TargetState, Termination};
 use crate::mesh::routes::{self, UnicastRoutes};
+use crate::mesh::sleeve::{self, Effect, SleeveConn, Special, Udp};
 use crate::mesh::status::{
     BroadcastRouteStatus, LocalConnectionStatus, PeerConnectionStatus, PeerStatus, RouterStatus,
     UnicastRouteStatus,
@@ -93,6 +94,8 @@ pub enum Command {
         /// Which connection.
         conn: ConnKey,
     },
+    /// Send a sleeve datagram from the mesh port (heartbeats, MTU probes).
+    SendUdp(Udp),
 }
 
 /// Something worth a log line.
@@ -172,6 +175,7 @@ struct Conn {
     established: bool,
     deadline: Instant,
     next_heartbeat: Instant,
+    sleeve: Option<SleeveConn>,
 }
 
 impl Conn {
@@ -205,6 +209,7 @@ pub struct Mesh {
     maker_dirty: bool,
     surrogate_seen: VecDeque<(u64, Instant)>,
     termination_count: u64,
+    sleeve_mtu: Option<u16>,
 }
 
 impl Mesh {
@@ -244,11 +249,60 @@ impl Mesh {
             maker_dirty: false,
             surrogate_seen: VecDeque::new(),
             termination_count: 0,
+            sleeve_mtu: None,
         };
         let me = mesh.topo.ourself();
         let line = format!("Our name is {}({})", me.name, me.nickname);
         mesh.info(line);
         mesh
+    }
+
+    /// Runs the sleeve overlay on every connection: a connection is established only once
+    /// UDP heartbeats work both ways, and its MTU is discovered up to what an underlay of
+    /// `underlay_mtu` carries. Without it, a completed handshake establishes a connection.
+    pub fn with_sleeve(mut self, underlay_mtu: u16) -> Self {
+        self.sleeve_mtu = Some(sleeve::mtu_for_underlay(underlay_mtu));
+        self
+    }
+
+    /// A frame with an all-zero Ethernet header (heartbeat, fragmentation test, PMTU probe)
+    /// arrived in a sleeve datagram from `from` with frame source `src`.
+    pub fn handle_sleeve_frame(
+        &mut self,
+        from: SocketAddr,
+        src: PeerName,
+        frame: &[u8],
+        now: Instant,
+    ) {
+        let Some(special) = Special::classify(frame) else {
+            return;
+        };
+        let Some(&key) = self.by_peer.get(&src) else {
+            return;
+        };
+        let Some(sc) = self.conns.get_mut(&key).and_then(|c| c.sleeve.as_mut()) else {
+            return;
+        };
+        let mut out = Vec::new();
+        sc.handle_special(from, special, now, &mut out);
+        self.apply_sleeve(key, out, now);
+        self.run_maker(now);
+    }
+
+    /// The peers the sleeve can reach directly: UDP address and verified MTU (or the
+    /// minimum until verified), for connections established over the sleeve.
+    pub fn sleeve_peers(&self) -> BTreeMap<PeerName, (SocketAddr, u16)> {
+        self.by_peer
+            .iter()
+            .filter_map(|(name, key)| {
+                let c = self.conns.get(key)?;
+                let sc = c.sleeve.as_ref()?;
+                if !c.established {
+                    return None;
+                }
+                Some((*name, (sc.udp()?, sc.mtu().unwrap_or(sleeve::MIN_MTU))))
+            })
+            .collect()
     }
 
     /// Adds addresses for the connection maker to keep connected (initial peers,
@@ -344,6 +398,14 @@ impl Mesh {
             if c.phase == Phase::Ready && c.next_heartbeat <= now {
                 c.next_heartbeat = now + HEARTBEAT_INTERVAL;
                 self.send_message(key, &Message::Heartbeat);
+            }
+            let Some(sc) = self.conns.get_mut(&key).and_then(|c| c.sleeve.as_mut()) else {
+                continue;
+            };
+            if sc.poll_timeout() <= now {
+                let mut out = Vec::new();
+                sc.handle_timeout(now, &mut out);
+                self.apply_sleeve(key, out, now);
             }
         }
         if self.gc_due.is_some_and(|t| t <= now) {
@@ -483,8 +545,13 @@ impl Mesh {
                         "pending"
                     }
                     .to_string(),
-                    info: format!("{:<6} {}({})", "none", name, nick(*name)),
-                    attrs: BTreeMap::new(),
+                    info: format!(
+                        "{:<6} {}({})",
+                        if c.sleeve.is_some() { "sleeve" } else { "none" },
+                        name,
+                        nick(*name)
+                    ),
+                    attrs: sleeve_attrs(c.sleeve.as_ref()),
                 })
             })
             .collect();
@@ -567,6 +634,7 @@ impl Mesh {
                 established: false,
                 deadline: now + HANDSHAKE_TIMEOUT,
                 next_heartbeat: now + HEARTBEAT_INTERVAL,
+                sleeve: None,
             },
         );
         key
@@ -730,9 +798,22 @@ impl Mesh {
         if self.conns.get(&key).is_some_and(|c| c.outbound) {
             self.maker.connection_created(addr);
         }
-        // Until the sleeve confirms connections with UDP heartbeats, a completed handshake
-        // is what makes a connection established.
-        self.connection_established(key, now);
+        match self.sleeve_mtu {
+            Some(max_mtu) => {
+                let c = self.conns.get_mut(&key).expect("registered above");
+                // The dialling side sends to the address it dialled; the other side learns
+                // the peer's UDP address from its heartbeats.
+                let udp = c.outbound.then_some(c.addr);
+                let mut sc =
+                    SleeveConn::new(self.config.name, remote.name, c.uid, udp, max_mtu, now);
+                let mut out = Vec::new();
+                sc.handle_timeout(now, &mut out);
+                c.sleeve = Some(sc);
+                self.apply_sleeve(key, out, now);
+            }
+            // Without an overlay, a completed handshake establishes the connection.
+            None => self.connection_established(key, now),
+        }
         Ok(())
     }
 
@@ -878,6 +959,33 @@ impl Mesh {
         self.maker_dirty = true;
     }
 
+    /// Carries out what a connection's sleeve state asked for.
+    fn apply_sleeve(&mut self, key: ConnKey, effects: Vec<Effect>, now: Instant) {
+        for effect in effects {
+            match effect {
+                Effect::Udp(udp) => self.commands.push_back(Command::SendUdp(udp)),
+                Effect::Control(subtag, data) => {
+                    let msg = Message::OverlayControl {
+                        overlay: 0,
+                        subtag,
+                        data,
+                    };
+                    self.send_message(key, &msg);
+                }
+                Effect::Established => self.connection_established(key, now),
+                Effect::MtuVerified(mtu) => {
+                    let prefix = self.conns.get(&key).map(Conn::prefix).unwrap_or_default();
+                    self.info(format!("sleeve {prefix}: Effective MTU verified at {mtu}"));
+                    self.topology_changed();
+                }
+                Effect::Fail(reason) => {
+                    self.teardown(key, ConnError::failed(reason), true, now);
+                    return;
+                }
+            }
+        }
+    }
+
     // ----- messages -----
 
     fn handle_message(&mut self, key: ConnKey, body: &[u8], now: Instant) -> Result<(), ConnError> {
@@ -929,9 +1037,18 @@ impl Mesh {
                 self.relay_broadcast(&channel, src, payload);
                 Ok(())
             }
-            Message::OverlayControl { .. } => {
-                // No overlay is attached to connections yet; Weave peers only send these
-                // after a sleeve heartbeat, which nothing here answers.
+            Message::OverlayControl {
+                overlay,
+                subtag,
+                data,
+            } => {
+                // Overlay 0 is the sleeve, the only overlay both ends offer here.
+                let sc = self.conns.get_mut(&key).and_then(|c| c.sleeve.as_mut());
+                if let (0, Some(sc)) = (overlay, sc) {
+                    let mut out = Vec::new();
+                    sc.handle_control(subtag, &data, now, &mut out);
+                    self.apply_sleeve(key, out, now);
+                }
                 Ok(())
             }
             Message::Unknown { tag, .. } => {
@@ -1184,6 +1301,18 @@ impl Mesh {
             message,
         });
     }
+}
+
+/// The `Attrs` of a connection in `/report`: the overlay's name and MTU.
+fn sleeve_attrs(sc: Option<&SleeveConn>) -> BTreeMap<String, serde_json::Value> {
+    let mut attrs = BTreeMap::new();
+    if let Some(sc) = sc {
+        attrs.insert("name".to_string(), serde_json::Value::from("sleeve"));
+        if let Some(mtu) = sc.mtu() {
+            attrs.insert("mtu".to_string(), serde_json::Value::from(mtu));
+        }
+    }
+    attrs
 }
 
 /// The remote's identity from its feature map.

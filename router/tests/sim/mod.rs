@@ -26,10 +26,26 @@ pub struct End {
 #[derive(Debug)]
 enum Ev {
     Timer(Idx),
-    Connect { from: End, to: Idx },
-    DialFailed { from: End, why: &'static str },
-    Data { to: End, bytes: Vec<u8> },
-    Closed { to: End },
+    Connect {
+        from: End,
+        to: Idx,
+    },
+    DialFailed {
+        from: End,
+        why: &'static str,
+    },
+    Data {
+        to: End,
+        bytes: Vec<u8>,
+    },
+    Closed {
+        to: End,
+    },
+    Udp {
+        to: Idx,
+        from: SocketAddr,
+        datagram: Vec<u8>,
+    },
 }
 
 pub struct SimPeer {
@@ -60,6 +76,8 @@ pub struct Sim {
     pub messages: u64,
     pub bytes: u64,
     pub keep_logs: bool,
+    /// Run every new peer's sleeve (UDP heartbeats decide establishment).
+    pub sleeve: bool,
 }
 
 pub fn peer_name(i: Idx) -> PeerName {
@@ -92,6 +110,7 @@ impl Sim {
             messages: 0,
             bytes: 0,
             keep_logs: true,
+            sleeve: false,
         }
     }
 
@@ -130,7 +149,11 @@ impl Sim {
         }
         self.peers[i].name = config.name;
         let seed = self.rng.gen();
-        self.peers[i].mesh = Some(Mesh::new(config, seed, self.instant()));
+        let mut mesh = Mesh::new(config, seed, self.instant());
+        if self.sleeve {
+            mesh = mesh.with_sleeve(1500);
+        }
+        self.peers[i].mesh = Some(mesh);
         self.after_call(i);
     }
 
@@ -254,6 +277,26 @@ impl Sim {
                     self.last_delivery.insert(to, at);
                     self.push(at, Ev::Data { to, bytes });
                 }
+                Command::SendUdp(udp) => {
+                    self.messages += 1;
+                    self.bytes += udp.datagram.len() as u64;
+                    let Some(t) = self.peers.iter().position(|p| p.addr == udp.to) else {
+                        continue;
+                    };
+                    if self.cut(i, t) || self.rng.gen_bool(self.loss) {
+                        continue;
+                    }
+                    let at = self.now + self.latency();
+                    let from = self.peers[i].addr;
+                    self.push(
+                        at,
+                        Ev::Udp {
+                            to: t,
+                            from,
+                            datagram: udp.datagram,
+                        },
+                    );
+                }
                 Command::Close { conn } => {
                     let from = End { peer: i, key: conn };
                     let Some(to) = self.links.remove(&from) else {
@@ -371,6 +414,17 @@ impl Sim {
                     m.handle_data(to.key, &bytes, now);
                 }
                 self.after_call(to.peer);
+            }
+            Ev::Udp { to, from, datagram } => {
+                // Sleeve datagram: sender(6) src(6) dst(6) len(2) frame.
+                if datagram.len() < 20 {
+                    return;
+                }
+                let src = PeerName::from_bytes(datagram[6..12].try_into().unwrap());
+                if let Some(m) = self.peers[to].mesh.as_mut() {
+                    m.handle_sleeve_frame(from, src, &datagram[20..], now);
+                }
+                self.after_call(to);
             }
             Ev::Closed { to } => {
                 self.links.remove(&to);
