@@ -250,6 +250,17 @@ impl Report {
         self.router.peers.iter().find(|p| p.name == name)
     }
 
+    /// How many gossiped connections, over all peers, are established (each link counts
+    /// once from each end).
+    pub fn established_links(&self) -> usize {
+        self.router
+            .peers
+            .iter()
+            .flat_map(|p| &p.connections)
+            .filter(|c| c.established)
+            .count()
+    }
+
     /// Whether one of the router's own connections to `ip` (either direction) is established.
     pub fn established_to(&self, ip: Ipv4Addr) -> bool {
         self.router
@@ -303,6 +314,7 @@ mod tests {
         assert_eq!(me.uid, 10147670469106945850);
         assert_eq!(me.nickname, "host1");
         assert!(me.connections[0].established);
+        assert_eq!(report.established_links(), 1);
     }
 
     #[test]
