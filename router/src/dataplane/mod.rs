@@ -1,5 +1,7 @@
-//! The thread-per-core data plane: host plumbing, offload helpers and the I/O engines.
+//! The thread-per-core data plane: host plumbing, the frame engine, offload helpers and
+//! the I/O engines.
 
+pub mod engine;
 pub mod offload;
 pub mod plumbing;
 pub mod uring;

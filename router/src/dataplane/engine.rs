@@ -1,0 +1,440 @@
+//! The per-worker frame engine: everything a worker does with a frame between reading it
+//! and writing it, without doing any I/O. Both I/O backends (io_uring and epoll) drive it.
+//!
+//! From the bridge: a TAP read (virtio_net_hdr + frame) is split into ordinary frames
+//! (GSO split), each is switched, and the sleeve datagrams for each next hop are gathered
+//! into equal-size runs per destination so that one `sendmsg` with `UDP_SEGMENT` carries
+//! many. From peers: each datagram's frames are switched; frames for our bridge are
+//! coalesced per TCP flow (GRO) into TAP writes, frames for other peers are relayed, and
+//! special frames (heartbeats, MTU probes) go to the control plane.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::dataplane::offload::{gso_split, GroBatch, GroTable, Segments, GRO_DEFAULT_FLOWS};
+use crate::ids::PeerName;
+use crate::switch::{self, DropReason, MacCache, Routes};
+use crate::wire::icmp;
+use crate::wire::sleeve::{SleevePacket, FRAME_HEADER_LEN, PACKET_HEADER_LEN};
+use crate::wire::vnet::{VirtioNetHdr, VNET_HDR_LEN};
+
+/// Largest UDP payload one GSO send may carry in all.
+pub const MAX_GSO_BYTES: usize = 65_000;
+/// Most datagrams in one GSO send (the kernel's UDP_MAX_SEGMENTS).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+
+/// How to reach a directly connected peer over the sleeve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerPath {
+    /// Its UDP address.
+    pub udp: SocketAddr,
+    /// The largest Ethernet payload (pod MTU) the path carries.
+    pub mtu: u16,
+}
+
+/// What the control plane publishes to the workers; replaced whole, never edited.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Unicast and broadcast routes.
+    pub routes: Routes,
+    /// Directly connected peers.
+    pub paths: BTreeMap<PeerName, PeerPath>,
+}
+
+/// Why a worker dropped something, beyond the switch's reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropCause {
+    /// A switching decision dropped it.
+    Switch(DropReason),
+    /// The TAP read had no valid virtio_net_hdr, or GSO split refused it.
+    BadTapFrame,
+    /// The datagram is not a valid sleeve datagram.
+    BadSleeveHeader,
+    /// The datagram's sender is not a peer we have a sleeve connection with.
+    UnknownSender,
+    /// The next hop has no sleeve path (yet).
+    NoPath,
+    /// The frame is larger than the path's MTU.
+    TooBig,
+}
+
+impl DropCause {
+    /// Every reason, in the order the counters keep them.
+    pub const ALL: [DropCause; 11] = [
+        DropCause::Switch(DropReason::Runt),
+        DropCause::Switch(DropReason::Stp),
+        DropCause::Switch(DropReason::LocalDestination),
+        DropCause::Switch(DropReason::LoopedBack),
+        DropCause::Switch(DropReason::NoRoute),
+        DropCause::Switch(DropReason::UnknownSource),
+        DropCause::BadTapFrame,
+        DropCause::BadSleeveHeader,
+        DropCause::UnknownSender,
+        DropCause::NoPath,
+        DropCause::TooBig,
+    ];
+
+    /// The name used in `/report` and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropCause::Switch(DropReason::Runt) => "runt",
+            DropCause::Switch(DropReason::Stp) => "stp",
+            DropCause::Switch(DropReason::LocalDestination) => "local_destination",
+            DropCause::Switch(DropReason::LoopedBack) => "looped_back",
+            DropCause::Switch(DropReason::NoRoute) => "no_route",
+            DropCause::Switch(DropReason::UnknownSource) => "unknown_source",
+            DropCause::BadTapFrame => "bad_tap_frame",
+            DropCause::BadSleeveHeader => "bad_sleeve_header",
+            DropCause::UnknownSender => "unknown_sender",
+            DropCause::NoPath => "no_path",
+            DropCause::TooBig => "too_big",
+        }
+    }
+
+    fn index(self) -> usize {
+        DropCause::ALL.iter().position(|d| *d == self).expect("listed in ALL")
+    }
+}
+
+/// One worker's counters: written by the worker only (relaxed atomics, no locks), read by
+/// anyone.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Frames read from the TAP, after GSO split.
+    pub tap_rx_frames: AtomicU64,
+    /// Bytes read from the TAP.
+    pub tap_rx_bytes: AtomicU64,
+    /// TAP writes (super-frames count once).
+    pub tap_tx_writes: AtomicU64,
+    /// Bytes written to the TAP.
+    pub tap_tx_bytes: AtomicU64,
+    /// Sleeve datagrams received.
+    pub udp_rx_datagrams: AtomicU64,
+    /// Bytes received over UDP.
+    pub udp_rx_bytes: AtomicU64,
+    /// Receive system calls (or completions) that delivered datagrams.
+    pub udp_rx_calls: AtomicU64,
+    /// Sleeve datagrams sent.
+    pub udp_tx_datagrams: AtomicU64,
+    /// Bytes sent over UDP.
+    pub udp_tx_bytes: AtomicU64,
+    /// Send system calls (or submissions).
+    pub udp_tx_calls: AtomicU64,
+    drops: [AtomicU64; DropCause::ALL.len()],
+}
+
+impl Counters {
+    /// Counts one drop.
+    pub fn count_drop(&self, why: DropCause) {
+        self.drops[why.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops so far, by reason.
+    pub fn drops(&self) -> Vec<(DropCause, u64)> {
+        DropCause::ALL
+            .iter()
+            .map(|d| (*d, self.drops[d.index()].load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+fn add(c: &AtomicU64, n: usize) {
+    c.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// A run of equal-size datagrams for one destination: one `sendmsg` with `UDP_SEGMENT`.
+#[derive(Debug)]
+pub struct SendRun {
+    /// Destination.
+    pub to: SocketAddr,
+    /// The datagrams back to back.
+    pub buf: Vec<u8>,
+    /// Size of each datagram but the last.
+    pub segment: usize,
+    /// Number of datagrams.
+    pub count: usize,
+    closed: bool,
+}
+
+/// Datagrams waiting to be sent, gathered into runs.
+#[derive(Debug, Default)]
+pub struct SendBatch {
+    runs: Vec<SendRun>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl SendBatch {
+    /// Appends one datagram made of `parts` for `to`.
+    pub fn push(&mut self, to: SocketAddr, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let open = self.runs.iter_mut().rev().find(|r| r.to == to && !r.closed);
+        let fits = |r: &SendRun| {
+            len <= r.segment && r.count < MAX_GSO_SEGMENTS && r.buf.len() + len <= MAX_GSO_BYTES
+        };
+        let run = match open {
+            Some(r) if fits(r) => r,
+            Some(r) => {
+                r.closed = true;
+                self.new_run(to, len)
+            }
+            None => self.new_run(to, len),
+        };
+        for p in parts {
+            run.buf.extend_from_slice(p);
+        }
+        run.count += 1;
+        if len < run.segment {
+            // Only the last datagram of a run may be shorter.
+            run.closed = true;
+        }
+    }
+
+    fn new_run(&mut self, to: SocketAddr, segment: usize) -> &mut SendRun {
+        let buf = self.spare.pop().unwrap_or_default();
+        self.runs.push(SendRun { to, buf, segment, count: 0, closed: false });
+        self.runs.last_mut().expect("just pushed")
+    }
+
+    /// The runs gathered so far.
+    pub fn runs(&self) -> &[SendRun] {
+        &self.runs
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// Empties the batch, keeping the buffers for reuse.
+    pub fn clear(&mut self) {
+        for mut r in self.runs.drain(..) {
+            r.buf.clear();
+            self.spare.push(r.buf);
+        }
+    }
+}
+
+/// A special frame for the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlFrame {
+    /// Where the datagram came from.
+    pub from: SocketAddr,
+    /// The frame header's source peer.
+    pub src: PeerName,
+    /// The frame (all-zero Ethernet header).
+    pub frame: Vec<u8>,
+}
+
+/// Everything one batch produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Datagrams to send.
+    pub send: SendBatch,
+    /// TAP writes (virtio_net_hdr + frame each).
+    pub tap: GroBatch,
+    /// Special frames for the control plane.
+    pub control: Vec<ControlFrame>,
+}
+
+/// One worker's frame engine.
+pub struct Engine {
+    ourself: PeerName,
+    snapshot: Arc<Snapshot>,
+    macs: MacCache,
+    segments: Segments,
+    gro: GroTable,
+    counters: Arc<Counters>,
+}
+
+impl Engine {
+    /// An engine for peer `ourself`, counting into `counters`.
+    pub fn new(ourself: PeerName, counters: Arc<Counters>) -> Self {
+        Engine {
+            ourself,
+            snapshot: Arc::new(Snapshot {
+                routes: Routes { ourself, ..Routes::default() },
+                paths: BTreeMap::new(),
+            }),
+            macs: MacCache::default(),
+            segments: Segments::new(),
+            gro: GroTable::new(GRO_DEFAULT_FLOWS),
+            counters,
+        }
+    }
+
+    /// Switches to a newer snapshot (between batches).
+    pub fn set_snapshot(&mut self, snapshot: Arc<Snapshot>) {
+        self.snapshot = snapshot;
+    }
+
+    /// Forgets MACs not seen for ten minutes.
+    pub fn sweep(&mut self, now: Instant) {
+        self.macs.sweep(now);
+    }
+
+    /// The learned MACs.
+    pub fn macs(&self) -> &MacCache {
+        &self.macs
+    }
+
+    /// Handles one TAP read: a virtio_net_hdr followed by a frame.
+    pub fn from_tap(&mut self, read: &[u8], now: Instant, out: &mut Output) {
+        add(&self.counters.tap_rx_bytes, read.len());
+        let Some((hdr_bytes, frame)) = read.split_at_checked(VNET_HDR_LEN) else {
+            self.counters.count_drop(DropCause::BadTapFrame);
+            return;
+        };
+        let Ok(hdr) = VirtioNetHdr::parse(hdr_bytes) else {
+            self.counters.count_drop(DropCause::BadTapFrame);
+            return;
+        };
+        let mut segments = std::mem::take(&mut self.segments);
+        segments.clear();
+        match gso_split(&hdr, frame, &mut segments) {
+            Ok(_) => {
+                for seg in segments.frames() {
+                    add(&self.counters.tap_rx_frames, 1);
+                    self.switch_local(seg, now, out);
+                }
+            }
+            Err(_) => self.counters.count_drop(DropCause::BadTapFrame),
+        }
+        self.segments = segments;
+    }
+
+    fn switch_local(&mut self, frame: &[u8], now: Instant, out: &mut Output) {
+        let snapshot = Arc::clone(&self.snapshot);
+        let decision = switch::from_bridge(frame, &snapshot.routes, &mut self.macs, now);
+        if let Some(why) = decision.dropped {
+            self.counters.count_drop(DropCause::Switch(why));
+            return;
+        }
+        for hop in decision.forward {
+            let Some(path) = snapshot.paths.get(&hop.via) else {
+                self.counters.count_drop(DropCause::NoPath);
+                continue;
+            };
+            if frame.len() > usize::from(path.mtu) + 14 {
+                self.too_big(frame, path.mtu, out);
+                continue;
+            }
+            self.emit(path.udp, self.ourself, hop.dst, frame, out);
+        }
+    }
+
+    /// A frame over the path MTU: an IPv4 DF frame gets "fragmentation needed" back.
+    fn too_big(&mut self, frame: &[u8], mtu: u16, out: &mut Output) {
+        self.counters.count_drop(DropCause::TooBig);
+        if let Some(answer) = icmp::frag_needed(frame, mtu) {
+            self.gro.push(&answer, &mut out.tap);
+        }
+    }
+
+    fn emit(&mut self, to: SocketAddr, src: PeerName, dst: PeerName, frame: &[u8], out: &mut Output) {
+        let mut header = [0u8; PACKET_HEADER_LEN + FRAME_HEADER_LEN];
+        header[..6].copy_from_slice(&self.ourself.to_bytes());
+        header[6..12].copy_from_slice(&src.to_bytes());
+        header[12..18].copy_from_slice(&dst.to_bytes());
+        header[18..20].copy_from_slice(&(frame.len() as u16).to_be_bytes());
+        out.send.push(to, &[&header, frame]);
+    }
+
+    /// Handles one sleeve datagram from `from`.
+    pub fn from_udp(&mut self, from: SocketAddr, datagram: &[u8], now: Instant, out: &mut Output) {
+        add(&self.counters.udp_rx_datagrams, 1);
+        add(&self.counters.udp_rx_bytes, datagram.len());
+        let Ok(packet) = SleevePacket::new_checked(datagram) else {
+            self.counters.count_drop(DropCause::BadSleeveHeader);
+            return;
+        };
+        let sender = packet.sender();
+        let snapshot = Arc::clone(&self.snapshot);
+        let known = snapshot.paths.contains_key(&sender);
+        for frame in packet.into_frames() {
+            let Ok(frame) = frame else {
+                self.counters.count_drop(DropCause::BadSleeveHeader);
+                return;
+            };
+            if frame.frame.len() >= 14 && frame.frame[..14].iter().all(|b| *b == 0) {
+                // Heartbeats arrive before the connection is established, so they are
+                // passed on whoever sent them; the control plane checks the UID.
+                out.control.push(ControlFrame { from, src: frame.src, frame: frame.frame.to_vec() });
+                continue;
+            }
+            if !known {
+                self.counters.count_drop(DropCause::UnknownSender);
+                continue;
+            }
+            let decision =
+                switch::from_peer(frame.frame, frame.src, frame.dst, &snapshot.routes, &mut self.macs, now);
+            if let Some(why) = decision.dropped {
+                self.counters.count_drop(DropCause::Switch(why));
+                continue;
+            }
+            if decision.deliver_locally {
+                self.gro.push(frame.frame, &mut out.tap);
+            }
+            for hop in decision.forward {
+                let Some(path) = snapshot.paths.get(&hop.via) else {
+                    self.counters.count_drop(DropCause::NoPath);
+                    continue;
+                };
+                if frame.frame.len() > usize::from(path.mtu) + 14 {
+                    self.counters.count_drop(DropCause::TooBig);
+                    continue;
+                }
+                self.emit(path.udp, frame.src, hop.dst, frame.frame, out);
+            }
+        }
+    }
+
+    /// Ends a receive batch: pending coalesced frames become TAP writes.
+    pub fn flush(&mut self, out: &mut Output) {
+        self.gro.flush(&mut out.tap);
+    }
+
+    /// Counts what a backend sent and wrote.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn send_batch_groups_equal_datagrams_and_closes_on_a_short_one() {
+        let mut b = SendBatch::default();
+        let a = addr("10.0.0.1:6783");
+        for _ in 0..3 {
+            b.push(a, &[&[1u8; 100]]);
+        }
+        b.push(a, &[&[2u8; 50]]);
+        b.push(a, &[&[3u8; 100]]);
+        b.push(addr("10.0.0.2:6783"), &[&[4u8; 100]]);
+        let runs = b.runs();
+        assert_eq!(runs.len(), 3);
+        assert_eq!((runs[0].count, runs[0].segment, runs[0].buf.len()), (4, 100, 350));
+        assert_eq!(runs[1].count, 1);
+        assert_eq!(runs[2].to, addr("10.0.0.2:6783"));
+    }
+
+    #[test]
+    fn send_batch_respects_the_segment_limit() {
+        let mut b = SendBatch::default();
+        let a = addr("10.0.0.1:6783");
+        for _ in 0..(MAX_GSO_SEGMENTS + 1) {
+            b.push(a, &[&[1u8; 10]]);
+        }
+        assert_eq!(b.runs().len(), 2);
+        assert_eq!(b.runs()[0].count, MAX_GSO_SEGMENTS);
+    }
+}
