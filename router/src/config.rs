@@ -53,6 +53,12 @@ pub struct LaunchArgs {
     /// (separated by spaces or commas).
     #[arg(value_name = "PEER")]
     pub peers: Vec<String>,
+    /// Data plane: `none` (mesh only), or `epoll` (the sleeve on readiness I/O).
+    #[arg(long, value_name = "BACKEND")]
+    pub dataplane: Option<String>,
+    /// Number of data-plane workers (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<String>,
 }
 
 /// Facts about the host that feed the defaults.
@@ -178,6 +184,19 @@ pub struct Config {
     pub discovery: bool,
     /// Initial peers (flags first, then KUBE_PEERS), without duplicates.
     pub peers: Vec<PeerAddr>,
+    /// Which data plane carries pod traffic.
+    pub dataplane: Dataplane,
+    /// Number of data-plane workers; `None` for one per CPU.
+    pub workers: Option<usize>,
+}
+
+/// The data-plane backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dataplane {
+    /// The mesh only: connections establish on the TCP handshake and no traffic is carried.
+    None,
+    /// The sleeve on readiness-based I/O (poll, GSO/GRO).
+    Epoll,
 }
 
 /// Why the launch configuration is refused.
@@ -323,7 +342,40 @@ impl Config {
             }
         }
 
+        let dataplane = match pick(&args.dataplane, "dataplane", &["WEAVE_DATAPLANE"]) {
+            Some(s) => match s.value.trim() {
+                "none" => Dataplane::None,
+                "epoll" => Dataplane::Epoll,
+                other => {
+                    return Err(ConfigError::InvalidValue {
+                        source_name: s.source_name,
+                        value: other.to_string(),
+                        reason: "expected none or epoll".to_string(),
+                    })
+                }
+            },
+            None => Dataplane::None,
+        };
+
+        let workers = match pick(&args.workers, "workers", &["WEAVE_WORKERS"]) {
+            Some(s) => Some(
+                s.value
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .ok_or_else(|| ConfigError::InvalidValue {
+                        source_name: s.source_name,
+                        value: s.value.to_string(),
+                        reason: "expected a number of workers from 1 to 256".to_string(),
+                    })?,
+            ),
+            None => None,
+        };
+
         Ok(Config {
+            dataplane,
+            workers,
             name,
             nickname,
             port,

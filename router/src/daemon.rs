@@ -20,9 +20,16 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiRequest, ApiState};
 use crate::cli::http::io_reason;
-use crate::config::Config;
+use crate::config::{Config, Dataplane};
+use crate::dataplane::engine::{ControlFrame, PeerPath, Snapshot};
+use crate::dataplane::epoll::{self, ToWorker};
+use crate::dataplane::plumbing;
 use crate::ids::PeerUid;
 use crate::mesh::{Command, ConnKey, DirectPeer, Event, Mesh, MeshConfig};
+use crate::switch::Routes;
+use crate::sys::socket::{open_udp, UdpOptions};
+use crate::sys::tap::{TapOptions, TapQueue};
+use std::sync::Arc;
 
 /// How long a dial may take before it counts as failed.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +60,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     while let Some(ev) = mesh.poll_event() {
         log_event(&ev);
     }
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let workers = match config.dataplane {
+        Dataplane::None => {
+            info!("No data plane: connections establish on the TCP handshake");
+            Vec::new()
+        }
+        Dataplane::Epoll => {
+            let workers = start_dataplane(&config, control_tx).await?;
+            mesh = mesh.with_sleeve(UNDERLAY_MTU);
+            workers
+        }
+    };
 
     let mut initial = Vec::new();
     for peer in &config.peers {
@@ -134,12 +153,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         conns: HashMap::new(),
         dialing: HashMap::new(),
         io_tx,
+        workers,
+        published: None,
     };
-    let signal = shell.run(io_rx, api_rx).await?;
+    let signal = shell.run(io_rx, api_rx, control_rx).await?;
     info!("=== received {signal} ===");
 
     acceptor.abort();
     let _ = stop_tx.send(true);
+    for w in std::mem::take(&mut shell.workers) {
+        w.stop();
+    }
     let writers = shell.close_all();
     let wait = async {
         for w in writers {
@@ -154,6 +178,53 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     info!("exiting");
     Ok(())
+}
+
+/// The underlay MTU the sleeve's path-MTU search starts from.
+const UNDERLAY_MTU: u16 = 1500;
+
+/// Sets up the bridge and TAP, opens one TAP queue and one UDP socket per worker, and
+/// starts the workers.
+async fn start_dataplane(
+    config: &Config,
+    control: mpsc::UnboundedSender<ControlFrame>,
+) -> anyhow::Result<Vec<epoll::Worker>> {
+    let pod_mtu = u32::from(crate::mesh::sleeve::mtu_for_underlay(UNDERLAY_MTU));
+    let desired = plumbing::HostPlumbing::new(pod_mtu);
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("cannot open a netlink connection")?;
+    let driver = tokio::spawn(connection);
+    let ops = plumbing::ensure(&handle, &desired).await.with_context(|| {
+        format!(
+            "cannot set up bridge {} and TAP {}",
+            desired.bridge, desired.tap
+        )
+    })?;
+    driver.abort();
+    info!(
+        "Bridge {} and TAP {} ready ({} changes)",
+        desired.bridge,
+        desired.tap,
+        ops.len()
+    );
+
+    let cpus = crate::sys::cpu::allowed_cpus().unwrap_or_default();
+    let count = config.workers.unwrap_or(cpus.len().max(1));
+    let queues = TapQueue::open_queues(&desired.tap, count, &TapOptions::default())
+        .with_context(|| format!("cannot open {count} queues of TAP {}", desired.tap))?;
+    let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
+    let mut workers = Vec::new();
+    for (i, tap) in queues.into_iter().enumerate() {
+        let udp = open_udp(&UdpOptions::sleeve(bind, true))
+            .with_context(|| format!("cannot open the sleeve's UDP socket on {bind}"))?;
+        let cpu = cpus.get(i % cpus.len().max(1)).copied();
+        workers.push(
+            epoll::spawn(i, config.name, tap, udp, control.clone(), cpu)
+                .with_context(|| format!("cannot start worker {i}"))?,
+        );
+    }
+    info!("Data plane: {count} epoll workers on UDP {bind}");
+    Ok(workers)
 }
 
 /// Something an I/O task reports to the owner.
@@ -191,6 +262,8 @@ struct Shell {
     conns: HashMap<ConnKey, ConnIo>,
     dialing: HashMap<ConnKey, JoinHandle<()>>,
     io_tx: mpsc::Sender<IoEvent>,
+    workers: Vec<epoll::Worker>,
+    published: Option<u64>,
 }
 
 impl Shell {
@@ -199,6 +272,7 @@ impl Shell {
         &mut self,
         mut io_rx: mpsc::Receiver<IoEvent>,
         mut api_rx: mpsc::Receiver<ApiRequest>,
+        mut control_rx: mpsc::UnboundedReceiver<ControlFrame>,
     ) -> anyhow::Result<&'static str> {
         // The signal streams are made once so a signal between two loop turns is not lost.
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -219,6 +293,9 @@ impl Shell {
                     self.handle_io(ev);
                 }
                 Some(req) = api_rx.recv() => self.handle_api(req),
+                Some(f) = control_rx.recv() => {
+                    self.mesh.handle_sleeve_frame(f.from, f.src, &f.frame, Instant::now());
+                }
                 () = timer => self.mesh.handle_timeout(Instant::now()),
                 _ = sigint.recv() => return Ok("SIGINT"),
                 _ = sigterm.recv() => return Ok("SIGTERM"),
@@ -293,6 +370,31 @@ impl Shell {
         while let Some(ev) = self.mesh.poll_event() {
             log_event(&ev);
         }
+        self.publish();
+    }
+
+    /// Gives the workers a new forwarding snapshot when routes or sleeve paths changed.
+    fn publish(&mut self) {
+        if self.workers.is_empty() || self.published == Some(self.mesh.generation()) {
+            return;
+        }
+        self.published = Some(self.mesh.generation());
+        let snapshot = Arc::new(Snapshot {
+            routes: Routes {
+                ourself: self.mesh.name(),
+                unicast: self.mesh.unicast_routes(),
+                broadcast: self.mesh.broadcast_routes(),
+            },
+            paths: self
+                .mesh
+                .sleeve_peers()
+                .into_iter()
+                .map(|(peer, (udp, mtu))| (peer, PeerPath { udp, mtu }))
+                .collect(),
+        });
+        for w in &self.workers {
+            let _ = w.tx.send(ToWorker::Snapshot(Arc::clone(&snapshot)));
+        }
     }
 
     fn execute(&mut self, cmd: Command) {
@@ -320,14 +422,16 @@ impl Shell {
                     task.abort();
                 }
             }
-            Command::SendUdp(udp) => {
-                // The sleeve is only switched on together with the data plane, which owns
-                // the UDP sockets; this daemon runs the mesh without it.
-                warn!(
+            Command::SendUdp(udp) => match self.workers.first() {
+                Some(w) => {
+                    let _ = w.tx.send(ToWorker::Send(udp));
+                }
+                // The mesh runs the sleeve only together with the workers.
+                None => warn!(
                     "Dropping a sleeve datagram to {}: no data plane is running",
                     udp.to
-                );
-            }
+                ),
+            },
         }
     }
 

@@ -95,7 +95,10 @@ impl DropCause {
     }
 
     fn index(self) -> usize {
-        DropCause::ALL.iter().position(|d| *d == self).expect("listed in ALL")
+        DropCause::ALL
+            .iter()
+            .position(|d| *d == self)
+            .expect("listed in ALL")
     }
 }
 
@@ -194,7 +197,13 @@ impl SendBatch {
 
     fn new_run(&mut self, to: SocketAddr, segment: usize) -> &mut SendRun {
         let buf = self.spare.pop().unwrap_or_default();
-        self.runs.push(SendRun { to, buf, segment, count: 0, closed: false });
+        self.runs.push(SendRun {
+            to,
+            buf,
+            segment,
+            count: 0,
+            closed: false,
+        });
         self.runs.last_mut().expect("just pushed")
     }
 
@@ -255,7 +264,10 @@ impl Engine {
         Engine {
             ourself,
             snapshot: Arc::new(Snapshot {
-                routes: Routes { ourself, ..Routes::default() },
+                routes: Routes {
+                    ourself,
+                    ..Routes::default()
+                },
                 paths: BTreeMap::new(),
             }),
             macs: MacCache::default(),
@@ -333,7 +345,14 @@ impl Engine {
         }
     }
 
-    fn emit(&mut self, to: SocketAddr, src: PeerName, dst: PeerName, frame: &[u8], out: &mut Output) {
+    fn emit(
+        &mut self,
+        to: SocketAddr,
+        src: PeerName,
+        dst: PeerName,
+        frame: &[u8],
+        out: &mut Output,
+    ) {
         let mut header = [0u8; PACKET_HEADER_LEN + FRAME_HEADER_LEN];
         header[..6].copy_from_slice(&self.ourself.to_bytes());
         header[6..12].copy_from_slice(&src.to_bytes());
@@ -361,15 +380,25 @@ impl Engine {
             if frame.frame.len() >= 14 && frame.frame[..14].iter().all(|b| *b == 0) {
                 // Heartbeats arrive before the connection is established, so they are
                 // passed on whoever sent them; the control plane checks the UID.
-                out.control.push(ControlFrame { from, src: frame.src, frame: frame.frame.to_vec() });
+                out.control.push(ControlFrame {
+                    from,
+                    src: frame.src,
+                    frame: frame.frame.to_vec(),
+                });
                 continue;
             }
             if !known {
                 self.counters.count_drop(DropCause::UnknownSender);
                 continue;
             }
-            let decision =
-                switch::from_peer(frame.frame, frame.src, frame.dst, &snapshot.routes, &mut self.macs, now);
+            let decision = switch::from_peer(
+                frame.frame,
+                frame.src,
+                frame.dst,
+                &snapshot.routes,
+                &mut self.macs,
+                now,
+            );
             if let Some(why) = decision.dropped {
                 self.counters.count_drop(DropCause::Switch(why));
                 continue;
@@ -422,7 +451,10 @@ mod tests {
         b.push(addr("10.0.0.2:6783"), &[&[4u8; 100]]);
         let runs = b.runs();
         assert_eq!(runs.len(), 3);
-        assert_eq!((runs[0].count, runs[0].segment, runs[0].buf.len()), (4, 100, 350));
+        assert_eq!(
+            (runs[0].count, runs[0].segment, runs[0].buf.len()),
+            (4, 100, 350)
+        );
         assert_eq!(runs[1].count, 1);
         assert_eq!(runs[2].to, addr("10.0.0.2:6783"));
     }

@@ -2,6 +2,7 @@
 //! the I/O engines.
 
 pub mod engine;
+pub mod epoll;
 pub mod offload;
 pub mod plumbing;
 pub mod uring;

@@ -210,6 +210,7 @@ pub struct Mesh {
     surrogate_seen: VecDeque<(u64, Instant)>,
     termination_count: u64,
     sleeve_mtu: Option<u16>,
+    generation: u64,
 }
 
 impl Mesh {
@@ -250,6 +251,7 @@ impl Mesh {
             surrogate_seen: VecDeque::new(),
             termination_count: 0,
             sleeve_mtu: None,
+            generation: 0,
         };
         let me = mesh.topo.ourself();
         let line = format!("Our name is {}({})", me.name, me.nickname);
@@ -289,8 +291,8 @@ impl Mesh {
         self.run_maker(now);
     }
 
-    /// The peers the sleeve can reach directly: UDP address and verified MTU (or the
-    /// minimum until verified), for connections established over the sleeve.
+    /// The peers the sleeve can reach directly: UDP address and verified MTU, for
+    /// connections established over the sleeve.
     pub fn sleeve_peers(&self) -> BTreeMap<PeerName, (SocketAddr, u16)> {
         self.by_peer
             .iter()
@@ -300,9 +302,30 @@ impl Mesh {
                 if !c.established {
                     return None;
                 }
-                Some((*name, (sc.udp()?, sc.mtu().unwrap_or(sleeve::MIN_MTU))))
+                // Until its MTU is verified a path carries nothing: guessing low would
+                // teach pods a needlessly small PMTU.
+                Some((*name, (sc.udp()?, sc.mtu()?)))
             })
             .collect()
+    }
+
+    /// Broadcast next hops for every known source, over established connections.
+    pub fn broadcast_routes(&self) -> BTreeMap<PeerName, Vec<PeerName>> {
+        self.topo
+            .peers()
+            .map(|p| {
+                (
+                    p.name,
+                    routes::broadcast(&self.topo, self.config.name, p.name, true),
+                )
+            })
+            .collect()
+    }
+
+    /// Changes whenever routes or sleeve paths may have changed; the shell rebuilds the
+    /// data plane's snapshot when it does.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Adds addresses for the connection maker to keep connected (initial peers,
@@ -1223,6 +1246,7 @@ impl Mesh {
     // ----- bookkeeping -----
 
     fn topology_changed(&mut self) {
+        self.generation += 1;
         self.routes_dirty = true;
         self.maker_dirty = true;
     }

@@ -1,0 +1,235 @@
+//! The readiness backend: one thread per worker waiting with `poll(2)` on its TAP queue
+//! and UDP socket, reading in batches, sending with UDP GSO and receiving with UDP GRO.
+//! Used where io_uring is refused (seccomp profiles, old kernels) or asked for with
+//! `--dataplane epoll`.
+#![allow(unsafe_code)]
+
+use std::io::{self, IoSlice};
+use std::net::UdpSocket;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::dataplane::engine::{ControlFrame, Counters, Engine, Output, Snapshot};
+use crate::ids::PeerName;
+use crate::mesh::sleeve::Udp;
+use crate::sys::socket::{recv_segments, send_segments};
+use crate::sys::tap::TapQueue;
+
+/// Reads or receives per readiness before the loop looks at its other inputs.
+const BATCH: usize = 64;
+/// How long a worker sleeps in `poll` before it looks at its control channel.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How often learned MACs are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the control plane tells a worker.
+#[derive(Debug)]
+pub enum ToWorker {
+    /// Forward by this snapshot from now on.
+    Snapshot(Arc<Snapshot>),
+    /// Send this datagram (heartbeats, MTU probes).
+    Send(Udp),
+    /// Finish and exit.
+    Stop,
+}
+
+/// A running worker.
+pub struct Worker {
+    /// Its control channel.
+    pub tx: mpsc::Sender<ToWorker>,
+    /// Its counters.
+    pub counters: Arc<Counters>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Stops the worker and waits for its thread.
+    pub fn stop(mut self) {
+        let _ = self.tx.send(ToWorker::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts worker `index` on its own thread (pinned to `cpu` when given).
+pub fn spawn(
+    index: usize,
+    ourself: PeerName,
+    tap: TapQueue,
+    udp: UdpSocket,
+    control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
+    cpu: Option<usize>,
+) -> io::Result<Worker> {
+    let (tx, rx) = mpsc::channel();
+    let counters = Arc::new(Counters::default());
+    let engine = Engine::new(ourself, Arc::clone(&counters));
+    let thread = std::thread::Builder::new()
+        .name(format!("weave-worker-{index}"))
+        .spawn(move || {
+            if let Some(cpu) = cpu {
+                if let Err(e) = crate::sys::cpu::pin_current_thread(cpu) {
+                    tracing::warn!("worker {index}: cannot pin to CPU {cpu}: {e}");
+                }
+            }
+            run(engine, &tap, &udp, &rx, &control);
+        })?;
+    Ok(Worker {
+        tx,
+        counters,
+        thread: Some(thread),
+    })
+}
+
+fn run(
+    mut engine: Engine,
+    tap: &TapQueue,
+    udp: &UdpSocket,
+    rx: &mpsc::Receiver<ToWorker>,
+    control: &tokio::sync::mpsc::UnboundedSender<ControlFrame>,
+) {
+    let mut out = Output::default();
+    let mut tap_buf = vec![0u8; 65_536 + 64];
+    let mut udp_buf = vec![0u8; 65_536];
+    let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(ToWorker::Snapshot(s)) => engine.set_snapshot(s),
+                Ok(ToWorker::Send(d)) => send_one(udp, &d, engine.counters()),
+                Ok(ToWorker::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
+                Err(mpsc::TryRecvError::Empty) => break,
+            }
+        }
+        let (tap_ready, udp_ready) = match wait(tap, udp, POLL_INTERVAL) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("worker poll failed: {e}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        if tap_ready {
+            for _ in 0..BATCH {
+                match tap.read(&mut tap_buf) {
+                    Ok(n) => engine.from_tap(&tap_buf[..n], now, &mut out),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::warn!("TAP read: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        if udp_ready {
+            for _ in 0..BATCH {
+                match recv_segments(udp, &mut udp_buf) {
+                    Ok(meta) => {
+                        let c = engine.counters();
+                        c.udp_rx_calls.fetch_add(1, Ordering::Relaxed);
+                        let Some(from) = meta.source else { continue };
+                        let data = &udp_buf[..meta.len];
+                        let step = meta.segment_size.map_or(data.len(), usize::from).max(1);
+                        for datagram in data.chunks(step) {
+                            engine.from_udp(from, datagram, now, &mut out);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        // ICMP errors from earlier sends surface here; they are not fatal.
+                        tracing::debug!("UDP receive: {e}");
+                        break;
+                    }
+                }
+            }
+            engine.flush(&mut out);
+        }
+        flush(&engine, tap, udp, &mut out, control);
+        if now >= next_sweep {
+            engine.sweep(now);
+            next_sweep = now + SWEEP_INTERVAL;
+        }
+    }
+}
+
+/// Performs what a batch produced: sends, TAP writes, control frames.
+fn flush(
+    engine: &Engine,
+    tap: &TapQueue,
+    udp: &UdpSocket,
+    out: &mut Output,
+    control: &tokio::sync::mpsc::UnboundedSender<ControlFrame>,
+) {
+    let c = engine.counters();
+    for run in out.send.runs() {
+        let segment = (run.count > 1).then_some(run.segment as u16);
+        match send_segments(udp, &[IoSlice::new(&run.buf)], Some(run.to), segment) {
+            Ok(n) => {
+                c.udp_tx_calls.fetch_add(1, Ordering::Relaxed);
+                c.udp_tx_datagrams
+                    .fetch_add(run.count as u64, Ordering::Relaxed);
+                c.udp_tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!("UDP send to {}: {e}", run.to),
+        }
+    }
+    out.send.clear();
+    for write in out.tap.iter() {
+        match tap.write(write) {
+            Ok(n) => {
+                c.tap_tx_writes.fetch_add(1, Ordering::Relaxed);
+                c.tap_tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!("TAP write: {e}"),
+        }
+    }
+    out.tap.clear();
+    for frame in out.control.drain(..) {
+        let _ = control.send(frame);
+    }
+}
+
+fn send_one(udp: &UdpSocket, d: &Udp, c: &Counters) {
+    match send_segments(udp, &[IoSlice::new(&d.datagram)], Some(d.to), None) {
+        Ok(n) => {
+            c.udp_tx_calls.fetch_add(1, Ordering::Relaxed);
+            c.udp_tx_datagrams.fetch_add(1, Ordering::Relaxed);
+            c.udp_tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        // An oversized probe fails locally with EMSGSIZE: the search then tries smaller.
+        Err(e) => tracing::debug!("sleeve control datagram to {}: {e}", d.to),
+    }
+}
+
+/// Waits until the TAP or the socket is readable, or `timeout` passes.
+fn wait(tap: &TapQueue, udp: &UdpSocket, timeout: Duration) -> io::Result<(bool, bool)> {
+    let mut fds = [
+        libc::pollfd {
+            fd: tap.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: udp.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fds` is a live array of two initialised pollfd structs and its true length
+    // is passed; poll only writes their `revents` fields.
+    let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok((false, false));
+        }
+        return Err(e);
+    }
+    let ready = |f: &libc::pollfd| f.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0;
+    Ok((ready(&fds[0]), ready(&fds[1])))
+}
