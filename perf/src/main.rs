@@ -1,5 +1,6 @@
 //! weave-perf: runs weave-router on a network-namespace testbed.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,11 +48,14 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_cancelled(&e) => {
-            eprintln!("weave-perf: interrupted; testbed removed");
+            let _ = writeln!(
+                std::io::stderr(),
+                "weave-perf: interrupted; testbed removed"
+            );
             ExitCode::from(130)
         }
         Err(e) => {
-            eprintln!("weave-perf: {e:#}");
+            let _ = writeln!(std::io::stderr(), "weave-perf: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -105,19 +109,27 @@ fn chain_peers(bed: &Testbed, index: usize) -> anyhow::Result<Vec<std::net::Ipv4
 }
 
 fn demo(args: &DemoArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
+    // Output goes through `say!`, which fails instead of panicking on a closed stdout
+    // (`weave-perf demo | head`), so the testbed is still removed by its destructor.
+    let mut out = std::io::stdout().lock();
+    macro_rules! say {
+        ($($arg:tt)*) => {
+            writeln!(out, $($arg)*).context("writing to stdout")?
+        };
+    }
     const HOSTS: usize = 3;
     if !testbed::is_root() {
         bail!("the demo creates network namespaces: run it as root");
     }
     let router = Router::new(router::locate_router_bin(args.router_bin.as_deref())?);
     let timeout = Duration::from_secs(args.timeout);
-    println!("weave-router: {}", router.bin().display());
+    say!("weave-router: {}", router.bin().display());
 
     let mut bed = Testbed::new(&TestbedConfig::new("wdem", HOSTS).with_subnet(args.subnet))
         .context("building the testbed")?;
     // Until the demo succeeds, the routers' logs are what explains a failure.
     bed.set_keep_logs(true);
-    println!(
+    say!(
         "testbed {}: {HOSTS} hosts on 192.168.{}.0/24",
         bed.run_id(),
         args.subnet
@@ -128,7 +140,7 @@ fn demo(args: &DemoArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     for host in bed.hosts() {
         let peers = chain_peers(&bed, host.index())?;
         let shown: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
-        println!(
+        say!(
             "{} ({}): weave-router launch --name {} --nickname {} {}",
             host.name(),
             host.addr(),
@@ -155,7 +167,7 @@ fn demo(args: &DemoArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
             }
         })?;
     }
-    println!(
+    say!(
         "mesh formed: every router sees {HOSTS} peers after {:.1} s",
         start.elapsed().as_secs_f64()
     );
@@ -175,10 +187,10 @@ fn demo(args: &DemoArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
         match settled {
             Ok(()) => {}
             Err(e @ TestbedError::Cancelled { .. }) => return Err(e.into()),
-            Err(e) => println!("note: {e}"),
+            Err(e) => say!("note: {e}"),
         }
     }
-    println!(
+    say!(
         "all connections established after {:.1} s\n",
         start.elapsed().as_secs_f64()
     );
@@ -187,18 +199,18 @@ fn demo(args: &DemoArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
         let text = router
             .status_text(host, Some("peers"))
             .with_context(|| format!("status peers on {}", host.name()))?;
-        println!(
+        say!(
             "===== {} ({}): weave-router status peers",
             host.name(),
             host.addr()
         );
-        println!("{}", text.trim_end());
-        println!();
+        say!("{}", text.trim_end());
+        say!();
     }
 
     drop(routers);
     bed.set_keep_logs(false);
     bed.teardown().context("removing the testbed")?;
-    println!("testbed removed");
+    say!("testbed removed");
     Ok(())
 }

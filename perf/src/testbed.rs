@@ -378,11 +378,11 @@ impl Testbed {
         let keep =
             self.keep_logs || thread::panicking() || std::env::var_os(KEEP_LOGS_ENV).is_some();
         if keep {
-            eprintln!(
+            note(format_args!(
                 "testbed {}: logs kept in {}",
                 self.names.run_id,
                 self.log_dir.display()
-            );
+            ));
         } else if let Err(source) = fs::remove_dir_all(&self.log_dir) {
             if source.kind() != io::ErrorKind::NotFound {
                 first_error.get_or_insert(TestbedError::Io {
@@ -398,7 +398,7 @@ impl Testbed {
 impl Drop for Testbed {
     fn drop(&mut self) {
         if let Err(e) = self.teardown_inner() {
-            eprintln!("testbed {}: teardown: {e}", self.names.run_id);
+            note(format_args!("testbed {}: teardown: {e}", self.names.run_id));
         }
     }
 }
@@ -642,21 +642,25 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         if let Err(e) = self.kill() {
-            eprintln!("{}: {e}", self.label);
+            note(format_args!("{}: {e}", self.label));
         }
         if thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!(
-                "---- last lines of {} ({})",
+            note(format_args!(
+                "---- last lines of {} ({})\n{}",
                 self.label,
-                self.log_path.display()
-            );
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
+                self.log_path.display(),
+                self.log_tail(40)
+            ));
         }
     }
+}
+
+/// Writes a line to stderr from a destructor. `eprintln!` panics when stderr is gone (a
+/// closed pipe), and a panic inside a destructor that runs during a panic aborts the
+/// process before the namespaces are removed.
+fn note(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(io::stderr().lock(), "{args}");
 }
 
 /// Polls `probe` every 100 ms until it returns `Ok`, or fails with the last `Err` text once
