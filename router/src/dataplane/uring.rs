@@ -909,9 +909,10 @@ impl Ring {
             )
             .build()),
             Op::ReadMulti(op) => {
-                let len = self.pool(op.group).map_or(0, |pool| pool.buf_size);
-                // Offset -1: "the file position", the only meaningful one for a TAP or pipe.
-                build_on!(op.target, |fd| opcode::ReadMulti::new(fd, len, op.group.0)
+                // Length 0: the kernel refuses any other for a multishot read and reads up to
+                // the size of the buffer it picks. Offset -1: "the file position", the only
+                // meaningful one for a TAP or a pipe.
+                build_on!(op.target, |fd| opcode::ReadMulti::new(fd, 0, op.group.0)
                     .offset(u64::MAX)
                     .build())
             }
@@ -1024,13 +1025,19 @@ impl Ring {
         }
     }
 
-    /// Pushes the re-arms queued by the last reap; those that do not fit stay queued.
+    /// Pushes the re-arms queued by the last reap; those that do not fit stay queued, and so
+    /// do those whose buffer ring is still empty because the application holds every buffer
+    /// (arming them would only end in `ENOBUFS` again, a busy loop).
     fn flush_rearms(&mut self) {
         if self.state != RingState::Running {
             return;
         }
         let queued = std::mem::take(&mut self.rearm);
         for (index, id) in queued.iter().enumerate() {
+            if !self.has_free_buffers(*id) {
+                self.rearm.push(*id);
+                continue;
+            }
             let Some(entry) = self.multishot_entry(*id) else {
                 continue;
             };
@@ -1040,6 +1047,19 @@ impl Ring {
             }
             self.stats.rearms += 1;
         }
+    }
+
+    /// Whether the buffer ring of a multishot operation holds a buffer. Every buffer the
+    /// kernel took before it reported the ring empty was reaped with (or before) that report,
+    /// so a buffer is in the ring exactly when the application does not hold it.
+    fn has_free_buffers(&self, id: OpId) -> bool {
+        let group = match self.slab.get(id) {
+            Some(Op::RecvMulti(op)) => op.group,
+            Some(Op::ReadMulti(op)) => op.group,
+            Some(Op::Send(_) | Op::Write(_) | Op::Cancel) | None => return true,
+        };
+        self.pool(group)
+            .is_none_or(|pool| pool.lent_count.get() < pool.count)
     }
 
     fn handle_cqe(&mut self, user_data: u64, result: i32, flags: u32, out: &mut Vec<Completion>) {
