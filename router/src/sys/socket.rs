@@ -219,7 +219,8 @@ pub fn path_mtu(sock: &impl AsFd) -> Result<u32, SysError> {
 
 /// Sends the concatenation of `parts` to `dest` (or the connected peer) in one `sendmsg`.
 /// With `segment_size`, the kernel cuts it into datagrams of that size, the last one
-/// shorter (UDP GSO); at most 64 segments and 64 KiB in all.
+/// shorter (UDP GSO). The kernel takes at most `UDP_MAX_SEGMENTS` segments (64 on older
+/// kernels, 128 on 6.18) and 64 KiB in all, and answers `EINVAL` beyond.
 pub fn send_segments(
     sock: &impl AsFd,
     parts: &[IoSlice<'_>],
