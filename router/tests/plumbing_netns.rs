@@ -194,8 +194,7 @@ fn pods_keep_their_port_and_the_bridge_its_mtu_across_reruns() {
     let desired = HostPlumbing::new(MTU);
     ns.ensure(&desired);
 
-    // A "pod": one end of a veth on the bridge, with a larger MTU than the bridge. An
-    // unpinned bridge MTU would follow it up.
+    // A "pod": one end of a veth on the bridge, with a larger MTU than the bridge.
     ns.ip(&[
         "link",
         "add",
@@ -214,7 +213,8 @@ fn pods_keep_their_port_and_the_bridge_its_mtu_across_reruns() {
     assert_eq!(master_of(&ns.link("vethwepl0")), Some(BRIDGE_NAME));
     assert_eq!(ns.link(BRIDGE_NAME)["mtu"], MTU);
 
-    // Drift on the TAP is repaired, and only that; the pod stays where it was.
+    // Drift on the TAP is repaired, and only that: the bridge MTU is pinned, so it did not
+    // follow its ports' smallest MTU up to 1400, and the pod stays where it was.
     ns.ip(&["link", "set", TAP_NAME, "nomaster"]);
     ns.ip(&["link", "set", TAP_NAME, "mtu", "1400", "txqueuelen", "77"]);
     assert_eq!(

@@ -427,8 +427,9 @@ fn plan_bridge(
     };
     if !kept {
         ops.push(PlumbingOp::CreateBridge { name: name.clone() });
-        // A bridge created with an MTU follows its ports' MTU until the MTU is set on its
-        // own; set it explicitly so that a pod with a larger MTU cannot raise it.
+        // A bridge's MTU given at creation is not pinned: the kernel keeps moving it to the
+        // smallest MTU among its ports (a first port of 1500 lifts a bridge made with 1376).
+        // Setting it afterwards pins it, whatever pods attach.
         ops.push(PlumbingOp::SetMtu {
             name: name.clone(),
             mtu: desired.mtu,
