@@ -210,6 +210,35 @@ fn an_empty_buffer_ring_ends_the_receive_with_enobufs_and_it_is_rearmed() {
 }
 
 #[test]
+fn a_datagram_longer_than_its_buffer_arrives_truncated_and_flagged() {
+    with_watchdog(20, || {
+        let (tx, rx) = udp_pair();
+        let mut ring = Ring::new(16, RingOptions::default()).unwrap();
+        ring.add_buf_ring(BufGroup(3), 2, RECV_OVERHEAD as u32)
+            .unwrap();
+        ring.add_buf_ring(RECV_GROUP, 2, (RECV_OVERHEAD + 100) as u32)
+            .unwrap();
+        assert!(matches!(
+            ring.recv_multi(Target::Fd(rx.as_raw_fd()), BufGroup(3)),
+            Err(UringError::BadBufRing(_))
+        ));
+        ring.recv_multi(Target::Fd(rx.as_raw_fd()), RECV_GROUP)
+            .unwrap();
+        let sent = segment(7, 500);
+        tx.send_to(&sent, rx.local_addr().unwrap()).unwrap();
+
+        let completion = next_completion(&mut ring);
+
+        let Completion::Received { datagram, .. } = completion else {
+            panic!("unexpected {completion:?}");
+        };
+        assert!(datagram.truncated);
+        assert_eq!(&datagram.payload[..], &sent[..100]);
+        assert_eq!(ring.stats().truncated, 1);
+    });
+}
+
+#[test]
 fn registered_files_carry_sends_and_receives() {
     with_watchdog(20, || {
         let (tx, rx) = udp_pair();

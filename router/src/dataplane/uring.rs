@@ -699,6 +699,14 @@ impl Ring {
     /// socket errors); it reports [`Completion::Stopped`] otherwise.
     pub fn recv_multi(&mut self, target: Target, group: BufGroup) -> Result<OpId, UringError> {
         self.check_group(group)?;
+        if self
+            .pool(group)
+            .is_some_and(|pool| pool.buf_size as usize <= RECV_OVERHEAD)
+        {
+            return Err(UringError::BadBufRing(
+                "receive buffers must be larger than RECV_OVERHEAD",
+            ));
+        }
         let op = Op::RecvMulti(Box::new(RecvOp {
             target,
             group,
@@ -787,6 +795,10 @@ impl Ring {
 
     /// Submits everything queued and waits until `want` completions are ready or `timeout`
     /// passes (`None`: no limit). A timeout is not an error. Returns the submissions taken.
+    ///
+    /// A receive whose buffer ring ran dry is re-armed only once a buffer of its group has been
+    /// dropped: waiting without a timeout while holding every buffer of the only armed group
+    /// waits forever.
     pub fn submit_and_wait(
         &mut self,
         want: usize,
@@ -856,7 +868,12 @@ impl Ring {
                 self.push_cancel(types::CancelBuilder::any())?;
                 report.cancel_requests += 1;
             }
-            self.submit_and_wait(1, Some(DRAIN_POLL))?;
+            match self.submit_and_wait(1, Some(DRAIN_POLL)) {
+                Ok(_) => {}
+                // A full completion queue refuses the enter until it is reaped: reap below.
+                Err(UringError::Enter(err)) if err.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(err) => return Err(err),
+            }
             let reaped = self.reap(&mut sink);
             report.drained += reaped as u64;
             sink.clear();
