@@ -113,7 +113,8 @@ pub struct TapQueue {
 
 impl TapQueue {
     /// Attaches a new queue to the TAP `name` (creating a non-persistent TAP if there is
-    /// none), then sets the vnet header length and the offloads.
+    /// none), then sets the vnet header length and the offloads. Those two are properties
+    /// of the device, not of the queue: every queue of one TAP must ask for the same.
     ///
     /// `TUNSETIFF` fails with `EINVAL` when `name` exists but is not a multi-queue TAP.
     pub fn open(name: &str, opts: &TapOptions) -> Result<Self, SysError> {
@@ -154,16 +155,7 @@ impl TapQueue {
 
     /// Makes the device outlive its queues (`TUNSETPERSIST`), or not.
     pub fn set_persist(&self, persist: bool) -> Result<(), SysError> {
-        // SAFETY: TUNSETPERSIST takes its argument by value; `fd` is an open TAP queue.
-        let ret = unsafe {
-            libc::ioctl(
-                self.fd.as_raw_fd(),
-                libc::TUNSETPERSIST,
-                libc::c_ulong::from(persist),
-            )
-        };
-        cvt(ret).map_err(|source| syscall("TUNSETPERSIST", &self.name, source))?;
-        Ok(())
+        set_persist(&self.fd, &self.name, persist)
     }
 
     /// The device's interface flags as the kernel reports them (`TUNGETIFF`):
@@ -221,15 +213,12 @@ impl From<TapQueue> for OwnedFd {
 
 /// Creates the multi-queue TAP `name` (or adopts an existing one) and makes it persistent,
 /// without keeping a queue open.
+///
+/// It leaves the offloads and the vnet header length alone: both belong to the device, not
+/// to a queue, and a running router's queues may be using them.
 pub fn create_persistent(name: &str) -> Result<(), SysError> {
-    let queue = TapQueue::open(
-        name,
-        &TapOptions {
-            offloads: TapOffloads::NONE,
-            ..TapOptions::default()
-        },
-    )?;
-    queue.set_persist(true)
+    let fd = attach(name, QUEUE_FLAGS, true)?;
+    set_persist(&fd, name, true)
 }
 
 /// The `IFF_*` flags this kernel's TUN driver supports (`TUNGETFEATURES`).
@@ -299,6 +288,19 @@ fn attach(name: &str, flags: libc::c_int, nonblocking: bool) -> Result<OwnedFd, 
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &raw mut req) };
     cvt(ret).map_err(|source| syscall("TUNSETIFF", name, source))?;
     Ok(fd)
+}
+
+fn set_persist(fd: &OwnedFd, name: &str, persist: bool) -> Result<(), SysError> {
+    // SAFETY: TUNSETPERSIST takes its argument by value; `fd` is an attached TAP queue.
+    let ret = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETPERSIST,
+            libc::c_ulong::from(persist),
+        )
+    };
+    cvt(ret).map_err(|source| syscall("TUNSETPERSIST", name, source))?;
+    Ok(())
 }
 
 fn open_clone_device(nonblocking: bool) -> Result<OwnedFd, SysError> {
