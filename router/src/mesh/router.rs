@@ -1173,7 +1173,7 @@ impl Mesh {
         self.send_message(key, &msg);
     }
 
-    /// Gossips to `max(1, log2(n))` random next hops, never back to `except`.
+    /// Gossips to `max(1, 2·log2(n))` random next hops, never back to `except`.
     fn gossip_to_neighbours(&mut self, channel: &str, except: PeerName, payload: Vec<u8>) {
         for hop in self.random_neighbours(except) {
             if let Some(&key) = self.by_peer.get(&hop) {
@@ -1184,7 +1184,11 @@ impl Mesh {
 
     fn random_neighbours(&mut self, except: PeerName) -> Vec<PeerName> {
         self.ensure_routes();
-        let count = (self.unicast_all.len() as f64).log2().floor().max(1.0) as usize;
+        // The fan-out protocol-notes.md gives: 2·log2(n), at least one. A single
+        // log2(n) leaves small meshes waiting for the periodic gossip.
+        let count = (2.0 * (self.unicast_all.len() as f64).log2())
+            .floor()
+            .max(1.0) as usize;
         let mut hops: Vec<PeerName> = self
             .unicast_all
             .values()

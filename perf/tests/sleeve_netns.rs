@@ -1,0 +1,332 @@
+//! Pod traffic through the sleeve on the namespace testbed: three hosts in a chain with
+//! host1 <-> host3 blocked, a pod on each host's bridge; ARP and ping between all pods
+//! (host1 <-> host3 relayed by host2), pings of every size up to the MTU with DF, a
+//! "fragmentation needed" answer just above it, and a TCP transfer checked end to end.
+//! Needs root; builds and removes its own namespaces.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use weave_perf::router::{self, Report, Router, HTTP_ADDR, MESH_PORT, METRICS_ADDR};
+use weave_perf::testbed::{self, Host, Process, Testbed, TestbedConfig};
+
+const CONVERGE: Duration = Duration::from_secs(30);
+static NOT_CANCELLED: AtomicBool = AtomicBool::new(false);
+/// The pods' MTU: what the sleeve carries on a 1500-byte underlay.
+const POD_MTU: usize = 1438;
+/// Bytes moved pod to pod; checked with SHA-256 at both ends.
+const TRANSFER: u64 = 1 << 30;
+
+/// A pod: a network namespace with a veth into a host's weave bridge. Removed on drop.
+struct Pod {
+    netns: String,
+    ip: Ipv4Addr,
+}
+
+impl Pod {
+    fn new(bed: &Testbed, host: &Host, index: u8) -> Pod {
+        let netns = format!("{}-p{index}", bed.run_id());
+        let ip = Ipv4Addr::new(10, 32, 0, index);
+        let host_end = format!("vp{index}{}", std::process::id() % 10000);
+        run("ip", &["netns", "add", &netns]);
+        let pod = Pod { netns, ip };
+        run("ip", &["-n", &pod.netns, "link", "set", "lo", "up"]);
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &host_end,
+                "netns",
+                host.netns(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &pod.netns,
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                host.netns(),
+                "link",
+                "set",
+                &host_end,
+                "master",
+                "weave",
+                "up",
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                &pod.netns,
+                "link",
+                "set",
+                "eth0",
+                "mtu",
+                &POD_MTU.to_string(),
+                "up",
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                &pod.netns,
+                "addr",
+                "add",
+                &format!("{ip}/12"),
+                "dev",
+                "eth0",
+            ],
+        );
+        pod
+    }
+
+    fn exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    fn ping(&self, to: Ipv4Addr, size: usize) -> bool {
+        let out = self.exec(&[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            &size.to_string(),
+            &to.to_string(),
+        ]);
+        out.status.success()
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn launch(router: &Router, host: &Host, peers: &[Ipv4Addr]) -> Process {
+    let mut cmd = host.command(router.bin());
+    cmd.arg("launch")
+        .args(["--name", &router::peer_name(host.index())])
+        .args(["--nickname", &host.name()])
+        .args(["--port", &MESH_PORT.to_string()])
+        .args(["--http-addr", HTTP_ADDR])
+        .args(["--metrics-addr", METRICS_ADDR])
+        .args(["--dataplane", "epoll", "--workers", "2"])
+        .args(peers.iter().map(Ipv4Addr::to_string))
+        .env("NO_COLOR", "1");
+    host.spawn(&format!("router-{}", host.name()), cmd)
+        .expect("spawn router")
+}
+
+/// Waits until `host` has `n` established sleeve connections with a verified MTU.
+fn await_sleeve(router: &Router, host: &Host, process: &mut Process, n: usize) -> Report {
+    process
+        .wait_for(
+            &format!("{}: {n} sleeve connections", host.name()),
+            CONVERGE,
+            &NOT_CANCELLED,
+            || {
+                let report = router.report(host).map_err(|e| e.to_string())?;
+                let ready = report
+                    .router
+                    .connections
+                    .iter()
+                    .filter(|c| c.state == "established" && c.info.starts_with("sleeve "))
+                    .count();
+                if ready == n {
+                    Ok(report)
+                } else {
+                    Err(format!("{ready} of {n} established"))
+                }
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+const TCP_SCRIPT: &str = r#"
+import socket, sys, hashlib
+if sys.argv[1] == "server":
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 5001)); s.listen(1); print("listening", flush=True)
+    c, _ = s.accept(); h = hashlib.sha256(); n = 0
+    while True:
+        b = c.recv(1 << 20)
+        if not b: break
+        h.update(b); n += len(b)
+    print(n, h.hexdigest(), flush=True)
+else:
+    total = int(sys.argv[3]); block = bytes((i * 7 + 3) % 251 for i in range(1 << 20))
+    c = socket.create_connection((sys.argv[2], 5001)); h = hashlib.sha256(); n = 0
+    while n < total:
+        m = min(len(block), total - n); c.sendall(block[:m]); h.update(block[:m]); n += m
+    c.shutdown(socket.SHUT_WR); c.recv(1)
+    print(n, h.hexdigest(), flush=True)
+"#;
+
+#[test]
+fn pods_talk_through_the_sleeve_with_relaying_every_size_and_a_checked_transfer() {
+    if !testbed::privileged_or_skip("pods_talk_through_the_sleeve") {
+        return;
+    }
+    let bin = router::locate_router_bin(None::<&Path>).expect("weave-router binary");
+    let router = Router::new(bin);
+    let bed = Testbed::new(&TestbedConfig::new("wsl", 3).with_subnet(151)).expect("testbed");
+    let [h1, h2, h3] = [1, 2, 3].map(|i| bed.host(i).expect("host").clone());
+    // host1 and host3 cannot reach each other: their traffic must be relayed by host2.
+    bed.block(&h1, &h3).expect("block host1 <-> host3");
+
+    let mut r1 = launch(&router, &h1, &[]);
+    let mut r2 = launch(&router, &h2, &[h1.addr()]);
+    let mut r3 = launch(&router, &h3, &[h2.addr()]);
+    let start = Instant::now();
+    let report = await_sleeve(&router, &h2, &mut r2, 2);
+    await_sleeve(&router, &h1, &mut r1, 1);
+    await_sleeve(&router, &h3, &mut r3, 1);
+    println!(
+        "sleeve connections established and MTU verified after {:.2?}",
+        start.elapsed()
+    );
+    assert_eq!(report.router.connections.len(), 2);
+    let text = router
+        .status_text(&h2, Some("connections"))
+        .expect("status connections");
+    println!("{text}");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("established sleeve") && l.ends_with("mtu=1438"))
+            .count(),
+        2,
+        "{text}"
+    );
+
+    let pods = [
+        Pod::new(&bed, &h1, 1),
+        Pod::new(&bed, &h2, 2),
+        Pod::new(&bed, &h3, 3),
+    ];
+
+    // ARP and ping between every pair, host1 <-> host3 relayed through host2.
+    for a in &pods {
+        for b in &pods {
+            if a.ip == b.ip {
+                continue;
+            }
+            let ok = testbed::wait_until(
+                &format!("ping {} -> {}", a.ip, b.ip),
+                Duration::from_secs(10),
+                || {
+                    if a.ping(b.ip, 56) {
+                        Ok(())
+                    } else {
+                        Err("no reply")
+                    }
+                },
+            );
+            assert!(ok.is_ok(), "{ok:?}\nhost2 log:\n{}", r2.log_tail(30));
+        }
+    }
+    println!("all pods reach each other");
+
+    // Every size from 64 bytes to the MTU with DF set, relayed.
+    let max_payload = POD_MTU - 28;
+    let failed: Vec<usize> = (64 - 28..=max_payload)
+        .filter(|s| !pods[0].ping(pods[2].ip, *s))
+        .collect();
+    assert!(failed.is_empty(), "DF pings that failed: {failed:?}");
+    // One byte more does not fit: the router answers "fragmentation needed".
+    let out = pods[0].exec(&[
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-M",
+        "do",
+        "-s",
+        &(max_payload + 1).to_string(),
+        &pods[1].ip.to_string(),
+    ]);
+    assert!(!out.status.success());
+    println!(
+        "DF pings of {} sizes up to {} bytes passed",
+        max_payload - 36 + 1,
+        POD_MTU
+    );
+
+    // A bulk TCP transfer host1 -> host3 (relayed), checked at both ends.
+    let script = bed.log_dir().join("tcp.py");
+    std::fs::write(&script, TCP_SCRIPT).expect("write script");
+    let script = script.to_string_lossy().to_string();
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pods[2].netns,
+            "python3",
+            &script,
+            "server",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("server");
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let client = pods[0].exec(&[
+        "python3",
+        &script,
+        "client",
+        &pods[2].ip.to_string(),
+        &TRANSFER.to_string(),
+    ]);
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        client.status.success(),
+        "{}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    let server_out = server.wait_with_output().expect("server output");
+    let sent = String::from_utf8_lossy(&client.stdout).trim().to_string();
+    let received = String::from_utf8_lossy(&server_out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(sent, received, "what arrived differs from what was sent");
+    assert!(sent.starts_with(&TRANSFER.to_string()));
+    println!(
+        "1 GiB host1 -> host3 via host2: sha256 equal at both ends ({:.2} Gbit/s in this run)",
+        TRANSFER as f64 * 8.0 / secs / 1e9
+    );
+    drop(pods);
+}
