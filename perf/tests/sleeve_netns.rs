@@ -288,7 +288,7 @@ fn pods_talk_through_the_sleeve_with_relaying_every_size_and_a_checked_transfer(
     let script = bed.log_dir().join("tcp.py");
     std::fs::write(&script, TCP_SCRIPT).expect("write script");
     let script = script.to_string_lossy().to_string();
-    let mut server = Command::new("ip")
+    let server = Command::new("ip")
         .args([
             "netns",
             "exec",
