@@ -16,13 +16,14 @@ use rand_chacha::ChaCha8Rng;
 use crate::ids::{ConnId, ConnUid, PeerName, PeerUid, ShortId, UNKNOWN_PEER_NAME};
 use crate::mesh::maker::{ConnectionMaker, DirectPeer, OurConn, TargetState, Termination};
 use crate::mesh::routes::{self, UnicastRoutes};
-use crate::mesh::sleeve::{self, Effect, SleeveConn, Special, Udp};
+use crate::mesh::sleeve::{self, Effect, SleeveConn, Udp};
 use crate::mesh::status::{
     BroadcastRouteStatus, LocalConnectionStatus, PeerConnectionStatus, PeerStatus, RouterStatus,
     UnicastRouteStatus,
 };
 use crate::mesh::topology::{Peer, PeerConn, Topology};
 use crate::wire::mesh::{self as wire, FrameDecoder, Message, PeerSummary, ProtocolHeader};
+use crate::wire::sleeve::SpecialFrame;
 
 /// Protocol versions we speak: only 2 (length-prefixed messages).
 pub const PROTOCOL_MIN_VERSION: u8 = 2;
@@ -276,7 +277,7 @@ impl Mesh {
         frame: &[u8],
         now: Instant,
     ) {
-        let Some(special) = Special::classify(frame) else {
+        let Some(special) = SpecialFrame::parse(frame) else {
             return;
         };
         let Some(&key) = self.by_peer.get(&src) else {

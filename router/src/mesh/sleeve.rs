@@ -6,22 +6,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::ids::{ConnUid, PeerName};
+use crate::wire::sleeve::{
+    self as wire, SleeveFrame, SpecialFrame, FAST_HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, MIN_PMTU,
+    SLOW_HEARTBEAT_INTERVAL,
+};
 
-/// Heartbeat interval until the remote confirms it hears us.
-pub const FAST_HEARTBEAT: Duration = Duration::from_millis(500);
-/// Heartbeat interval afterwards.
-pub const SLOW_HEARTBEAT: Duration = Duration::from_secs(10);
-/// Silence after which the sleeve gives the connection up.
-pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a PMTU probe may go unanswered before a smaller one is tried.
 pub const PMTU_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-/// Smallest MTU the discovery settles for.
-pub const MIN_MTU: u16 = 552;
-/// Length of the fragmentation-test frame.
-pub const FRAG_TEST_LEN: usize = 60001;
-/// Bytes a sleeve datagram adds around an Ethernet frame: IPv4, UDP, sender name and frame
-/// header.
-pub const SLEEVE_OVERHEAD: u16 = 20 + 8 + 6 + 14;
 /// Sub-tags of the sleeve's control messages (tag 7, overlay 0).
 pub mod subtag {
     /// The remote hears our heartbeats.
@@ -32,54 +23,19 @@ pub mod subtag {
     pub const PMTU_VERIFIED: u8 = 3;
 }
 
-/// The pod MTU a path of `underlay_mtu` carries: 1438 on a 1500-byte underlay.
+/// The pod MTU a path of `underlay_mtu` carries without encryption: 1438 on 1500 bytes.
 pub fn mtu_for_underlay(underlay_mtu: u16) -> u16 {
-    underlay_mtu.saturating_sub(SLEEVE_OVERHEAD + 14)
+    wire::mtu_for_underlay(usize::from(underlay_mtu), false).map_or(0, |m| m as u16)
 }
 
-/// What kind of special frame (all-zero Ethernet header) arrived.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Special {
-    /// A heartbeat with the sender's connection UID.
-    Heartbeat(ConnUid),
-    /// The 60001-byte fragmentation test.
-    FragTest,
-    /// A PMTU probe for this MTU.
-    PmtuProbe(u16),
-}
-
-impl Special {
-    /// Classifies a frame; `None` when it is not special.
-    pub fn classify(frame: &[u8]) -> Option<Special> {
-        if frame.len() < 14 || frame[..14].iter().any(|b| *b != 0) {
-            return None;
-        }
-        match frame.len() {
-            22 => Some(Special::Heartbeat(ConnUid(u64::from_be_bytes(
-                frame[14..22].try_into().expect("eight bytes"),
-            )))),
-            FRAG_TEST_LEN => Some(Special::FragTest),
-            n => u16::try_from(n - 14).ok().map(Special::PmtuProbe),
-        }
-    }
-}
-
-/// Builds a sleeve datagram carrying one frame.
-pub fn datagram(sender: PeerName, src: PeerName, dst: PeerName, frame: &[u8]) -> Vec<u8> {
-    let mut d = Vec::with_capacity(20 + frame.len());
-    d.extend(sender.to_bytes());
-    d.extend(src.to_bytes());
-    d.extend(dst.to_bytes());
-    d.extend((frame.len() as u16).to_be_bytes());
-    d.extend(frame);
-    d
-}
-
-/// A heartbeat frame for `uid`.
-pub fn heartbeat_frame(uid: ConnUid) -> Vec<u8> {
-    let mut f = vec![0u8; 14];
-    f.extend(uid.0.to_be_bytes());
-    f
+/// Builds a sleeve datagram from `sender` carrying one frame of ours for `dst`.
+fn datagram(sender: PeerName, dst: PeerName, frame: &[u8]) -> Vec<u8> {
+    let frame = SleeveFrame {
+        src: sender,
+        dst,
+        frame,
+    };
+    wire::encode_packet(sender, &[frame]).expect("one frame under 64 KiB always encodes")
 }
 
 /// A UDP datagram the mesh wants sent.
@@ -148,7 +104,7 @@ impl SleeveConn {
             next_heartbeat: now,
             deadline: now + HEARTBEAT_TIMEOUT,
             max_mtu,
-            lo: MIN_MTU,
+            lo: MIN_PMTU as u16,
             hi: max_mtu,
             probing: None,
             mtu: None,
@@ -196,11 +152,11 @@ impl SleeveConn {
             if self.next_heartbeat <= now {
                 self.next_heartbeat = now
                     + if self.confirmed {
-                        SLOW_HEARTBEAT
+                        SLOW_HEARTBEAT_INTERVAL
                     } else {
-                        FAST_HEARTBEAT
+                        FAST_HEARTBEAT_INTERVAL
                     };
-                out.push(self.udp_frame(to, true, &heartbeat_frame(self.uid)));
+                out.push(self.udp_frame(to, true, &wire::heartbeat_frame(self.uid)));
             }
         }
         if let Some((candidate, sent)) = self.probing {
@@ -216,12 +172,12 @@ impl SleeveConn {
     pub fn handle_special(
         &mut self,
         from: SocketAddr,
-        special: Special,
+        special: SpecialFrame,
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
         match special {
-            Special::Heartbeat(uid) => {
+            SpecialFrame::Heartbeat(uid) => {
                 if uid != self.uid {
                     return;
                 }
@@ -238,10 +194,11 @@ impl SleeveConn {
                     self.handle_timeout(now, out);
                 }
             }
-            Special::FragTest => {
+            SpecialFrame::FragTest => {
                 out.push(Effect::Control(subtag::FRAGMENTATION_RECEIVED, Vec::new()))
             }
-            Special::PmtuProbe(mtu) => {
+            SpecialFrame::PmtuProbe { candidate_mtu } => {
+                let mtu = u16::try_from(candidate_mtu).unwrap_or(u16::MAX);
                 out.push(Effect::Control(
                     subtag::PMTU_VERIFIED,
                     mtu.to_be_bytes().to_vec(),
@@ -258,10 +215,10 @@ impl SleeveConn {
                     return;
                 }
                 self.confirmed = true;
-                self.next_heartbeat = now + SLOW_HEARTBEAT;
+                self.next_heartbeat = now + SLOW_HEARTBEAT_INTERVAL;
                 out.push(Effect::Established);
                 if let Some(to) = self.udp {
-                    out.push(self.udp_frame(to, false, &vec![0u8; FRAG_TEST_LEN]));
+                    out.push(self.udp_frame(to, false, &wire::frag_test_frame()));
                 }
                 self.probe(now, out);
             }
@@ -305,21 +262,26 @@ impl SleeveConn {
         } else {
             self.lo + (self.hi - self.lo).div_ceil(2)
         };
-        if self.mtu.is_none() && candidate <= MIN_MTU {
-            self.mtu = Some(MIN_MTU);
-            out.push(Effect::MtuVerified(MIN_MTU));
+        if self.mtu.is_none() && usize::from(candidate) <= MIN_PMTU {
+            self.mtu = Some(MIN_PMTU as u16);
+            out.push(Effect::MtuVerified(MIN_PMTU as u16));
             self.probing = None;
             return;
         }
+        let Ok(probe) = wire::pmtu_probe_frame(usize::from(candidate)) else {
+            // A candidate whose probe would read as another special frame: skip past it.
+            self.hi = candidate - 1;
+            return self.probe(now, out);
+        };
         self.probing = Some((candidate, now));
-        out.push(self.udp_frame(to, true, &vec![0u8; usize::from(candidate) + 14]));
+        out.push(self.udp_frame(to, true, &probe));
     }
 
     fn udp_frame(&self, to: SocketAddr, df: bool, frame: &[u8]) -> Effect {
         Effect::Udp(Udp {
             to,
             df,
-            datagram: datagram(self.ourself, self.ourself, self.remote, frame),
+            datagram: datagram(self.ourself, self.remote, frame),
         })
     }
 }
@@ -337,34 +299,14 @@ mod tests {
         // Frame 15 of three-peers-plain: host2 -> host1, ConnUID 340c5ee3f27e8a47.
         let d = datagram(
             "aa:00:00:00:00:02".parse().unwrap(),
-            "aa:00:00:00:00:02".parse().unwrap(),
             "aa:00:00:00:00:01".parse().unwrap(),
-            &heartbeat_frame(ConnUid(0x340c5ee3f27e8a47)),
+            &wire::heartbeat_frame(ConnUid(0x340c5ee3f27e8a47)),
         );
         let expected = "aa0000000002aa0000000002aa00000000010016\
                         0000000000000000000000000000340c5ee3f27e8a47";
         let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, expected);
         assert_eq!(mtu_for_underlay(1500), 1438);
-    }
-
-    #[test]
-    fn special_frames_classify_by_length() {
-        assert_eq!(
-            Special::classify(&heartbeat_frame(ConnUid(7))),
-            Some(Special::Heartbeat(ConnUid(7)))
-        );
-        assert_eq!(
-            Special::classify(&vec![0; FRAG_TEST_LEN]),
-            Some(Special::FragTest)
-        );
-        assert_eq!(
-            Special::classify(&vec![0; 1452]),
-            Some(Special::PmtuProbe(1438))
-        );
-        let mut not = vec![0; 60];
-        not[0] = 0xff;
-        assert_eq!(Special::classify(&not), None);
     }
 
     /// Runs two sleeve ends against each other over a path that carries `path_mtu`.
@@ -433,7 +375,7 @@ mod tests {
                     }
                     to_end.handle_special(
                         from_addr,
-                        Special::classify(frame).unwrap(),
+                        SpecialFrame::parse(frame).unwrap(),
                         now,
                         to_out,
                     );
@@ -476,7 +418,7 @@ mod tests {
         let mut out = Vec::new();
         a.handle_special(
             "10.0.0.2:6783".parse().unwrap(),
-            Special::Heartbeat(ConnUid(2)),
+            SpecialFrame::Heartbeat(ConnUid(2)),
             t0,
             &mut out,
         );
