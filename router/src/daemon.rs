@@ -122,9 +122,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let acceptor = tokio::spawn(accept_loop(listener, io_tx.clone()));
+    let counters: Vec<_> = workers.iter().map(|w| Arc::clone(&w.counters)).collect();
     let state = ApiState {
         requests: api_tx,
         port: config.port,
+        dataplane: (!counters.is_empty()).then(|| Arc::new(counters)),
     };
     let mut servers = Vec::new();
     if let Some((addr, l)) = http_listener {

@@ -76,6 +76,7 @@ async fn start(answering: bool) -> Server {
     let state = ApiState {
         requests: tx,
         port: 6783,
+        dataplane: None,
     };
     let mut addrs = Vec::new();
     for app in [api::router(state.clone()), api::metrics_router(state)] {

@@ -19,8 +19,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::PeerAddr;
-use crate::mesh::status::{Report, RouterStatus};
+use crate::dataplane::engine::Counters;
+use crate::mesh::status::{DataplaneStatus, Report, RouterStatus};
 use crate::mesh::DirectPeer;
+use std::sync::Arc;
 
 /// The version reported by `/report` and `/status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -59,6 +61,8 @@ pub struct ApiState {
     pub requests: mpsc::Sender<ApiRequest>,
     /// The mesh port.
     pub port: u16,
+    /// The data plane's workers' counters (read without asking the workers).
+    pub dataplane: Option<Arc<Vec<Arc<Counters>>>>,
 }
 
 /// The routes served on the HTTP address.
@@ -186,10 +190,15 @@ async fn report(State(st): State<ApiState>) -> Response {
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    let dataplane = st.dataplane.as_ref().map(|workers| DataplaneStatus {
+        backend: "epoll".to_string(),
+        workers: workers.iter().map(|c| c.status()).collect(),
+    });
     let report = Report {
         ready: true,
         version: VERSION.to_string(),
         router,
+        dataplane,
     };
     match to_json_pretty(&report) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),

@@ -135,6 +135,28 @@ impl Counters {
         self.drops[why.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A snapshot of every counter, for `/report`.
+    pub fn status(&self) -> crate::mesh::status::WorkerStatus {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        crate::mesh::status::WorkerStatus {
+            tap_rx_frames: get(&self.tap_rx_frames),
+            tap_rx_bytes: get(&self.tap_rx_bytes),
+            tap_tx_writes: get(&self.tap_tx_writes),
+            tap_tx_bytes: get(&self.tap_tx_bytes),
+            udp_rx_datagrams: get(&self.udp_rx_datagrams),
+            udp_rx_bytes: get(&self.udp_rx_bytes),
+            udp_rx_calls: get(&self.udp_rx_calls),
+            udp_tx_datagrams: get(&self.udp_tx_datagrams),
+            udp_tx_bytes: get(&self.udp_tx_bytes),
+            udp_tx_calls: get(&self.udp_tx_calls),
+            drops: self
+                .drops()
+                .into_iter()
+                .map(|(d, n)| (d.name().to_string(), n))
+                .collect(),
+        }
+    }
+
     /// Drops so far, by reason.
     pub fn drops(&self) -> Vec<(DropCause, u64)> {
         DropCause::ALL

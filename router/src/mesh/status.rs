@@ -142,6 +142,47 @@ pub struct Report {
     pub version: String,
     /// The mesh.
     pub router: RouterStatus,
+    /// The data plane's counters, when one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane: Option<DataplaneStatus>,
+}
+
+/// The data plane in `/report`: its backend and each worker's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DataplaneStatus {
+    /// `epoll` or `io_uring`.
+    pub backend: String,
+    /// One entry per worker.
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// One worker's counters since start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WorkerStatus {
+    /// Frames read from the TAP (after GSO split).
+    pub tap_rx_frames: u64,
+    /// Bytes read from the TAP.
+    pub tap_rx_bytes: u64,
+    /// Writes to the TAP (a coalesced super-frame counts once).
+    pub tap_tx_writes: u64,
+    /// Bytes written to the TAP.
+    pub tap_tx_bytes: u64,
+    /// Sleeve datagrams received.
+    pub udp_rx_datagrams: u64,
+    /// Bytes received.
+    pub udp_rx_bytes: u64,
+    /// Receive calls that delivered data.
+    pub udp_rx_calls: u64,
+    /// Sleeve datagrams sent.
+    pub udp_tx_datagrams: u64,
+    /// Bytes sent.
+    pub udp_tx_bytes: u64,
+    /// Send calls; datagrams per call is the batching factor.
+    pub udp_tx_calls: u64,
+    /// Drops by reason.
+    pub drops: BTreeMap<String, u64>,
 }
 
 #[cfg(test)]
