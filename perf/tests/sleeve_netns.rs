@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use weave_perf::router::{self, Report, Router, HTTP_ADDR, MESH_PORT, METRICS_ADDR};
+use weave_perf::router::{self, Router, HTTP_ADDR, MESH_PORT, METRICS_ADDR};
 use weave_perf::testbed::{self, Host, Process, Testbed, TestbedConfig};
 
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -134,7 +134,7 @@ fn run(cmd: &str, args: &[&str]) {
     );
 }
 
-fn launch(router: &Router, host: &Host, peers: &[Ipv4Addr]) -> Process {
+fn launch(router: &Router, host: &Host, peers: &[Ipv4Addr], backend: &str) -> Process {
     let mut cmd = host.command(router.bin());
     cmd.arg("launch")
         .args(["--name", &router::peer_name(host.index())])
@@ -142,7 +142,7 @@ fn launch(router: &Router, host: &Host, peers: &[Ipv4Addr]) -> Process {
         .args(["--port", &MESH_PORT.to_string()])
         .args(["--http-addr", HTTP_ADDR])
         .args(["--metrics-addr", METRICS_ADDR])
-        .args(["--dataplane", "epoll", "--workers", "2"])
+        .args(["--dataplane", backend, "--workers", "2"])
         .args(peers.iter().map(Ipv4Addr::to_string))
         .env("NO_COLOR", "1");
     host.spawn(&format!("router-{}", host.name()), cmd)
@@ -150,24 +150,24 @@ fn launch(router: &Router, host: &Host, peers: &[Ipv4Addr]) -> Process {
 }
 
 /// Waits until `host` has `n` established sleeve connections with a verified MTU.
-fn await_sleeve(router: &Router, host: &Host, process: &mut Process, n: usize) -> Report {
+fn await_sleeve(router: &Router, host: &Host, process: &mut Process, n: usize) -> String {
     process
         .wait_for(
             &format!("{}: {n} sleeve connections", host.name()),
             CONVERGE,
             &NOT_CANCELLED,
             || {
-                let report = router.report(host).map_err(|e| e.to_string())?;
-                let ready = report
-                    .router
-                    .connections
-                    .iter()
-                    .filter(|c| c.state == "established" && c.info.starts_with("sleeve "))
+                let text = router
+                    .status_text(host, Some("connections"))
+                    .map_err(|e| e.to_string())?;
+                let ready = text
+                    .lines()
+                    .filter(|l| l.contains("established sleeve") && l.contains("mtu="))
                     .count();
                 if ready == n {
-                    Ok(report)
+                    Ok(text)
                 } else {
-                    Err(format!("{ready} of {n} established"))
+                    Err(format!("{ready} of {n} established with an MTU:\n{text}"))
                 }
             },
         )
@@ -195,32 +195,37 @@ else:
 "#;
 
 #[test]
-fn pods_talk_through_the_sleeve_with_relaying_every_size_and_a_checked_transfer() {
+fn epoll_backend_carries_pods_with_relaying_every_size_and_a_checked_transfer() {
+    pods_talk_through_the_sleeve("epoll", 151);
+}
+
+#[test]
+fn io_uring_backend_carries_pods_with_relaying_every_size_and_a_checked_transfer() {
+    pods_talk_through_the_sleeve("io-uring", 152);
+}
+
+fn pods_talk_through_the_sleeve(backend: &str, subnet: u8) {
     if !testbed::privileged_or_skip("pods_talk_through_the_sleeve") {
         return;
     }
     let bin = router::locate_router_bin(None::<&Path>).expect("weave-router binary");
     let router = Router::new(bin);
-    let bed = Testbed::new(&TestbedConfig::new("wsl", 3).with_subnet(151)).expect("testbed");
+    let bed = Testbed::new(&TestbedConfig::new("wsl", 3).with_subnet(subnet)).expect("testbed");
     let [h1, h2, h3] = [1, 2, 3].map(|i| bed.host(i).expect("host").clone());
     // host1 and host3 cannot reach each other: their traffic must be relayed by host2.
     bed.block(&h1, &h3).expect("block host1 <-> host3");
 
-    let mut r1 = launch(&router, &h1, &[]);
-    let mut r2 = launch(&router, &h2, &[h1.addr()]);
-    let mut r3 = launch(&router, &h3, &[h2.addr()]);
+    let mut r1 = launch(&router, &h1, &[], backend);
+    let mut r2 = launch(&router, &h2, &[h1.addr()], backend);
+    let mut r3 = launch(&router, &h3, &[h2.addr()], backend);
     let start = Instant::now();
-    let report = await_sleeve(&router, &h2, &mut r2, 2);
+    let text = await_sleeve(&router, &h2, &mut r2, 2);
     await_sleeve(&router, &h1, &mut r1, 1);
     await_sleeve(&router, &h3, &mut r3, 1);
     println!(
-        "sleeve connections established and MTU verified after {:.2?}",
+        "[{backend}] sleeve connections established and MTU verified after {:.2?}",
         start.elapsed()
     );
-    assert_eq!(report.router.connections.len(), 2);
-    let text = router
-        .status_text(&h2, Some("connections"))
-        .expect("status connections");
     println!("{text}");
     assert_eq!(
         text.lines()

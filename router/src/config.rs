@@ -53,7 +53,7 @@ pub struct LaunchArgs {
     /// (separated by spaces or commas).
     #[arg(value_name = "PEER")]
     pub peers: Vec<String>,
-    /// Data plane: `none` (mesh only), or `epoll` (the sleeve on readiness I/O).
+    /// Data plane: `auto` (io_uring, else epoll), `io-uring`, `epoll`, or `none` (mesh only).
     #[arg(long, value_name = "BACKEND")]
     pub dataplane: Option<String>,
     /// Number of data-plane workers (default: one per CPU).
@@ -197,6 +197,10 @@ pub enum Dataplane {
     None,
     /// The sleeve on readiness-based I/O (poll, GSO/GRO).
     Epoll,
+    /// The sleeve on io_uring.
+    IoUring,
+    /// io_uring where the kernel allows it, else epoll.
+    Auto,
 }
 
 /// Why the launch configuration is refused.
@@ -346,15 +350,17 @@ impl Config {
             Some(s) => match s.value.trim() {
                 "none" => Dataplane::None,
                 "epoll" => Dataplane::Epoll,
+                "io-uring" | "io_uring" | "iouring" => Dataplane::IoUring,
+                "auto" => Dataplane::Auto,
                 other => {
                     return Err(ConfigError::InvalidValue {
                         source_name: s.source_name,
                         value: other.to_string(),
-                        reason: "expected none or epoll".to_string(),
+                        reason: "expected auto, io-uring, epoll or none".to_string(),
                     })
                 }
             },
-            None => Dataplane::None,
+            None => Dataplane::Auto,
         };
 
         let workers = match pick(&args.workers, "workers", &["WEAVE_WORKERS"]) {

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use crate::api::{self, ApiRequest, ApiState};
 use crate::cli::http::io_reason;
 use crate::config::{Config, Dataplane};
-use crate::dataplane::engine::{ControlFrame, PeerPath, Snapshot};
+use crate::dataplane::engine::{ControlFrame, DataplaneCounters, PeerPath, Snapshot};
 use crate::dataplane::epoll::{self, ToWorker};
 use crate::dataplane::plumbing;
 use crate::ids::PeerUid;
@@ -61,15 +61,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         log_event(&ev);
     }
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let workers = match config.dataplane {
+    let (workers, dataplane_counters) = match config.dataplane {
         Dataplane::None => {
             info!("No data plane: connections establish on the TCP handshake");
-            Vec::new()
+            (Vec::new(), None)
         }
-        Dataplane::Epoll => {
-            let workers = start_dataplane(&config, control_tx).await?;
+        Dataplane::Epoll | Dataplane::IoUring | Dataplane::Auto => {
+            let backend = choose_backend(config.dataplane);
+            let workers = start_dataplane(&config, backend, control_tx).await?;
             mesh = mesh.with_sleeve(UNDERLAY_MTU);
-            workers
+            let counters = DataplaneCounters {
+                backend: backend.name(),
+                workers: workers.iter().map(|w| Arc::clone(&w.counters)).collect(),
+            };
+            (workers, Some(Arc::new(counters)))
         }
     };
 
@@ -122,11 +127,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let acceptor = tokio::spawn(accept_loop(listener, io_tx.clone()));
-    let counters: Vec<_> = workers.iter().map(|w| Arc::clone(&w.counters)).collect();
     let state = ApiState {
         requests: api_tx,
         port: config.port,
-        dataplane: (!counters.is_empty()).then(|| Arc::new(counters)),
+        dataplane: dataplane_counters.clone(),
     };
     let mut servers = Vec::new();
     if let Some((addr, l)) = http_listener {
@@ -187,8 +191,39 @@ const UNDERLAY_MTU: u16 = 1500;
 
 /// Sets up the bridge and TAP, opens one TAP queue and one UDP socket per worker, and
 /// starts the workers.
+/// The I/O backend the workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Epoll,
+    IoUring,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Epoll => "epoll",
+            Backend::IoUring => "io_uring",
+        }
+    }
+}
+
+/// Picks the backend: io_uring unless refused (seccomp, old kernel) or epoll was asked for.
+fn choose_backend(asked: Dataplane) -> Backend {
+    if asked == Dataplane::Epoll {
+        return Backend::Epoll;
+    }
+    match crate::dataplane::iouring::probe() {
+        Ok(()) => Backend::IoUring,
+        Err(e) => {
+            warn!("io_uring is not available ({e}); the data plane falls back to epoll");
+            Backend::Epoll
+        }
+    }
+}
+
 async fn start_dataplane(
     config: &Config,
+    backend: Backend,
     control: mpsc::UnboundedSender<ControlFrame>,
 ) -> anyhow::Result<Vec<epoll::Worker>> {
     let pod_mtu = u32::from(crate::mesh::sleeve::mtu_for_underlay(UNDERLAY_MTU));
@@ -220,12 +255,18 @@ async fn start_dataplane(
         let udp = open_udp(&UdpOptions::sleeve(bind, true))
             .with_context(|| format!("cannot open the sleeve's UDP socket on {bind}"))?;
         let cpu = cpus.get(i % cpus.len().max(1)).copied();
-        workers.push(
-            epoll::spawn(i, config.name, tap, udp, control.clone(), cpu)
-                .with_context(|| format!("cannot start worker {i}"))?,
-        );
+        let worker = match backend {
+            Backend::Epoll => epoll::spawn(i, config.name, tap, udp, control.clone(), cpu),
+            Backend::IoUring => {
+                crate::dataplane::iouring::spawn(i, config.name, tap, udp, control.clone(), cpu)
+            }
+        };
+        workers.push(worker.with_context(|| format!("cannot start worker {i}"))?);
     }
-    info!("Data plane: {count} epoll workers on UDP {bind}");
+    info!(
+        "Data plane: {count} {} workers on UDP {bind}",
+        backend.name()
+    );
     Ok(workers)
 }
 

@@ -316,6 +316,7 @@ fn launch(name: &str, nickname: &str, peers: &[String]) -> (Daemon, u16) {
         .arg(format!("--port={port}"))
         .arg(format!("--http-addr={http}"))
         .arg("--metrics-addr=")
+        .arg("--dataplane=none")
         .args(peers)
         .env_remove("KUBE_PEERS")
         .stderr(std::process::Stdio::piped())

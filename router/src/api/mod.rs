@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::PeerAddr;
-use crate::dataplane::engine::Counters;
+use crate::dataplane::engine::DataplaneCounters;
 use crate::mesh::status::{DataplaneStatus, Report, RouterStatus};
 use crate::mesh::DirectPeer;
 use std::sync::Arc;
@@ -62,7 +62,7 @@ pub struct ApiState {
     /// The mesh port.
     pub port: u16,
     /// The data plane's workers' counters (read without asking the workers).
-    pub dataplane: Option<Arc<Vec<Arc<Counters>>>>,
+    pub dataplane: Option<Arc<DataplaneCounters>>,
 }
 
 /// The routes served on the HTTP address.
@@ -190,9 +190,9 @@ async fn report(State(st): State<ApiState>) -> Response {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let dataplane = st.dataplane.as_ref().map(|workers| DataplaneStatus {
-        backend: "epoll".to_string(),
-        workers: workers.iter().map(|c| c.status()).collect(),
+    let dataplane = st.dataplane.as_ref().map(|d| DataplaneStatus {
+        backend: d.backend.to_string(),
+        workers: d.workers.iter().map(|c| c.status()).collect(),
     });
     let report = Report {
         ready: true,

@@ -166,6 +166,15 @@ impl Counters {
     }
 }
 
+/// Every worker's counters and the backend they run, as the API reads them.
+#[derive(Debug)]
+pub struct DataplaneCounters {
+    /// `epoll` or `io_uring`.
+    pub backend: &'static str,
+    /// One per worker.
+    pub workers: Vec<Arc<Counters>>,
+}
+
 fn add(c: &AtomicU64, n: usize) {
     c.fetch_add(n as u64, Ordering::Relaxed);
 }
@@ -237,6 +246,18 @@ impl SendBatch {
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty()
+    }
+
+    /// Takes the runs out, for a backend that must own the buffers until the kernel is done
+    /// with them; hand the buffers back with [`SendBatch::recycle`].
+    pub fn take(&mut self) -> Vec<SendRun> {
+        std::mem::take(&mut self.runs)
+    }
+
+    /// Returns a buffer taken with [`SendBatch::take`] for reuse.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        self.spare.push(buf);
     }
 
     /// Empties the batch, keeping the buffers for reuse.

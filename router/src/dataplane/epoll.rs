@@ -47,6 +47,19 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// A handle on a started worker thread.
+    pub fn new(
+        tx: mpsc::Sender<ToWorker>,
+        counters: Arc<Counters>,
+        thread: JoinHandle<()>,
+    ) -> Self {
+        Worker {
+            tx,
+            counters,
+            thread: Some(thread),
+        }
+    }
+
     /// Stops the worker and waits for its thread.
     pub fn stop(mut self) {
         let _ = self.tx.send(ToWorker::Stop);

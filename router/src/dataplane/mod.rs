@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod epoll;
+pub mod iouring;
 pub mod offload;
 pub mod plumbing;
 pub mod uring;

@@ -413,6 +413,18 @@ impl GroBatch {
         buf
     }
 
+    /// Takes the ready writes out, for a backend that must own its buffers until the
+    /// kernel is done with them; hand them back with [`GroBatch::recycle`].
+    pub fn take(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Returns a buffer taken with [`GroBatch::take`] for reuse.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        self.spare.push(buf);
+    }
+
     fn push_plain(&mut self, frame: &[u8]) {
         let mut buf = self.take_spare();
         buf.extend_from_slice(&[0u8; VNET_HDR_LEN]);

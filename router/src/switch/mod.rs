@@ -263,21 +263,9 @@ pub fn from_peer(
             dropped: None,
         };
     }
-    if !dst.is_group() {
-        if let Some(owner) = macs.lookup(dst) {
-            // Unicast to a MAC we know elsewhere, addressed to us as its final peer: the
-            // sender's cache is older than ours. Deliver here too so nothing is lost.
-            if owner != src_peer {
-                return Decision {
-                    deliver_locally: true,
-                    forward: Vec::new(),
-                    learned,
-                    dropped: None,
-                };
-            }
-        }
-    }
-    // Broadcast, multicast or unknown unicast: deliver and continue down the source's tree.
+    // Broadcast, multicast, or a unicast the sender flooded because it did not know the
+    // MAC (we may know it elsewhere, but the tree reaches its owner either way): deliver
+    // and continue down the source's tree.
     flood(src_peer, routes, true, learned)
 }
 
@@ -399,6 +387,30 @@ mod tests {
             now,
         );
         assert!(!d.deliver_locally);
+        assert_eq!(
+            d.forward,
+            vec![Hop {
+                via: name(3),
+                dst: name(3)
+            }]
+        );
+    }
+
+    #[test]
+    fn flooded_unicast_for_a_mac_known_further_on_keeps_flooding() {
+        // host1 did not know pod3 and flooded; host2 knows pod3 is at host3. The frame
+        // must still reach host3.
+        let mut macs = MacCache::default();
+        let now = Instant::now();
+        macs.learn(Mac(POD3), name(3), now);
+        let d = from_peer(
+            &frame(POD3, POD1),
+            name(1),
+            name(2),
+            &middle(),
+            &mut macs,
+            now,
+        );
         assert_eq!(
             d.forward,
             vec![Hop {
