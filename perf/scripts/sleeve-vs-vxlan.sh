@@ -4,7 +4,7 @@
 # iperf3. Prints both throughputs, their ratio, the sleeve's batching factor and the
 # router's CPU seconds per GiB. Needs root, iperf3 and a built weave-router.
 #
-#   perf/scripts/sleeve-vs-vxlan.sh [ROUTER_BIN] [SECONDS]
+#   [BACKEND=auto|io-uring|epoll] perf/scripts/sleeve-vs-vxlan.sh [ROUTER_BIN] [SECONDS]
 set -euo pipefail
 BIN=${1:-target/release/weave-router}
 SECS=${2:-10}
@@ -56,10 +56,10 @@ vxlan=$(measure vxlan)
 unpod
 
 # 2. weave-router sleeve.
-ip netns exec ${P}h1 "$BIN" launch --name aa:00:00:00:00:01 --nickname h1 --dataplane epoll --metrics-addr= >/tmp/${P}-h1.log 2>&1 &
+ip netns exec ${P}h1 "$BIN" launch --name aa:00:00:00:00:01 --nickname h1 --dataplane "${BACKEND:-auto}" --metrics-addr= >/tmp/${P}-h1.log 2>&1 &
 R1=$!
 sleep 0.5
-ip netns exec ${P}h2 "$BIN" launch --name aa:00:00:00:00:02 --nickname h2 --dataplane epoll --metrics-addr= 192.168.97.1 >/tmp/${P}-h2.log 2>&1 &
+ip netns exec ${P}h2 "$BIN" launch --name aa:00:00:00:00:02 --nickname h2 --dataplane "${BACKEND:-auto}" --metrics-addr= 192.168.97.1 >/tmp/${P}-h2.log 2>&1 &
 R2=$!
 for _ in $(seq 50); do
   ip netns exec ${P}h1 "$BIN" status connections 2>/dev/null | grep -q "mtu=" && break
