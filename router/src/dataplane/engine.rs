@@ -18,7 +18,7 @@ use crate::dataplane::offload::{gso_split, GroBatch, GroTable, Segments, GRO_DEF
 use crate::ids::PeerName;
 use crate::switch::{self, DropReason, MacCache, Routes};
 use crate::wire::icmp;
-use crate::wire::sleeve::{SleevePacket, FRAME_HEADER_LEN, PACKET_HEADER_LEN};
+use crate::wire::sleeve::{FrameHeader, SleevePacket, FRAME_HEADER_LEN, PACKET_HEADER_LEN};
 use crate::wire::vnet::{VirtioNetHdr, VNET_HDR_LEN};
 
 /// Largest UDP payload one GSO send may carry in all.
@@ -397,10 +397,15 @@ impl Engine {
         out: &mut Output,
     ) {
         let mut header = [0u8; PACKET_HEADER_LEN + FRAME_HEADER_LEN];
-        header[..6].copy_from_slice(&self.ourself.to_bytes());
-        header[6..12].copy_from_slice(&src.to_bytes());
-        header[12..18].copy_from_slice(&dst.to_bytes());
-        header[18..20].copy_from_slice(&(frame.len() as u16).to_be_bytes());
+        header[..PACKET_HEADER_LEN].copy_from_slice(&self.ourself.to_bytes());
+        let frame_header = FrameHeader {
+            src,
+            dst,
+            len: frame.len() as u16,
+        };
+        frame_header
+            .emit(&mut header[PACKET_HEADER_LEN..])
+            .expect("the header buffer is exactly one frame header long");
         out.send.push(to, &[&header, frame]);
     }
 

@@ -69,7 +69,52 @@ impl Worker {
     }
 }
 
-/// Starts worker `index` on its own thread (pinned to `cpu` when given).
+/// What a worker thread owns.
+pub struct WorkerIo {
+    /// Its TAP queue.
+    pub tap: TapQueue,
+    /// Its UDP socket.
+    pub udp: UdpSocket,
+    /// Its control channel.
+    pub rx: mpsc::Receiver<ToWorker>,
+    /// Where special frames go.
+    pub control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
+}
+
+/// Starts a worker thread called `name`, pinned to `cpu` when given, running `body` with a
+/// fresh engine for `ourself`. Both backends start their workers this way.
+pub fn start(
+    name: String,
+    ourself: PeerName,
+    tap: TapQueue,
+    udp: UdpSocket,
+    control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
+    cpu: Option<usize>,
+    body: impl FnOnce(Engine, WorkerIo) + Send + 'static,
+) -> io::Result<Worker> {
+    let (tx, rx) = mpsc::channel();
+    let counters = Arc::new(Counters::default());
+    let engine = Engine::new(ourself, Arc::clone(&counters));
+    let io = WorkerIo {
+        tap,
+        udp,
+        rx,
+        control,
+    };
+    let thread = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            if let Some(cpu) = cpu {
+                if let Err(e) = crate::sys::cpu::pin_current_thread(cpu) {
+                    tracing::warn!("{name}: cannot pin to CPU {cpu}: {e}");
+                }
+            }
+            body(engine, io);
+        })?;
+    Ok(Worker::new(tx, counters, thread))
+}
+
+/// Starts epoll worker `index` on its own thread (pinned to `cpu` when given).
 pub fn spawn(
     index: usize,
     ourself: PeerName,
@@ -78,24 +123,15 @@ pub fn spawn(
     control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
     cpu: Option<usize>,
 ) -> io::Result<Worker> {
-    let (tx, rx) = mpsc::channel();
-    let counters = Arc::new(Counters::default());
-    let engine = Engine::new(ourself, Arc::clone(&counters));
-    let thread = std::thread::Builder::new()
-        .name(format!("weave-worker-{index}"))
-        .spawn(move || {
-            if let Some(cpu) = cpu {
-                if let Err(e) = crate::sys::cpu::pin_current_thread(cpu) {
-                    tracing::warn!("worker {index}: cannot pin to CPU {cpu}: {e}");
-                }
-            }
-            run(engine, &tap, &udp, &rx, &control);
-        })?;
-    Ok(Worker {
-        tx,
-        counters,
-        thread: Some(thread),
-    })
+    start(
+        format!("weave-worker-{index}"),
+        ourself,
+        tap,
+        udp,
+        control,
+        cpu,
+        |engine, io| run(engine, &io.tap, &io.udp, &io.rx, &io.control),
+    )
 }
 
 fn run(

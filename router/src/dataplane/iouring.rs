@@ -7,11 +7,11 @@ use std::io;
 use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::dataplane::engine::{ControlFrame, Counters, Engine, Output};
-use crate::dataplane::epoll::{ToWorker, Worker};
+use crate::dataplane::epoll::{start, ToWorker, Worker};
 use crate::dataplane::uring::{
     BufGroup, Completion, Ring, RingOptions, StopReason, Target, TxBuf, UringError, RECV_OVERHEAD,
 };
@@ -38,7 +38,7 @@ pub fn probe() -> Result<(), UringError> {
     Ok(())
 }
 
-/// Starts worker `index` on its own thread (pinned to `cpu` when given).
+/// Starts io_uring worker `index` on its own thread (pinned to `cpu` when given).
 pub fn spawn(
     index: usize,
     ourself: PeerName,
@@ -47,22 +47,19 @@ pub fn spawn(
     control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
     cpu: Option<usize>,
 ) -> io::Result<Worker> {
-    let (tx, rx) = mpsc::channel();
-    let counters = Arc::new(Counters::default());
-    let engine = Engine::new(ourself, Arc::clone(&counters));
-    let thread = std::thread::Builder::new()
-        .name(format!("weave-uring-{index}"))
-        .spawn(move || {
-            if let Some(cpu) = cpu {
-                if let Err(e) = crate::sys::cpu::pin_current_thread(cpu) {
-                    tracing::warn!("worker {index}: cannot pin to CPU {cpu}: {e}");
-                }
-            }
-            if let Err(e) = run(engine, &tap, &udp, &rx, &control) {
+    start(
+        format!("weave-uring-{index}"),
+        ourself,
+        tap,
+        udp,
+        control,
+        cpu,
+        move |engine, io| {
+            if let Err(e) = run(engine, &io.tap, &io.udp, &io.rx, &io.control) {
                 tracing::error!("io_uring worker {index} stopped: {e}");
             }
-        })?;
-    Ok(Worker::new(tx, counters, thread))
+        },
+    )
 }
 
 fn run(
