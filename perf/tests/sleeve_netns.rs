@@ -333,5 +333,45 @@ fn pods_talk_through_the_sleeve(backend: &str, subnet: u8) {
         "1 GiB host1 -> host3 via host2: sha256 equal at both ends ({:.2} Gbit/s in this run)",
         TRANSFER as f64 * 8.0 / secs / 1e9
     );
+
+    // host2's counters saw the transfer pass through: in from host1, out to host3.
+    let (rx_from_1, tx_to_3, datagrams, calls) =
+        testbed::wait_until("host2's per-peer counters", Duration::from_secs(10), || {
+            let text = h2
+                .run(
+                    &router.bin().to_string_lossy(),
+                    &["status", "--json", "--http-addr", HTTP_ADDR],
+                )
+                .map_err(|e| e.to_string())?;
+            let report: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| e.to_string())?;
+            let workers = report["Dataplane"]["Workers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let sum = |f: &dyn Fn(&serde_json::Value) -> u64| workers.iter().map(f).sum::<u64>();
+            let rx = sum(&|w| {
+                w["Peers"][router::peer_name(1)]["RxBytes"]
+                    .as_u64()
+                    .unwrap_or(0)
+            });
+            let tx = sum(&|w| {
+                w["Peers"][router::peer_name(3)]["TxBytes"]
+                    .as_u64()
+                    .unwrap_or(0)
+            });
+            let datagrams = sum(&|w| w["UdpTxDatagrams"].as_u64().unwrap_or(0));
+            let calls = sum(&|w| w["UdpTxCalls"].as_u64().unwrap_or(0));
+            if rx >= TRANSFER && tx >= TRANSFER {
+                Ok((rx, tx, datagrams, calls))
+            } else {
+                Err(format!("rx from host1 {rx}, tx to host3 {tx}"))
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "[{backend}] host2 relayed {rx_from_1} bytes in from host1 and {tx_to_3} out to host3; {:.1} datagrams per send",
+        datagrams as f64 / calls.max(1) as f64
+    );
     drop(pods);
 }

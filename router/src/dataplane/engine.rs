@@ -127,6 +127,9 @@ pub struct Counters {
     /// Send system calls (or submissions).
     pub udp_tx_calls: AtomicU64,
     drops: [AtomicU64; DropCause::ALL.len()],
+    /// Per-peer traffic, copied out by the worker about once a second so that the hot path
+    /// takes no lock.
+    peers: std::sync::Mutex<BTreeMap<PeerName, PeerTraffic>>,
 }
 
 impl Counters {
@@ -154,7 +157,26 @@ impl Counters {
                 .into_iter()
                 .map(|(d, n)| (d.name().to_string(), n))
                 .collect(),
+            peers: self.peer_status(),
         }
+    }
+
+    fn peer_status(&self) -> BTreeMap<String, crate::mesh::status::PeerTrafficStatus> {
+        let Ok(peers) = self.peers.lock() else {
+            return BTreeMap::new();
+        };
+        peers
+            .iter()
+            .map(|(name, t)| {
+                let status = crate::mesh::status::PeerTrafficStatus {
+                    rx_frames: t.rx_frames,
+                    rx_bytes: t.rx_bytes,
+                    tx_frames: t.tx_frames,
+                    tx_bytes: t.tx_bytes,
+                };
+                (name.to_string(), status)
+            })
+            .collect()
     }
 
     /// Drops so far, by reason.
@@ -165,6 +187,22 @@ impl Counters {
             .collect()
     }
 }
+
+/// Traffic exchanged with one directly connected peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerTraffic {
+    /// Frames received from it.
+    pub rx_frames: u64,
+    /// Bytes of those frames.
+    pub rx_bytes: u64,
+    /// Frames sent to it.
+    pub tx_frames: u64,
+    /// Bytes of those frames.
+    pub tx_bytes: u64,
+}
+
+/// How often a worker copies its per-peer counters out for the API.
+const PEER_PUBLISH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Every worker's counters and the backend they run, as the API reads them.
 #[derive(Debug)]
@@ -299,6 +337,8 @@ pub struct Engine {
     segments: Segments,
     gro: GroTable,
     counters: Arc<Counters>,
+    peer_traffic: BTreeMap<PeerName, PeerTraffic>,
+    next_publish: Option<Instant>,
 }
 
 impl Engine {
@@ -317,6 +357,19 @@ impl Engine {
             segments: Segments::new(),
             gro: GroTable::new(GRO_DEFAULT_FLOWS),
             counters,
+            peer_traffic: BTreeMap::new(),
+            next_publish: None,
+        }
+    }
+
+    /// Copies the per-peer counters out for the API, at most once a second.
+    pub fn publish(&mut self, now: Instant) {
+        if self.next_publish.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_publish = Some(now + PEER_PUBLISH_INTERVAL);
+        if let Ok(mut shared) = self.counters.peers.lock() {
+            shared.clone_from(&self.peer_traffic);
         }
     }
 
@@ -376,7 +429,7 @@ impl Engine {
                 self.too_big(frame, path.mtu, out);
                 continue;
             }
-            self.emit(path.udp, self.ourself, hop.dst, frame, out);
+            self.emit(hop.via, path.udp, self.ourself, hop.dst, frame, out);
         }
     }
 
@@ -390,6 +443,7 @@ impl Engine {
 
     fn emit(
         &mut self,
+        via: PeerName,
         to: SocketAddr,
         src: PeerName,
         dst: PeerName,
@@ -407,6 +461,9 @@ impl Engine {
             .emit(&mut header[PACKET_HEADER_LEN..])
             .expect("the header buffer is exactly one frame header long");
         out.send.push(to, &[&header, frame]);
+        let t = self.peer_traffic.entry(via).or_default();
+        t.tx_frames += 1;
+        t.tx_bytes += frame.len() as u64;
     }
 
     /// Handles one sleeve datagram from `from`.
@@ -439,6 +496,9 @@ impl Engine {
                 self.counters.count_drop(DropCause::UnknownSender);
                 continue;
             }
+            let t = self.peer_traffic.entry(sender).or_default();
+            t.rx_frames += 1;
+            t.rx_bytes += frame.frame.len() as u64;
             let decision = switch::from_peer(
                 frame.frame,
                 frame.src,
@@ -463,7 +523,7 @@ impl Engine {
                     self.counters.count_drop(DropCause::TooBig);
                     continue;
                 }
-                self.emit(path.udp, frame.src, hop.dst, frame.frame, out);
+                self.emit(hop.via, path.udp, frame.src, hop.dst, frame.frame, out);
             }
         }
     }

@@ -198,6 +198,7 @@ fn run(
             engine.flush(&mut out);
         }
         flush(&engine, tap, udp, &mut out, control);
+        engine.publish(now);
         if now >= next_sweep {
             engine.sweep(now);
             next_sweep = now + SWEEP_INTERVAL;

@@ -154,6 +154,7 @@ fn run(
         for frame in out.control.drain(..) {
             let _ = control.send(frame);
         }
+        engine.publish(now);
         if now >= next_sweep {
             engine.sweep(now);
             next_sweep = now + SWEEP_INTERVAL;

@@ -183,6 +183,22 @@ pub struct WorkerStatus {
     pub udp_tx_calls: u64,
     /// Drops by reason.
     pub drops: BTreeMap<String, u64>,
+    /// Traffic per directly connected peer.
+    pub peers: BTreeMap<String, PeerTrafficStatus>,
+}
+
+/// Frames and bytes exchanged with one directly connected peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PeerTrafficStatus {
+    /// Frames received from it.
+    pub rx_frames: u64,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// Frames sent to it.
+    pub tx_frames: u64,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
 }
 
 #[cfg(test)]
