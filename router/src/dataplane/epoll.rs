@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::dataplane::engine::{ControlFrame, Counters, Engine, Output, Snapshot};
 use crate::ids::PeerName;
 use crate::mesh::sleeve::Udp;
-use crate::sys::socket::{recv_segments, send_segments};
+use crate::sys::socket::{recv_segments, send_segments, send_without_df};
 use crate::sys::tap::TapQueue;
 
 /// Reads or receives per readiness before the loop looks at its other inputs.
@@ -243,8 +243,15 @@ fn flush(
     }
 }
 
-fn send_one(udp: &UdpSocket, d: &Udp, c: &Counters) {
-    match send_segments(udp, &[IoSlice::new(&d.datagram)], Some(d.to), None) {
+/// Sends one control datagram; one without DF (the fragmentation test) is sent with the
+/// socket's DF policy lifted for that send.
+pub fn send_one(udp: &UdpSocket, d: &Udp, c: &Counters) {
+    let sent = if d.df {
+        send_segments(udp, &[IoSlice::new(&d.datagram)], Some(d.to), None)
+    } else {
+        send_without_df(udp, &d.datagram, d.to)
+    };
+    match sent {
         Ok(n) => {
             c.udp_tx_calls.fetch_add(1, Ordering::Relaxed);
             c.udp_tx_datagrams.fetch_add(1, Ordering::Relaxed);

@@ -83,6 +83,11 @@ fn run(
         loop {
             match rx.try_recv() {
                 Ok(ToWorker::Snapshot(s)) => engine.set_snapshot(s),
+                Ok(ToWorker::Send(d)) if !d.df => {
+                    // Sent at once, outside the ring: its DF policy is the socket's at
+                    // the moment of sending.
+                    crate::dataplane::epoll::send_one(udp, &d, engine.counters());
+                }
                 Ok(ToWorker::Send(d)) => {
                     let bufs = vec![TxBuf::Owned(d.datagram)];
                     if ring

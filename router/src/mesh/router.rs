@@ -997,6 +997,12 @@ impl Mesh {
                     self.send_message(key, &msg);
                 }
                 Effect::Established => self.connection_established(key, now),
+                Effect::FragmentsPass => {
+                    let prefix = self.conns.get(&key).map(Conn::prefix).unwrap_or_default();
+                    self.info(format!(
+                        "sleeve {prefix}: fragmented datagrams reach the peer"
+                    ));
+                }
                 Effect::MtuVerified(mtu) => {
                     let prefix = self.conns.get(&key).map(Conn::prefix).unwrap_or_default();
                     self.info(format!("sleeve {prefix}: Effective MTU verified at {mtu}"));

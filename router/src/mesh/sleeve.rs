@@ -60,6 +60,8 @@ pub enum Effect {
     Established,
     /// Path MTU verified at this value.
     MtuVerified(u16),
+    /// The remote received our fragmentation test: the path reassembles fragments.
+    FragmentsPass,
     /// The sleeve gives up: end the connection with this reason.
     Fail(String),
 }
@@ -222,7 +224,12 @@ impl SleeveConn {
                 }
                 self.probe(now, out);
             }
-            subtag::FRAGMENTATION_RECEIVED => self.frag_ok = true,
+            subtag::FRAGMENTATION_RECEIVED => {
+                if !self.frag_ok {
+                    self.frag_ok = true;
+                    out.push(Effect::FragmentsPass);
+                }
+            }
             subtag::PMTU_VERIFIED => {
                 let Some(bytes) = data.get(..2) else {
                     return;
@@ -381,7 +388,10 @@ mod tests {
                     );
                 }
                 Effect::Control(st, data) => to_end.handle_control(st, &data, now, to_out),
-                Effect::Established | Effect::MtuVerified(_) | Effect::Fail(_) => {}
+                Effect::Established
+                | Effect::MtuVerified(_)
+                | Effect::FragmentsPass
+                | Effect::Fail(_) => {}
             }
         }
     }

@@ -189,6 +189,27 @@ pub fn udp_segment_supported(sock: &impl AsFd) -> bool {
     get_int(sock, libc::SOL_UDP, libc::UDP_SEGMENT).is_ok()
 }
 
+/// Changes the socket's DF policy.
+pub fn set_pmtu_discovery(sock: &impl AsFd, mode: PmtuDiscovery) -> Result<(), SysError> {
+    let target = describe(sock);
+    let (level, name) = match local_addr(sock) {
+        Some(addr) => mtu_discover_option(addr),
+        None => (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+    };
+    set_int(sock, level, name, mode.to_raw()).map_err(|s| syscall("IP_MTU_DISCOVER", &target, s))
+}
+
+/// Sends one datagram without DF on a socket that otherwise sets it (the sleeve's
+/// fragmentation test), restoring the socket's policy afterwards. Synchronous: the policy
+/// applies when the datagram is sent, so it cannot go through a queue.
+pub fn send_without_df(sock: &impl AsFd, datagram: &[u8], dest: SocketAddr) -> io::Result<usize> {
+    let before = pmtu_discovery(sock).map_err(io::Error::other)?;
+    set_pmtu_discovery(sock, PmtuDiscovery::Dont).map_err(io::Error::other)?;
+    let sent = send_segments(sock, &[IoSlice::new(datagram)], Some(dest), None);
+    set_pmtu_discovery(sock, before).map_err(io::Error::other)?;
+    sent
+}
+
 /// The socket's DF policy as set.
 pub fn pmtu_discovery(sock: &impl AsFd) -> Result<PmtuDiscovery, SysError> {
     let target = describe(sock);
