@@ -224,11 +224,9 @@ impl SleeveConn {
                 }
                 self.probe(now, out);
             }
-            subtag::FRAGMENTATION_RECEIVED => {
-                if !self.frag_ok {
-                    self.frag_ok = true;
-                    out.push(Effect::FragmentsPass);
-                }
+            subtag::FRAGMENTATION_RECEIVED if !self.frag_ok => {
+                self.frag_ok = true;
+                out.push(Effect::FragmentsPass);
             }
             subtag::PMTU_VERIFIED => {
                 let Some(bytes) = data.get(..2) else {
