@@ -247,7 +247,11 @@ async fn start_dataplane(
 
     let cpus = crate::sys::cpu::allowed_cpus().unwrap_or_default();
     let count = config.workers.unwrap_or(cpus.len().max(1));
-    let queues = TapQueue::open_queues(&desired.tap, count, &TapOptions::default())
+    let tap_options = TapOptions {
+        napi: epoll::kernel_gro(),
+        ..TapOptions::default()
+    };
+    let queues = TapQueue::open_queues(&desired.tap, count, &tap_options)
         .with_context(|| format!("cannot open {count} queues of TAP {}", desired.tap))?;
     let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
     let mut workers = Vec::new();

@@ -339,6 +339,7 @@ pub struct Engine {
     counters: Arc<Counters>,
     peer_traffic: BTreeMap<PeerName, PeerTraffic>,
     next_publish: Option<Instant>,
+    kernel_gro: bool,
 }
 
 impl Engine {
@@ -359,7 +360,15 @@ impl Engine {
             counters,
             peer_traffic: BTreeMap::new(),
             next_publish: None,
+            kernel_gro: false,
         }
+    }
+
+    /// Leaves coalescing to the kernel (a TAP opened with IFF_NAPI): frames for the bridge
+    /// are written one by one.
+    pub fn with_kernel_gro(mut self, on: bool) -> Self {
+        self.kernel_gro = on;
+        self
     }
 
     /// Copies the per-peer counters out for the API, at most once a second.
@@ -512,7 +521,11 @@ impl Engine {
                 continue;
             }
             if decision.deliver_locally {
-                self.gro.push(frame.frame, &mut out.tap);
+                if self.kernel_gro {
+                    out.tap.push_plain(frame.frame);
+                } else {
+                    self.gro.push(frame.frame, &mut out.tap);
+                }
             }
             for hop in decision.forward {
                 let Some(path) = snapshot.paths.get(&hop.via) else {

@@ -81,6 +81,12 @@ pub struct WorkerIo {
     pub control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
 }
 
+/// Whether frames go to the TAP through the kernel's GRO (IFF_NAPI) rather than ours:
+/// `WEAVE_TAP_NAPI=1`, for measuring one against the other.
+pub fn kernel_gro() -> bool {
+    std::env::var("WEAVE_TAP_NAPI").is_ok_and(|v| v == "1")
+}
+
 /// Starts a worker thread called `name`, pinned to `cpu` when given, running `body` with a
 /// fresh engine for `ourself`. Both backends start their workers this way.
 pub fn start(
@@ -94,7 +100,7 @@ pub fn start(
 ) -> io::Result<Worker> {
     let (tx, rx) = mpsc::channel();
     let counters = Arc::new(Counters::default());
-    let engine = Engine::new(ourself, Arc::clone(&counters));
+    let engine = Engine::new(ourself, Arc::clone(&counters)).with_kernel_gro(kernel_gro());
     let io = WorkerIo {
         tap,
         udp,

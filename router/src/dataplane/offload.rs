@@ -425,7 +425,8 @@ impl GroBatch {
         self.spare.push(buf);
     }
 
-    fn push_plain(&mut self, frame: &[u8]) {
+    /// Appends a frame unchanged, behind a zero header (no coalescing).
+    pub fn push_plain(&mut self, frame: &[u8]) {
         let mut buf = self.take_spare();
         buf.extend_from_slice(&[0u8; VNET_HDR_LEN]);
         buf.extend_from_slice(frame);
