@@ -269,20 +269,49 @@ fn pods_talk_through_the_sleeve(backend: &str, subnet: u8) {
         .filter(|s| !pods[0].ping(pods[2].ip, *s))
         .collect();
     assert!(failed.is_empty(), "DF pings that failed: {failed:?}");
-    // One byte more does not fit: the router answers "fragmentation needed".
-    let out = pods[0].exec(&[
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        "-M",
-        "do",
-        "-s",
-        &(max_payload + 1).to_string(),
-        &pods[1].ip.to_string(),
-    ]);
-    assert!(!out.status.success());
+    // A pod whose own MTU is larger than the path (as Weave's default 65535 is): a DF
+    // packet that does not fit reaches the router, which answers "fragmentation needed"
+    // with the path MTU, and the pod's kernel learns it.
+    run(
+        "ip",
+        &["-n", &pods[0].netns, "link", "set", "eth0", "mtu", "1500"],
+    );
+    let oversized = (max_payload + 1).to_string();
+    let target = pods[1].ip.to_string();
+    let answered = testbed::wait_until(
+        "frag-needed from the router",
+        Duration::from_secs(10),
+        || {
+            let out = pods[0].exec(&[
+                "ping", "-c", "1", "-W", "2", "-M", "do", "-s", &oversized, &target,
+            ]);
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let route = pods[0].exec(&["ip", "route", "get", &target]);
+            let route = String::from_utf8_lossy(&route.stdout).to_string();
+            if !out.status.success() && route.contains(&format!("mtu {POD_MTU}")) {
+                Ok(())
+            } else {
+                Err(format!("ping: {text}; route: {route}"))
+            }
+        },
+    );
+    assert!(answered.is_ok(), "{answered:?}");
+    run(
+        "ip",
+        &[
+            "-n",
+            &pods[0].netns,
+            "link",
+            "set",
+            "eth0",
+            "mtu",
+            &POD_MTU.to_string(),
+        ],
+    );
     println!(
         "DF pings of {} sizes up to {} bytes passed",
         max_payload - 36 + 1,

@@ -175,7 +175,7 @@ fn plumbing_builds_bridge_and_tap_and_a_second_run_does_nothing() {
     assert_eq!(info["multi_queue"], true);
     assert_eq!(info["persist"], true);
     assert_eq!(info["pi"], false);
-    assert_eq!(tap["mtu"], MTU);
+    assert_eq!(tap["mtu"], desired.tap_mtu);
     assert_eq!(tap["txqlen"], plumbing::DEFAULT_TAP_TXQUEUELEN);
     assert_eq!(master_of(&tap), Some(BRIDGE_NAME));
     assert!(tap["flags"]
@@ -220,7 +220,7 @@ fn pods_keep_their_port_and_the_bridge_its_mtu_across_reruns() {
     assert_eq!(
         ops_text(&ns.ensure(&desired)),
         [
-            format!("set {TAP_NAME} mtu {MTU}"),
+            format!("set {TAP_NAME} mtu {}", desired.tap_mtu),
             format!("set {TAP_NAME} txqueuelen 10000"),
             format!("set {TAP_NAME} master {BRIDGE_NAME}"),
         ]

@@ -44,6 +44,9 @@ const MIN_MTU: u32 = 68;
 /// Largest MTU the bridge and TAP accept.
 const MAX_MTU: u32 = 65_535;
 
+/// The largest MTU a TAP takes: 65535 less its Ethernet header.
+pub const TAP_MAX_MTU: u32 = 65_535 - 14;
+
 /// The plumbing the router wants on its host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostPlumbing {
@@ -51,8 +54,12 @@ pub struct HostPlumbing {
     pub bridge: String,
     /// TAP name.
     pub tap: String,
-    /// MTU of the bridge and of the TAP (the pods' MTU).
+    /// MTU of the bridge (the pods' MTU).
     pub mtu: u32,
+    /// MTU of the TAP: the largest, so that the bridge hands the router every frame a pod
+    /// sends, and the router answers one too big for its path with "fragmentation needed"
+    /// instead of the bridge dropping it silently.
+    pub tap_mtu: u32,
     /// Transmit queue length of the TAP.
     pub tap_txqueuelen: u32,
     /// An address for the bridge, when the host should reach the overlay.
@@ -66,6 +73,7 @@ impl HostPlumbing {
             bridge: BRIDGE_NAME.to_owned(),
             tap: TAP_NAME.to_owned(),
             mtu,
+            tap_mtu: TAP_MAX_MTU,
             tap_txqueuelen: DEFAULT_TAP_TXQUEUELEN,
             bridge_address: None,
         }
@@ -79,8 +87,10 @@ impl HostPlumbing {
         if self.bridge == self.tap {
             return Err(PlanError::SameName(self.bridge.clone()));
         }
-        if !(MIN_MTU..=MAX_MTU).contains(&self.mtu) {
-            return Err(PlanError::InvalidMtu(self.mtu));
+        for mtu in [self.mtu, self.tap_mtu] {
+            if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+                return Err(PlanError::InvalidMtu(mtu));
+            }
         }
         if let Some(addr) = self.bridge_address {
             let max = match addr.addr {
@@ -471,7 +481,7 @@ fn plan_tap(
         ops.extend([
             PlumbingOp::SetMtu {
                 name: name.clone(),
-                mtu: desired.mtu,
+                mtu: desired.tap_mtu,
             },
             PlumbingOp::SetTxQueueLen {
                 name: name.clone(),
@@ -488,10 +498,10 @@ fn plan_tap(
     if info.persist == Some(false) {
         ops.push(PlumbingOp::SetTapPersistent { name: name.clone() });
     }
-    if link.mtu != desired.mtu {
+    if link.mtu != desired.tap_mtu {
         ops.push(PlumbingOp::SetMtu {
             name: name.clone(),
-            mtu: desired.mtu,
+            mtu: desired.tap_mtu,
         });
     }
     if link.txqueuelen != desired.tap_txqueuelen {
@@ -820,7 +830,7 @@ mod tests {
                     ..link(2, BRIDGE_NAME, LinkKind::Bridge { stp: false })
                 },
                 ObservedLink {
-                    mtu: MTU,
+                    mtu: TAP_MAX_MTU,
                     up: true,
                     master: Some(2),
                     txqueuelen: DEFAULT_TAP_TXQUEUELEN,
@@ -848,7 +858,7 @@ mod tests {
                 "create bridge weave",
                 "set weave mtu 1376",
                 "create persistent multi-queue tap vethwe-tap",
-                "set vethwe-tap mtu 1376",
+                "set vethwe-tap mtu 65521",
                 "set vethwe-tap txqueuelen 10000",
                 "set vethwe-tap master weave",
                 "set vethwe-tap up",
