@@ -565,88 +565,65 @@ async fn execute_one(handle: &Handle, op: &PlumbingOp) -> Result<(), PlumbingErr
         what: op.to_string(),
         source,
     };
-    match op {
+    // Every op but these changes one link's attributes: build the change, then send it.
+    let change = match op {
         PlumbingOp::DeleteLink { name } => {
             let index = index_of(handle, name).await?;
-            handle.link().del(index).execute().await.map_err(netlink)
+            return handle.link().del(index).execute().await.map_err(netlink);
         }
         PlumbingOp::CreateBridge { name } => {
             let message = LinkBridge::new(name)
                 .stp_state(BridgeStpState::Disabled)
                 .build();
-            handle.link().add(message).execute().await.map_err(netlink)
+            return handle.link().add(message).execute().await.map_err(netlink);
         }
         PlumbingOp::CreateTap { name } | PlumbingOp::SetTapPersistent { name } => {
             // The TUN driver refuses rtnetlink creation; /dev/net/tun creates or adopts it.
             tap::create_persistent(name)?;
-            Ok(())
-        }
-        PlumbingOp::SetMtu { name, mtu } => {
-            let index = index_of(handle, name).await?;
-            let message = LinkUnspec::new_with_index(index).mtu(*mtu).build();
-            handle
-                .link()
-                .change(message)
-                .execute()
-                .await
-                .map_err(netlink)
-        }
-        PlumbingOp::SetTxQueueLen { name, len } => {
-            let index = index_of(handle, name).await?;
-            let message = LinkUnspec::new_with_index(index).txqueuelen(*len).build();
-            handle
-                .link()
-                .change(message)
-                .execute()
-                .await
-                .map_err(netlink)
-        }
-        PlumbingOp::DisableStp { name } => {
-            let index = index_of(handle, name).await?;
-            let message = LinkMessageBuilder::<LinkBridge>::new(name)
-                .index(index)
-                .stp_state(BridgeStpState::Disabled)
-                .build();
-            handle
-                .link()
-                .change(message)
-                .execute()
-                .await
-                .map_err(netlink)
-        }
-        PlumbingOp::SetMaster { name, master } => {
-            let index = index_of(handle, name).await?;
-            let master_index = index_of(handle, master).await?;
-            let message = LinkUnspec::new_with_index(index)
-                .controller(master_index)
-                .build();
-            handle
-                .link()
-                .change(message)
-                .execute()
-                .await
-                .map_err(netlink)
-        }
-        PlumbingOp::SetUp { name } => {
-            let index = index_of(handle, name).await?;
-            let message = LinkUnspec::new_with_index(index).up().build();
-            handle
-                .link()
-                .change(message)
-                .execute()
-                .await
-                .map_err(netlink)
+            return Ok(());
         }
         PlumbingOp::AddAddress { name, addr } => {
             let index = index_of(handle, name).await?;
-            handle
+            return handle
                 .address()
                 .add(index, addr.addr, addr.prefix_len)
                 .execute()
                 .await
-                .map_err(netlink)
+                .map_err(netlink);
         }
-    }
+        PlumbingOp::SetMtu { name, mtu } => {
+            let index = index_of(handle, name).await?;
+            LinkUnspec::new_with_index(index).mtu(*mtu).build()
+        }
+        PlumbingOp::SetTxQueueLen { name, len } => {
+            let index = index_of(handle, name).await?;
+            LinkUnspec::new_with_index(index).txqueuelen(*len).build()
+        }
+        PlumbingOp::DisableStp { name } => {
+            let index = index_of(handle, name).await?;
+            LinkMessageBuilder::<LinkBridge>::new(name)
+                .index(index)
+                .stp_state(BridgeStpState::Disabled)
+                .build()
+        }
+        PlumbingOp::SetMaster { name, master } => {
+            let index = index_of(handle, name).await?;
+            let master_index = index_of(handle, master).await?;
+            LinkUnspec::new_with_index(index)
+                .controller(master_index)
+                .build()
+        }
+        PlumbingOp::SetUp { name } => {
+            let index = index_of(handle, name).await?;
+            LinkUnspec::new_with_index(index).up().build()
+        }
+    };
+    handle
+        .link()
+        .change(change)
+        .execute()
+        .await
+        .map_err(netlink)
 }
 
 async fn index_of(handle: &Handle, name: &str) -> Result<u32, PlumbingError> {
