@@ -2,5 +2,6 @@
 //! performance harness of weave-router run on.
 #![deny(unsafe_code)]
 
+pub mod load;
 pub mod router;
 pub mod testbed;

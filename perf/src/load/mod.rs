@@ -1,0 +1,128 @@
+//! The traffic generator the harness runs inside pod namespaces: a server (`weave-perf
+//! load-server`) and a client (`weave-perf load-client`) that speak a small control protocol
+//! over TCP, so the harness depends on no outside tool.
+//!
+//! INTERFACE (fixed; the orchestrator in `crate::harness` and `main.rs` build against it):
+//! - [`ServerArgs`] / [`ClientArgs`]: clap argument structs for the two subcommands.
+//! - [`serve`]: runs the server until `cancel` is set (or forever).
+//! - [`client`]: runs one workload against a server and returns a [`LoadResult`], which the
+//!   `load-client` subcommand prints as one line of JSON on stdout.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::AtomicBool;
+
+use serde::{Deserialize, Serialize};
+
+/// The TCP (control, bulk, request/response) and UDP port a server listens on by default.
+pub const DEFAULT_PORT: u16 = 5201;
+
+/// What a client measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// TCP bulk transfer client → server over `streams` connections.
+    Tcp,
+    /// UDP packets of `size` bytes of payload, client → server, as fast as the sender can.
+    Udp,
+    /// TCP request/response: one `size`-byte request, one `size`-byte answer, repeated.
+    Rr,
+}
+
+/// `weave-perf load-server`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Address to listen on (TCP and UDP).
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: Ipv4Addr,
+    /// Port to listen on (TCP and UDP).
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+}
+
+/// `weave-perf load-client`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The server's address.
+    #[arg(long)]
+    pub server: Ipv4Addr,
+    /// The server's port.
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// What to measure.
+    #[arg(long, value_enum)]
+    pub workload: Workload,
+    /// Parallel TCP streams (tcp) or sending threads (udp); rr uses one connection.
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
+    /// Payload bytes per UDP packet (udp) or per request and answer (rr).
+    #[arg(long, default_value_t = 1400)]
+    pub size: usize,
+    /// Seconds to run, after the warm-up.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Seconds of traffic before counting starts (not counted).
+    #[arg(long, default_value_t = 0.5)]
+    pub warmup: f64,
+}
+
+/// Round-trip latency percentiles in microseconds (rr only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Median.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Mean.
+    pub mean_us: f64,
+    /// Round trips recorded.
+    pub samples: u64,
+}
+
+/// What one client run measured (counted part only, warm-up excluded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadResult {
+    /// The workload run.
+    pub workload: Workload,
+    /// Streams or threads used.
+    pub streams: usize,
+    /// Payload size (udp, rr); 0 for tcp.
+    pub size: usize,
+    /// Seconds counted (measured by the server for tcp/udp, by the client for rr).
+    pub seconds: f64,
+    /// Payload bytes the server received while counting.
+    pub bytes_received: u64,
+    /// Packets (udp) or round trips (rr) the client sent while counting; 0 for tcp.
+    pub packets_sent: u64,
+    /// Packets (udp) or answers (rr) received while counting; 0 for tcp.
+    pub packets_received: u64,
+    /// Payload bits per second received by the server.
+    pub bits_per_second: f64,
+    /// Packets per second received by the server (udp) or round trips per second (rr).
+    pub packets_per_second: f64,
+    /// Latency (rr only).
+    pub latency: Option<Latency>,
+}
+
+/// Errors of the load generator.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Placeholder until the generator is written.
+    #[error("not yet written")]
+    NotWritten,
+}
+
+/// Runs the server until `cancel` is set.
+pub fn serve(args: &ServerArgs, cancel: &AtomicBool) -> Result<(), LoadError> {
+    let _ = (args, cancel);
+    Err(LoadError::NotWritten)
+}
+
+/// Runs one workload against a server.
+pub fn client(args: &ClientArgs) -> Result<LoadResult, LoadError> {
+    let _ = args;
+    Err(LoadError::NotWritten)
+}
