@@ -59,6 +59,11 @@ pub struct LaunchArgs {
     /// Number of data-plane workers (default: one per CPU).
     #[arg(long, value_name = "N")]
     pub workers: Option<String>,
+    /// Sleeve offloads: `on` (UDP GSO/GRO and TAP TSO/checksum offload, the default) or
+    /// `off` (one datagram per system call, frames segmented by the kernel; for measuring
+    /// what batching buys). Env: WEAVE_OFFLOAD.
+    #[arg(long, value_name = "on|off")]
+    pub offload: Option<String>,
 }
 
 /// Facts about the host that feed the defaults.
@@ -188,6 +193,8 @@ pub struct Config {
     pub dataplane: Dataplane,
     /// Number of data-plane workers; `None` for one per CPU.
     pub workers: Option<usize>,
+    /// Whether the sleeve batches with UDP GSO/GRO and TAP offloads.
+    pub offload: bool,
 }
 
 /// The data-plane backend.
@@ -379,9 +386,25 @@ impl Config {
             None => None,
         };
 
+        let offload = match pick(&args.offload, "offload", &["WEAVE_OFFLOAD"]) {
+            Some(s) => match s.value.trim() {
+                "on" => true,
+                "off" => false,
+                other => {
+                    return Err(ConfigError::InvalidValue {
+                        source_name: s.source_name,
+                        value: other.to_string(),
+                        reason: "expected on or off".to_string(),
+                    })
+                }
+            },
+            None => true,
+        };
+
         Ok(Config {
             dataplane,
             workers,
+            offload,
             name,
             nickname,
             port,

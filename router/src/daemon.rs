@@ -28,7 +28,7 @@ use crate::ids::PeerUid;
 use crate::mesh::{Command, ConnKey, DirectPeer, Event, Mesh, MeshConfig};
 use crate::switch::Routes;
 use crate::sys::socket::{open_udp, UdpOptions};
-use crate::sys::tap::{TapOptions, TapQueue};
+use crate::sys::tap::{TapOffloads, TapOptions, TapQueue};
 use std::sync::Arc;
 
 /// How long a dial may take before it counts as failed.
@@ -249,6 +249,11 @@ async fn start_dataplane(
     let count = config.workers.unwrap_or(cpus.len().max(1));
     let tap_options = TapOptions {
         napi: epoll::kernel_gro(),
+        offloads: if config.offload {
+            TapOffloads::SLEEVE
+        } else {
+            TapOffloads::NONE
+        },
         ..TapOptions::default()
     };
     let queues = TapQueue::open_queues(&desired.tap, count, &tap_options)
@@ -256,20 +261,28 @@ async fn start_dataplane(
     let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
     let mut workers = Vec::new();
     for (i, tap) in queues.into_iter().enumerate() {
-        let udp = open_udp(&UdpOptions::sleeve(bind, true))
-            .with_context(|| format!("cannot open the sleeve's UDP socket on {bind}"))?;
-        let cpu = cpus.get(i % cpus.len().max(1)).copied();
+        let udp = open_udp(&UdpOptions {
+            gro: config.offload,
+            ..UdpOptions::sleeve(bind, true)
+        })
+        .with_context(|| format!("cannot open the sleeve's UDP socket on {bind}"))?;
+        let setup = epoll::WorkerSetup {
+            ourself: config.name,
+            offload: config.offload,
+            cpu: cpus.get(i % cpus.len().max(1)).copied(),
+        };
         let worker = match backend {
-            Backend::Epoll => epoll::spawn(i, config.name, tap, udp, control.clone(), cpu),
+            Backend::Epoll => epoll::spawn(i, setup, tap, udp, control.clone()),
             Backend::IoUring => {
-                crate::dataplane::iouring::spawn(i, config.name, tap, udp, control.clone(), cpu)
+                crate::dataplane::iouring::spawn(i, setup, tap, udp, control.clone())
             }
         };
         workers.push(worker.with_context(|| format!("cannot start worker {i}"))?);
     }
     info!(
-        "Data plane: {count} {} workers on UDP {bind}",
-        backend.name()
+        "Data plane: {count} {} workers on UDP {bind}, offloads {}",
+        backend.name(),
+        if config.offload { "on" } else { "off" }
     );
     Ok(workers)
 }

@@ -45,6 +45,7 @@ fn defaults() {
     assert_eq!(c.conn_limit, 200);
     assert!(c.discovery);
     assert!(c.peers.is_empty());
+    assert!(c.offload);
     // The default name is derived from the machine id: the same machine, the same name.
     assert_eq!(c.name, resolve(&[], &[]).unwrap().name);
     let other = HostInfo {
@@ -179,6 +180,17 @@ fn empty_addresses_turn_listeners_off() {
 }
 
 #[test]
+fn offloads_can_be_turned_off() {
+    assert!(!resolve(&["--offload=off"], &[]).unwrap().offload);
+    assert!(!resolve(&[], &[("WEAVE_OFFLOAD", "off")]).unwrap().offload);
+    assert!(
+        resolve(&["--offload", "on"], &[("WEAVE_OFFLOAD", "off")])
+            .unwrap()
+            .offload
+    );
+}
+
+#[test]
 fn bad_values_are_refused_by_name() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case] = &[
@@ -218,6 +230,16 @@ fn bad_values_are_refused_by_name() {
             &[],
             &[("KUBE_PEERS", "10.0.0.1 a:b:c")],
             "KUBE_PEERS: bad peer address 'a:b:c'",
+        ),
+        (
+            &["--offload=maybe"],
+            &[],
+            "invalid value 'maybe' for '--offload'",
+        ),
+        (
+            &[],
+            &[("WEAVE_OFFLOAD", "0")],
+            "invalid value '0' for 'WEAVE_OFFLOAD'",
         ),
         (
             &["host:99999"],

@@ -232,19 +232,38 @@ pub struct SendRun {
 }
 
 /// Datagrams waiting to be sent, gathered into runs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SendBatch {
     runs: Vec<SendRun>,
     spare: Vec<Vec<u8>>,
+    max_segments: usize,
+}
+
+impl Default for SendBatch {
+    fn default() -> Self {
+        SendBatch {
+            runs: Vec::new(),
+            spare: Vec::new(),
+            max_segments: MAX_GSO_SEGMENTS,
+        }
+    }
 }
 
 impl SendBatch {
+    /// A batch whose every run is one datagram (no UDP GSO: one send per datagram).
+    pub fn unbatched() -> Self {
+        SendBatch {
+            max_segments: 1,
+            ..SendBatch::default()
+        }
+    }
+
     /// Appends one datagram made of `parts` for `to`.
     pub fn push(&mut self, to: SocketAddr, parts: &[&[u8]]) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let open = self.runs.iter_mut().rev().find(|r| r.to == to && !r.closed);
         let fits = |r: &SendRun| {
-            len <= r.segment && r.count < MAX_GSO_SEGMENTS && r.buf.len() + len <= MAX_GSO_BYTES
+            len <= r.segment && r.count < self.max_segments && r.buf.len() + len <= MAX_GSO_BYTES
         };
         let run = match open {
             Some(r) if fits(r) => r,
@@ -340,6 +359,7 @@ pub struct Engine {
     peer_traffic: BTreeMap<PeerName, PeerTraffic>,
     next_publish: Option<Instant>,
     kernel_gro: bool,
+    offload: bool,
 }
 
 impl Engine {
@@ -361,6 +381,32 @@ impl Engine {
             peer_traffic: BTreeMap::new(),
             next_publish: None,
             kernel_gro: false,
+            offload: true,
+        }
+    }
+
+    /// Turns batching on or off: off, every datagram is sent on its own and every frame is
+    /// written to the TAP on its own (the TAP and socket must then be opened without
+    /// offloads too, see [`Engine::output`]).
+    pub fn with_offload(mut self, on: bool) -> Self {
+        self.offload = on;
+        self
+    }
+
+    /// Whether this engine batches (UDP GSO/GRO, TAP offloads).
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// An empty output to fill, batching or not as the engine was set up.
+    pub fn output(&self) -> Output {
+        Output {
+            send: if self.offload {
+                SendBatch::default()
+            } else {
+                SendBatch::unbatched()
+            },
+            ..Output::default()
         }
     }
 
@@ -521,7 +567,7 @@ impl Engine {
                 continue;
             }
             if decision.deliver_locally {
-                if self.kernel_gro {
+                if self.kernel_gro || !self.offload {
                     out.tap.push_plain(frame.frame);
                 } else {
                     self.gro.push(frame.frame, &mut out.tap);
@@ -589,5 +635,16 @@ mod tests {
         }
         assert_eq!(b.runs().len(), 2);
         assert_eq!(b.runs()[0].count, MAX_GSO_SEGMENTS);
+    }
+
+    #[test]
+    fn an_unbatched_send_batch_sends_every_datagram_on_its_own() {
+        let mut b = SendBatch::unbatched();
+        let a = addr("10.0.0.1:6783");
+        for _ in 0..5 {
+            b.push(a, &[&[1u8; 100]]);
+        }
+        assert_eq!(b.runs().len(), 5);
+        assert!(b.runs().iter().all(|r| r.count == 1 && r.buf.len() == 100));
     }
 }

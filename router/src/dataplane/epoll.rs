@@ -87,20 +87,32 @@ pub fn kernel_gro() -> bool {
     std::env::var("WEAVE_TAP_NAPI").is_ok_and(|v| v == "1")
 }
 
-/// Starts a worker thread called `name`, pinned to `cpu` when given, running `body` with a
-/// fresh engine for `ourself`. Both backends start their workers this way.
+/// What a worker is started with besides its sockets.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerSetup {
+    /// The local peer.
+    pub ourself: PeerName,
+    /// Whether the engine batches (UDP GSO/GRO, TAP offloads); see `--offload`.
+    pub offload: bool,
+    /// The CPU to pin the thread to, if any.
+    pub cpu: Option<usize>,
+}
+
+/// Starts a worker thread called `name`, pinned to `setup.cpu` when given, running `body`
+/// with a fresh engine. Both backends start their workers this way.
 pub fn start(
     name: String,
-    ourself: PeerName,
+    setup: WorkerSetup,
     tap: TapQueue,
     udp: UdpSocket,
     control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
-    cpu: Option<usize>,
     body: impl FnOnce(Engine, WorkerIo) + Send + 'static,
 ) -> io::Result<Worker> {
     let (tx, rx) = mpsc::channel();
     let counters = Arc::new(Counters::default());
-    let engine = Engine::new(ourself, Arc::clone(&counters)).with_kernel_gro(kernel_gro());
+    let engine = Engine::new(setup.ourself, Arc::clone(&counters))
+        .with_kernel_gro(kernel_gro())
+        .with_offload(setup.offload);
     let io = WorkerIo {
         tap,
         udp,
@@ -110,7 +122,7 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
-            if let Some(cpu) = cpu {
+            if let Some(cpu) = setup.cpu {
                 if let Err(e) = crate::sys::cpu::pin_current_thread(cpu) {
                     tracing::warn!("{name}: cannot pin to CPU {cpu}: {e}");
                 }
@@ -120,22 +132,20 @@ pub fn start(
     Ok(Worker::new(tx, counters, thread))
 }
 
-/// Starts epoll worker `index` on its own thread (pinned to `cpu` when given).
+/// Starts epoll worker `index` on its own thread.
 pub fn spawn(
     index: usize,
-    ourself: PeerName,
+    setup: WorkerSetup,
     tap: TapQueue,
     udp: UdpSocket,
     control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
-    cpu: Option<usize>,
 ) -> io::Result<Worker> {
     start(
         format!("weave-worker-{index}"),
-        ourself,
+        setup,
         tap,
         udp,
         control,
-        cpu,
         |engine, io| run(engine, &io.tap, &io.udp, &io.rx, &io.control),
     )
 }
@@ -147,7 +157,7 @@ fn run(
     rx: &mpsc::Receiver<ToWorker>,
     control: &tokio::sync::mpsc::UnboundedSender<ControlFrame>,
 ) {
-    let mut out = Output::default();
+    let mut out = engine.output();
     let mut tap_buf = vec![0u8; 65_536 + 64];
     let mut udp_buf = vec![0u8; 65_536];
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;

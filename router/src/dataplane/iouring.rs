@@ -11,11 +11,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::dataplane::engine::{ControlFrame, Counters, Engine, Output};
-use crate::dataplane::epoll::{start, ToWorker, Worker};
+use crate::dataplane::epoll::{start, ToWorker, Worker, WorkerSetup};
 use crate::dataplane::uring::{
     BufGroup, Completion, Ring, RingOptions, StopReason, Target, TxBuf, UringError, RECV_OVERHEAD,
 };
-use crate::ids::PeerName;
 use crate::sys::tap::TapQueue;
 
 /// How long a worker waits for completions before it looks at its control channel.
@@ -38,22 +37,20 @@ pub fn probe() -> Result<(), UringError> {
     Ok(())
 }
 
-/// Starts io_uring worker `index` on its own thread (pinned to `cpu` when given).
+/// Starts io_uring worker `index` on its own thread.
 pub fn spawn(
     index: usize,
-    ourself: PeerName,
+    setup: WorkerSetup,
     tap: TapQueue,
     udp: UdpSocket,
     control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
-    cpu: Option<usize>,
 ) -> io::Result<Worker> {
     start(
         format!("weave-uring-{index}"),
-        ourself,
+        setup,
         tap,
         udp,
         control,
-        cpu,
         move |engine, io| {
             if let Err(e) = run(engine, &io.tap, &io.udp, &io.rx, &io.control) {
                 tracing::error!("io_uring worker {index} stopped: {e}");
@@ -76,7 +73,7 @@ fn run(
     let tap_fd = tap.as_raw_fd();
     let mut recv_op = ring.recv_multi(Target::Fd(udp_fd), UDP_GROUP)?;
     let mut read_op = ring.read_multi(Target::Fd(tap_fd), TAP_GROUP)?;
-    let mut out = Output::default();
+    let mut out = engine.output();
     let mut completions = Vec::new();
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
     loop {
