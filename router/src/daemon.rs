@@ -23,6 +23,7 @@ use crate::cli::http::io_reason;
 use crate::config::{Config, Dataplane};
 use crate::dataplane::engine::{ControlFrame, DataplaneCounters, PeerPath, Snapshot};
 use crate::dataplane::epoll::{self, ToWorker};
+use crate::dataplane::learn::LearnBus;
 use crate::dataplane::plumbing;
 use crate::ids::PeerUid;
 use crate::mesh::{Command, ConnKey, DirectPeer, Event, Mesh, MeshConfig};
@@ -260,6 +261,7 @@ async fn start_dataplane(
         .with_context(|| format!("cannot open {count} queues of TAP {}", desired.tap))?;
     let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
     let mut workers = Vec::new();
+    let learn = LearnBus::new(queues.len());
     for (i, tap) in queues.into_iter().enumerate() {
         let udp = open_udp(&UdpOptions {
             gro: config.offload,
@@ -267,7 +269,9 @@ async fn start_dataplane(
         })
         .with_context(|| format!("cannot open the sleeve's UDP socket on {bind}"))?;
         let setup = epoll::WorkerSetup {
+            index: i,
             ourself: config.name,
+            learn: Arc::clone(&learn),
             offload: config.offload,
             cpu: cpus.get(i % cpus.len().max(1)).copied(),
         };

@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::dataplane::learn::{LearnBus, Learning};
 use crate::dataplane::offload::{gso_split, GroBatch, GroTable, Segments, GRO_DEFAULT_FLOWS};
 use crate::ids::PeerName;
-use crate::switch::{self, DropReason, MacCache, Routes};
+use crate::switch::{self, DropReason, Learned, Mac, MacCache, Routes};
 use crate::wire::icmp;
 use crate::wire::sleeve::{FrameHeader, SleevePacket, FRAME_HEADER_LEN, PACKET_HEADER_LEN};
 use crate::wire::vnet::{VirtioNetHdr, VNET_HDR_LEN};
@@ -203,6 +204,9 @@ pub struct PeerTraffic {
 
 /// How often a worker copies its per-peer counters out for the API.
 const PEER_PUBLISH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// At each sweep, MACs seen this recently are posted to the other workers again, so their
+/// copies age from the latest sighting.
+const REANNOUNCE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Every worker's counters and the backend they run, as the API reads them.
 #[derive(Debug)]
@@ -360,6 +364,12 @@ pub struct Engine {
     next_publish: Option<Instant>,
     kernel_gro: bool,
     offload: bool,
+    /// The other workers' mailboxes and our index on them, when there are other workers.
+    bus: Option<(Arc<LearnBus>, usize)>,
+    /// What this engine learned since it last posted.
+    announce: Vec<Learning>,
+    /// Mail taken from the bus, kept to reuse its allocation.
+    mail: Vec<Learning>,
 }
 
 impl Engine {
@@ -382,6 +392,55 @@ impl Engine {
             next_publish: None,
             kernel_gro: false,
             offload: true,
+            bus: None,
+            announce: Vec::new(),
+            mail: Vec::new(),
+        }
+    }
+
+    /// Shares MAC learning with the other workers on `bus`, as worker `index`.
+    pub fn with_learn_bus(mut self, bus: Arc<LearnBus>, index: usize) -> Self {
+        self.bus = Some((bus, index));
+        self
+    }
+
+    /// Posts what this engine learned to the other workers and takes in what they learned.
+    /// Backends call it between batches.
+    pub fn share_macs(&mut self) {
+        let Some((bus, me)) = &self.bus else {
+            return;
+        };
+        if !self.announce.is_empty() {
+            bus.post(*me, &self.announce);
+            self.announce.clear();
+        }
+        bus.take(*me, &mut self.mail);
+        for l in self.mail.drain(..) {
+            self.macs.merge(l.mac, l.peer, l.seen);
+        }
+    }
+
+    /// Queues a new or moved source MAC for the other workers.
+    fn note_learning(
+        &mut self,
+        learned: Option<Learned>,
+        frame: &[u8],
+        peer: PeerName,
+        now: Instant,
+    ) {
+        if self.bus.is_none() {
+            return;
+        }
+        match learned {
+            Some(Learned::New | Learned::Moved { .. }) => {}
+            Some(Learned::Refreshed) | None => return,
+        }
+        if let Some(mac) = Mac::src_of(frame) {
+            self.announce.push(Learning {
+                mac,
+                peer,
+                seen: now,
+            });
         }
     }
 
@@ -433,9 +492,18 @@ impl Engine {
         self.snapshot = snapshot;
     }
 
-    /// Forgets MACs not seen for ten minutes.
+    /// Forgets MACs not seen for ten minutes, and queues the recently seen ones for the
+    /// other workers.
     pub fn sweep(&mut self, now: Instant) {
         self.macs.sweep(now);
+        if self.bus.is_some() {
+            let recent = self
+                .macs
+                .entries()
+                .filter(|(_, _, seen)| now.saturating_duration_since(*seen) < REANNOUNCE_WINDOW)
+                .map(|(mac, peer, seen)| Learning { mac, peer, seen });
+            self.announce.extend(recent);
+        }
     }
 
     /// The learned MACs.
@@ -471,6 +539,7 @@ impl Engine {
     fn switch_local(&mut self, frame: &[u8], now: Instant, out: &mut Output) {
         let snapshot = Arc::clone(&self.snapshot);
         let decision = switch::from_bridge(frame, &snapshot.routes, &mut self.macs, now);
+        self.note_learning(decision.learned, frame, self.ourself, now);
         if let Some(why) = decision.dropped {
             self.counters.count_drop(DropCause::Switch(why));
             return;
@@ -562,6 +631,7 @@ impl Engine {
                 &mut self.macs,
                 now,
             );
+            self.note_learning(decision.learned, frame.frame, frame.src, now);
             if let Some(why) = decision.dropped {
                 self.counters.count_drop(DropCause::Switch(why));
                 continue;
@@ -646,5 +716,78 @@ mod tests {
         }
         assert_eq!(b.runs().len(), 5);
         assert!(b.runs().iter().all(|r| r.count == 1 && r.buf.len() == 100));
+    }
+
+    /// Peers A (us), X and Y all directly connected; a frame from pod M behind X reaches
+    /// worker 1 only. Worker 0 must then send frames for M to X alone instead of flooding
+    /// them to X and Y.
+    #[test]
+    fn a_mac_learned_by_one_worker_is_known_to_the_others() {
+        use crate::wire::sleeve::{encode_packet, SleeveFrame};
+        let name = |b: u8| PeerName::from_bytes([0xaa, 0, 0, 0, 0, b]);
+        let (a, x, y) = (name(1), name(2), name(3));
+        let snapshot = Arc::new(Snapshot {
+            routes: Routes {
+                ourself: a,
+                unicast: BTreeMap::from([(x, x), (y, y)]),
+                broadcast: BTreeMap::from([(a, vec![x, y]), (x, vec![]), (y, vec![])]),
+            },
+            paths: BTreeMap::from([
+                (
+                    x,
+                    PeerPath {
+                        udp: addr("10.0.0.2:6783"),
+                        mtu: 1438,
+                    },
+                ),
+                (
+                    y,
+                    PeerPath {
+                        udp: addr("10.0.0.3:6783"),
+                        mtu: 1438,
+                    },
+                ),
+            ]),
+        });
+        let bus = LearnBus::new(2);
+        let mut engines: Vec<Engine> = (0..2)
+            .map(|i| {
+                let mut e = Engine::new(a, Arc::new(Counters::default()))
+                    .with_learn_bus(Arc::clone(&bus), i);
+                e.set_snapshot(Arc::clone(&snapshot));
+                e
+            })
+            .collect();
+        let (pod_m, pod_l) = ([0x02, 0, 0, 0, 0, 0x0d], [0x02, 0, 0, 0, 0, 0x01]);
+        let frame = |dst: [u8; 6], src: [u8; 6]| {
+            let mut f = Vec::new();
+            f.extend_from_slice(&dst);
+            f.extend_from_slice(&src);
+            f.extend_from_slice(&[0x08, 0x00]);
+            f.extend_from_slice(&[0u8; 46]);
+            f
+        };
+        let now = Instant::now();
+        let from_m = frame([0xff; 6], pod_m);
+        let datagram = encode_packet(
+            x,
+            &[SleeveFrame {
+                src: x,
+                dst: a,
+                frame: &from_m,
+            }],
+        )
+        .unwrap();
+        let mut out = engines[1].output();
+        engines[1].from_udp(addr("10.0.0.2:6783"), &datagram, now, &mut out);
+        engines[1].share_macs();
+        engines[0].share_macs();
+
+        let mut tap_read = vec![0u8; VNET_HDR_LEN];
+        tap_read.extend_from_slice(&frame(pod_m, pod_l));
+        let mut out = engines[0].output();
+        engines[0].from_tap(&tap_read, now, &mut out);
+        let sent_to: Vec<SocketAddr> = out.send.runs().iter().map(|r| r.to).collect();
+        assert_eq!(sent_to, vec![addr("10.0.0.2:6783")], "unicast to X only");
     }
 }

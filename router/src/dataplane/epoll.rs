@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::dataplane::engine::{ControlFrame, Counters, Engine, Output, Snapshot};
+use crate::dataplane::learn::LearnBus;
 use crate::ids::PeerName;
 use crate::mesh::sleeve::Udp;
 use crate::sys::socket::{recv_segments, send_segments, send_without_df};
@@ -88,10 +89,14 @@ pub fn kernel_gro() -> bool {
 }
 
 /// What a worker is started with besides its sockets.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WorkerSetup {
+    /// The worker's index, from 0.
+    pub index: usize,
     /// The local peer.
     pub ourself: PeerName,
+    /// Where the workers share MAC learning.
+    pub learn: Arc<LearnBus>,
     /// Whether the engine batches (UDP GSO/GRO, TAP offloads); see `--offload`.
     pub offload: bool,
     /// The CPU to pin the thread to, if any.
@@ -112,7 +117,8 @@ pub fn start(
     let counters = Arc::new(Counters::default());
     let engine = Engine::new(setup.ourself, Arc::clone(&counters))
         .with_kernel_gro(kernel_gro())
-        .with_offload(setup.offload);
+        .with_offload(setup.offload)
+        .with_learn_bus(Arc::clone(&setup.learn), setup.index);
     let io = WorkerIo {
         tap,
         udp,
@@ -215,6 +221,7 @@ fn run(
         }
         flush(&engine, tap, udp, &mut out, control);
         engine.publish(now);
+        engine.share_macs();
         if now >= next_sweep {
             engine.sweep(now);
             next_sweep = now + SWEEP_INTERVAL;

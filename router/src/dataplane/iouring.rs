@@ -157,6 +157,7 @@ fn run(
             let _ = control.send(frame);
         }
         engine.publish(now);
+        engine.share_macs();
         if now >= next_sweep {
             engine.sweep(now);
             next_sweep = now + SWEEP_INTERVAL;

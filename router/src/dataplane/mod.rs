@@ -4,6 +4,7 @@
 pub mod engine;
 pub mod epoll;
 pub mod iouring;
+pub mod learn;
 pub mod offload;
 pub mod plumbing;
 pub mod uring;

@@ -95,6 +95,18 @@ impl MacCache {
         }
     }
 
+    /// Takes `mac` at `peer`, last seen at `seen`, as another worker learned it, unless
+    /// this cache saw it more recently; returns whether the entry changed.
+    pub fn merge(&mut self, mac: Mac, peer: PeerName, seen: Instant) -> bool {
+        match self.entries.get(&mac) {
+            Some((_, have)) if *have >= seen => false,
+            _ => {
+                self.entries.insert(mac, (peer, seen));
+                true
+            }
+        }
+    }
+
     /// The peer that owns `mac`.
     pub fn lookup(&self, mac: Mac) -> Option<PeerName> {
         self.entries.get(&mac).map(|(p, _)| *p)
@@ -478,5 +490,25 @@ mod tests {
         assert_eq!(macs.sweep(t0 + MAC_MAX_AGE - Duration::from_secs(1)), 0);
         assert_eq!(macs.sweep(t0 + MAC_MAX_AGE), 1);
         assert!(macs.is_empty());
+    }
+
+    #[test]
+    fn merged_entries_keep_the_newest_sighting() {
+        let mut macs = MacCache::default();
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(5);
+        assert!(macs.merge(Mac(POD1), name(1), t0));
+        assert!(!macs.merge(Mac(POD1), name(3), t0), "not newer: kept");
+        assert_eq!(macs.lookup(Mac(POD1)), Some(name(1)));
+        assert!(macs.merge(Mac(POD1), name(3), t1), "newer: moved");
+        assert_eq!(macs.lookup(Mac(POD1)), Some(name(3)));
+        macs.learn(Mac(POD1), name(3), t1 + Duration::from_secs(5));
+        assert!(
+            !macs.merge(Mac(POD1), name(1), t1),
+            "an older sighting never wins"
+        );
+        // A merged entry ages from when it was seen, not from when it was merged.
+        assert!(macs.merge(Mac(POD2), name(1), t0));
+        assert_eq!(macs.sweep(t0 + MAC_MAX_AGE), 1);
     }
 }
