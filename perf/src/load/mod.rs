@@ -4,14 +4,27 @@
 //!
 //! INTERFACE (fixed; the orchestrator in `crate::harness` and `main.rs` build against it):
 //! - [`ServerArgs`] / [`ClientArgs`]: clap argument structs for the two subcommands.
-//! - [`serve`]: runs the server until `cancel` is set (or forever).
+//! - [`serve`]: runs the server until `cancel` is set (or forever); [`Server`] splits it into
+//!   bind and run, for callers that bind port 0 and need the port.
 //! - [`client`]: runs one workload against a server and returns a [`LoadResult`], which the
 //!   `load-client` subcommand prints as one line of JSON on stdout.
 
-use std::net::Ipv4Addr;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
+
+mod client;
+mod conn;
+mod proto;
+mod server;
+mod sys;
+#[cfg(test)]
+mod tests;
+
+pub use proto::{MAX_RR_SIZE, MAX_STREAMS, MAX_UDP_SIZE, UDP_HEADER_LEN};
+pub use server::Server;
 
 /// The TCP (control, bulk, request/response) and UDP port a server listens on by default.
 pub const DEFAULT_PORT: u16 = 5201;
@@ -110,19 +123,65 @@ pub struct LoadResult {
 /// Errors of the load generator.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// Placeholder until the generator is written.
-    #[error("not yet written")]
-    NotWritten,
+    /// The arguments cannot describe a test (e.g. a UDP size below the packet header).
+    #[error("invalid arguments: {0}")]
+    InvalidArgs(String),
+    /// Binding a socket failed.
+    #[error("bind {what} {addr}: {source}")]
+    Bind {
+        /// "TCP" or "UDP".
+        what: &'static str,
+        /// The address asked for.
+        addr: SocketAddrV4,
+        /// Why.
+        source: io::Error,
+    },
+    /// Connecting to the server failed.
+    #[error("connect to server {addr}: {source}")]
+    Connect {
+        /// The server.
+        addr: SocketAddrV4,
+        /// Why.
+        source: io::Error,
+    },
+    /// A socket operation failed during a test.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, naming the peer.
+        what: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The server sent something the control protocol does not allow at that point.
+    #[error("bad control line from server {peer}: {detail}")]
+    Protocol {
+        /// The server.
+        peer: SocketAddrV4,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The server answered with an error (it refused the test or a stream).
+    #[error("server {addr} refused: {message}")]
+    Refused {
+        /// The server.
+        addr: SocketAddrV4,
+        /// The server's message.
+        message: String,
+    },
+    /// The latency histogram could not be set up.
+    #[error("latency histogram: {0}")]
+    Histogram(String),
+    /// A worker thread panicked (a bug).
+    #[error("{0} thread panicked")]
+    Panicked(String),
 }
 
 /// Runs the server until `cancel` is set.
 pub fn serve(args: &ServerArgs, cancel: &AtomicBool) -> Result<(), LoadError> {
-    let _ = (args, cancel);
-    Err(LoadError::NotWritten)
+    Server::bind(args)?.run(cancel)
 }
 
 /// Runs one workload against a server.
 pub fn client(args: &ClientArgs) -> Result<LoadResult, LoadError> {
-    let _ = args;
-    Err(LoadError::NotWritten)
+    client::run(args)
 }
