@@ -438,7 +438,8 @@ fn count_bulk(mut conn: LineConn, test: &Test, stop: &Stop<'_>) {
 /// Answers each `size`-byte request with its bytes, counting requests inside the window.
 fn echo(mut conn: LineConn, test: &Test, stop: &Stop<'_>) {
     let mut buf = vec![0u8; test.spec.size];
-    loop {
+    // A busy connection never times out, so the stop flag is checked every request.
+    while !stop.is_set() {
         match read_full(&mut conn, &mut buf, stop) {
             Ok(true) => {}
             Ok(false) | Err(_) => return,

@@ -220,6 +220,25 @@ fn client_names_the_server_it_cannot_reach() {
 }
 
 #[test]
+fn serve_returns_after_cancel_in_the_middle_of_a_test() {
+    for workload in [Workload::Tcp, Workload::Rr] {
+        let server = TestServer::start();
+        let mut args = server.args(workload, 1, 64);
+        args.seconds = 30.0;
+        let running = thread::spawn(move || client(&args));
+        thread::sleep(Duration::from_millis(300));
+
+        server.stop().expect("server ran cleanly");
+
+        let err = running.join().unwrap().unwrap_err();
+        assert!(
+            err.to_string().contains("server 127.0.0.1:"),
+            "{workload:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn serve_returns_after_cancel_when_idle() {
     let server = TestServer::start();
 
