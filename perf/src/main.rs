@@ -1,7 +1,8 @@
-//! weave-perf: runs weave-router on a network-namespace testbed.
+//! weave-perf: runs weave-router on a network-namespace testbed and measures it against the
+//! kernel's own VXLAN.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
+use weave_perf::harness::{self, compare, output, run::Event, HarnessError, NetPath, WorkloadName};
+use weave_perf::load;
 use weave_perf::router::{self, Router, ROUTER_BIN_ENV};
 use weave_perf::testbed::{self, Process, Testbed, TestbedConfig, TestbedError};
 
@@ -25,6 +28,72 @@ enum Cmd {
     /// Start three routers in network namespaces as a chain (host3 knows only host2), wait
     /// until each sees all three peers, print their `status peers`, and clean up. Needs root.
     Demo(DemoArgs),
+    /// Measure weave-router against the kernel's VXLAN and the bare underlay, side by side:
+    /// TCP throughput, UDP packet rates, request/response latency, router CPU and memory.
+    /// Writes run-<UTC time>.json, .md and .svg into the output folder. Needs root.
+    Run(RunArgs),
+    /// Show what changed between two runs' result files.
+    Compare(CompareArgs),
+    /// Write the Markdown report and SVG chart of a result file again, next to it.
+    Report(ReportArgs),
+    /// The harness's traffic receiver (run inside a pod namespace).
+    #[command(hide = true)]
+    LoadServer(load::ServerArgs),
+    /// The harness's traffic sender: runs one workload, prints the result as one JSON line.
+    #[command(hide = true)]
+    LoadClient(load::ClientArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Paths to measure [default: every available one; fastdp is not available yet].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    paths: Vec<NetPath>,
+    /// Workloads to run [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    workloads: Vec<WorkloadName>,
+    /// Measurements of each path and workload, interleaved [default: 3; 1 with --quick].
+    #[arg(long, value_name = "N")]
+    repeats: Option<usize>,
+    /// Counted seconds per measurement [default: 5; 1 with --quick].
+    #[arg(long, value_name = "S")]
+    seconds: Option<f64>,
+    /// Seconds of traffic before counting starts [default: 1; 0.2 with --quick].
+    #[arg(long, value_name = "S")]
+    warmup: Option<f64>,
+    /// A smoke run: one repeat of one second per measurement, short warm-up.
+    #[arg(long)]
+    quick: bool,
+    /// Hosts per path, all routers meshed; traffic goes host1 → host2.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    hosts: usize,
+    /// Data-plane workers per router [default: the router's, one per CPU].
+    #[arg(long, value_name = "N")]
+    router_workers: Option<usize>,
+    /// Folder for the result files [default: perf/results of the workspace around the
+    /// current directory, else ./perf/results].
+    #[arg(long, value_name = "DIR")]
+    output: Option<PathBuf>,
+    /// The weave-router binary [default: next to this executable].
+    #[arg(long, value_name = "PATH", env = ROUTER_BIN_ENV)]
+    router_bin: Option<PathBuf>,
+    /// Third octet of the underlay subnet 192.168.<N>.0/24.
+    #[arg(long, value_name = "N", default_value_t = 120)]
+    subnet: u8,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReportArgs {
+    /// A result file written by `weave-perf run`.
+    json: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct CompareArgs {
+    /// The older run's JSON file.
+    old: PathBuf,
+    /// The newer run's JSON file.
+    new: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -44,6 +113,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Demo(args) => run_interruptible(move |cancel| demo(&args, &cancel)),
+        Cmd::Run(args) => run_interruptible(move |cancel| run(&args, &cancel)),
+        Cmd::Compare(args) => compare_runs(&args),
+        Cmd::Report(args) => output::rerender(&args.json)
+            .map_err(anyhow::Error::from)
+            .and_then(|w| {
+                writeln!(
+                    std::io::stdout().lock(),
+                    "wrote {}\nwrote {}",
+                    w.markdown.display(),
+                    w.svg.display()
+                )
+                .context("writing to stdout")
+            }),
+        Cmd::LoadServer(args) => {
+            run_interruptible(move |cancel| load::serve(&args, &cancel).context("load server"))
+        }
+        Cmd::LoadClient(args) => load_client(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,13 +164,13 @@ fn run_interruptible(
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
         tokio::select! {
-            res = &mut task => return res.context("demo thread panicked")?,
+            res = &mut task => return res.context("the work thread panicked")?,
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        eprintln!("weave-perf: stopping, removing the testbed...");
+        let _ = writeln!(std::io::stderr(), "weave-perf: stopping...");
         cancel.store(true, Ordering::Relaxed);
-        task.await.context("demo thread panicked")?
+        task.await.context("the work thread panicked")?
     })
 }
 
@@ -96,8 +182,129 @@ fn is_cancelled(e: &anyhow::Error) -> bool {
         ) || matches!(
             c.downcast_ref::<router::RouterError>(),
             Some(router::RouterError::Testbed(TestbedError::Cancelled { .. }))
-        )
+        ) || c
+            .downcast_ref::<HarnessError>()
+            .is_some_and(HarnessError::is_cancelled)
     })
+}
+
+/// `weave-perf run`: measures, writes the three result files, prints where they are.
+fn run(args: &RunArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
+    let router_bin = router::locate_router_bin(args.router_bin.as_deref())?;
+    let load_bin = std::env::current_exe().context("finding this executable")?;
+    let output_dir = match &args.output {
+        Some(dir) => dir.clone(),
+        None => {
+            let cwd = std::env::current_dir().context("reading the current directory")?;
+            output::default_output_dir(&cwd)
+        }
+    };
+    let opts = harness::RunOptions {
+        paths: dedup(if args.paths.is_empty() {
+            NetPath::default_set()
+        } else {
+            args.paths.clone()
+        }),
+        workloads: dedup(if args.workloads.is_empty() {
+            WorkloadName::ALL.to_vec()
+        } else {
+            args.workloads.clone()
+        }),
+        repeats: args.repeats.unwrap_or(if args.quick { 1 } else { 3 }),
+        seconds: args.seconds.unwrap_or(if args.quick { 1.0 } else { 5.0 }),
+        warmup: args.warmup.unwrap_or(if args.quick { 0.2 } else { 1.0 }),
+        hosts_per_path: args.hosts,
+        subnet: args.subnet,
+        router_workers: args.router_workers,
+        quick: args.quick,
+        router_bin,
+        load_bin,
+        command_line: std::env::args().collect(),
+    };
+    opts.validate()?;
+    let started = harness::facts::unix_now();
+    let mut err = std::io::stderr();
+    let mut progress = |event: Event<'_>| {
+        // Progress is best effort: a closed stderr must not stop the run.
+        let _ = match event {
+            Event::Note(text) => writeln!(err, "weave-perf: {text}"),
+            Event::Start {
+                index,
+                total,
+                repeats,
+                step,
+                eta,
+            } => write!(
+                err,
+                "[{index}/{total}] repeat {}/{repeats}  {:<15}  {:<7}  ETA {:>6}  ... ",
+                step.repeat,
+                step.path.name(),
+                step.workload.name(),
+                harness::format_eta(eta)
+            )
+            .and_then(|()| err.flush()),
+            Event::Done(sample) => writeln!(err, "{}", harness::sample_headline(sample)),
+        };
+    };
+    let result = harness::run::run(&opts, cancel, &mut progress)?;
+    let stamp = harness::facts::utc_stamps(started).1;
+    let written = output::write_run(&output_dir, &stamp, &result)
+        .with_context(|| format!("writing the results into {}", output_dir.display()))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", harness::markdown::render_markdown(&result))
+        .context("writing to stdout")?;
+    for path in [&written.json, &written.markdown, &written.svg] {
+        writeln!(out, "wrote {}", path.display()).context("writing to stdout")?;
+    }
+    let failed = result.failures().count();
+    if failed > 0 {
+        bail!(
+            "{failed} of {} measurements failed (see the report)",
+            result.samples.len()
+        );
+    }
+    Ok(())
+}
+
+/// The order given, each element once.
+fn dedup<T: PartialEq + Copy>(items: Vec<T>) -> Vec<T> {
+    let mut seen = Vec::with_capacity(items.len());
+    for i in items {
+        if !seen.contains(&i) {
+            seen.push(i);
+        }
+    }
+    seen
+}
+
+/// `weave-perf compare OLD NEW`.
+fn compare_runs(args: &CompareArgs) -> anyhow::Result<()> {
+    let old = output::read_run(&args.old)?;
+    let new = output::read_run(&args.new)?;
+    let changes = compare::compare(&old, &new);
+    let text = compare::render_compare(&old, &new, &show(&args.old), &show(&args.new), &changes);
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("writing to stdout")?;
+    Ok(())
+}
+
+fn show(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// `weave-perf load-client`: one workload, its result as one JSON line on stdout.
+fn load_client(args: &load::ClientArgs) -> anyhow::Result<()> {
+    let result = load::client(args).with_context(|| {
+        format!(
+            "load client ({:?} to {}:{})",
+            args.workload, args.server, args.port
+        )
+    })?;
+    let line = serde_json::to_string(&result).context("encoding the result")?;
+    writeln!(std::io::stdout().lock(), "{line}").context("writing to stdout")?;
+    Ok(())
 }
 
 /// Peers of each host in the chain: host1 none, host N the host before it.

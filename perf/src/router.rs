@@ -110,6 +110,16 @@ impl Router {
     /// Starts `weave-router launch` on `host` with name [`peer_name`], nickname
     /// `host<index>`, the testbed's fixed ports, and `peers` as initial peers.
     pub fn launch(&self, host: &Host, peers: &[Ipv4Addr]) -> Result<Process, RouterError> {
+        self.launch_with(host, peers, &[])
+    }
+
+    /// [`Router::launch`] with `extra` flags (such as `--dataplane epoll`) before the peers.
+    pub fn launch_with(
+        &self,
+        host: &Host,
+        peers: &[Ipv4Addr],
+        extra: &[&str],
+    ) -> Result<Process, RouterError> {
         let mut cmd = host.command(&self.bin);
         cmd.arg("launch")
             .args(["--name", &peer_name(host.index())])
@@ -117,6 +127,7 @@ impl Router {
             .args(["--port", &MESH_PORT.to_string()])
             .args(["--http-addr", HTTP_ADDR])
             .args(["--metrics-addr", METRICS_ADDR])
+            .args(extra)
             .args(peers.iter().map(Ipv4Addr::to_string))
             // The log goes to a file, where colour codes only get in the way.
             .env("NO_COLOR", "1");
@@ -166,6 +177,53 @@ pub struct Report {
     pub ready: bool,
     /// The mesh section.
     pub router: RouterReport,
+    /// The data plane's counters (absent with `--dataplane none`).
+    #[serde(default)]
+    pub dataplane: Option<DataplaneReport>,
+}
+
+/// `Dataplane` in `/report`: the backend and each worker's counters since start.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DataplaneReport {
+    /// `epoll` or `io_uring`.
+    #[serde(default)]
+    pub backend: String,
+    /// One entry per worker.
+    #[serde(default)]
+    pub workers: Vec<WorkerReport>,
+}
+
+/// One worker of `Dataplane.Workers` (the counters the testbed reads).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WorkerReport {
+    /// Sleeve datagrams received.
+    #[serde(default)]
+    pub udp_rx_datagrams: u64,
+    /// Receive calls that delivered data.
+    #[serde(default)]
+    pub udp_rx_calls: u64,
+    /// Sleeve datagrams sent.
+    #[serde(default)]
+    pub udp_tx_datagrams: u64,
+    /// Send calls.
+    #[serde(default)]
+    pub udp_tx_calls: u64,
+}
+
+impl DataplaneReport {
+    /// The workers' counters added up.
+    pub fn totals(&self) -> WorkerReport {
+        self.workers
+            .iter()
+            .fold(WorkerReport::default(), |acc, w| WorkerReport {
+                udp_rx_datagrams: acc.udp_rx_datagrams + w.udp_rx_datagrams,
+                udp_rx_calls: acc.udp_rx_calls + w.udp_rx_calls,
+                udp_tx_datagrams: acc.udp_tx_datagrams + w.udp_tx_datagrams,
+                udp_tx_calls: acc.udp_tx_calls + w.udp_tx_calls,
+            })
+    }
 }
 
 /// `Router` in `/report`.
@@ -324,6 +382,31 @@ mod tests {
         assert!(report.established_to(Ipv4Addr::new(192, 168, 77, 2)));
         assert!(!report.established_to(Ipv4Addr::new(192, 168, 78, 3)));
         assert!(!report.established_to(Ipv4Addr::new(192, 168, 77, 9)));
+    }
+
+    #[test]
+    fn dataplane_counters_are_summed_over_workers() {
+        let text = r#"{"Ready": true, "Router": {"Name": "aa:00:00:00:00:01"},
+          "Dataplane": {"Backend": "io_uring", "Workers": [
+            {"UdpRxDatagrams": 10, "UdpRxCalls": 2, "UdpTxDatagrams": 40, "UdpTxCalls": 4, "Drops": {}},
+            {"UdpRxDatagrams": 5, "UdpRxCalls": 1, "UdpTxDatagrams": 0, "UdpTxCalls": 0}]}}"#;
+
+        let report: Report = serde_json::from_str(text).unwrap();
+
+        let dp = report.dataplane.unwrap();
+        assert_eq!(dp.backend, "io_uring");
+        let t = dp.totals();
+        assert_eq!(
+            (
+                t.udp_rx_datagrams,
+                t.udp_rx_calls,
+                t.udp_tx_datagrams,
+                t.udp_tx_calls
+            ),
+            (15, 3, 40, 4)
+        );
+        let weave: Report = serde_json::from_str(WEAVE_REPORT).unwrap();
+        assert_eq!(weave.dataplane, None);
     }
 
     #[test]

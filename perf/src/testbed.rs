@@ -185,6 +185,11 @@ impl RunNames {
     pub fn host(&self, index: usize) -> String {
         format!("{}-h{index}", self.run_id)
     }
+
+    /// The namespace of pod `index`.
+    pub fn pod(&self, index: usize) -> String {
+        format!("{}-p{index}", self.run_id)
+    }
 }
 
 /// Parses a namespace name made by [`RunNames`] with `prefix`, returning the pid of the
@@ -193,10 +198,11 @@ pub fn owner_pid(netns: &str, prefix: &str) -> Option<u32> {
     let rest = netns.strip_prefix(prefix)?;
     let (pid, rest) = rest.split_once('-')?;
     let (counter, role) = rest.split_once('-')?;
-    let role_ok = role == "u"
-        || role
-            .strip_prefix('h')
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let numbered = |tag: char| {
+        role.strip_prefix(tag)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let role_ok = role == "u" || numbered('h') || numbered('p');
     let counter_ok = !counter.is_empty() && counter.bytes().all(|b| b.is_ascii_digit());
     if !role_ok || !counter_ok || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -343,6 +349,52 @@ impl Testbed {
         self.keep_logs = keep;
     }
 
+    /// Adds pod `index` (unique within the testbed): a namespace `<run>-p<index>` whose
+    /// `eth0` (address `addr/prefix_len`, MTU `mtu`) is a veth to port `vp<index>` of
+    /// `bridge` in `host`. The pod is removed when the returned guard drops; leftovers of a
+    /// killed run are removed like its hosts.
+    pub fn add_pod(
+        &self,
+        host: &Host,
+        index: usize,
+        bridge: &str,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+        mtu: u32,
+    ) -> Result<Pod> {
+        let netns = self.names.pod(index);
+        run_cmd(&["ip", "netns", "add", &netns])?;
+        // From here on, Drop removes the namespace again.
+        let pod = Pod {
+            netns,
+            addr,
+            log_dir: self.log_dir.clone(),
+        };
+        let port = format!("vp{index}");
+        let ns = pod.netns.as_str();
+        let hn = host.netns();
+        run_cmd(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        run_cmd(&[
+            "ip", "-n", hn, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            ns,
+        ])?;
+        run_cmd(&["ip", "-n", hn, "link", "set", &port, "master", bridge, "up"])?;
+        run_cmd(&[
+            "ip",
+            "-n",
+            ns,
+            "link",
+            "set",
+            "eth0",
+            "mtu",
+            &mtu.to_string(),
+            "up",
+        ])?;
+        let cidr = format!("{addr}/{prefix_len}");
+        run_cmd(&["ip", "-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
+        Ok(pod)
+    }
+
     /// Drops all IPv4 traffic between `a` and `b`, in both hosts' namespaces.
     pub fn block(&self, a: &Host, b: &Host) -> Result<()> {
         a.nft_element("add", b.addr)?;
@@ -451,32 +503,8 @@ impl Host {
 
     /// Starts a long-running `command` (from [`Host::command`]); its stdout and stderr go to
     /// `<log dir>/<label>.log`. The returned guard kills it on drop.
-    pub fn spawn(&self, label: &str, mut command: Command) -> Result<Process> {
-        let log_path = self.log_dir.join(format!("{label}.log"));
-        let io_err = |source| TestbedError::Io {
-            what: format!("opening log {}", log_path.display()),
-            source,
-        };
-        let out = File::options()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(io_err)?;
-        let err = out.try_clone().map_err(io_err)?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|source| TestbedError::Spawn {
-                cmd: describe(&command),
-                source,
-            })?;
-        Ok(Process {
-            label: label.to_owned(),
-            child,
-            log_path,
-        })
+    pub fn spawn(&self, label: &str, command: Command) -> Result<Process> {
+        spawn_logged(&self.log_dir, label, command)
     }
 
     /// Sends `-1` ICMP echo (ping -c1 -W1) to `addr` from this host; true if it answered.
@@ -531,6 +559,99 @@ impl Host {
             other => other.map(drop),
         }
     }
+}
+
+/// A pod: a network namespace with `eth0` on a bridge of a host. Made by
+/// [`Testbed::add_pod`]; dropping it kills what runs inside and deletes the namespace.
+#[derive(Debug)]
+pub struct Pod {
+    netns: String,
+    addr: Ipv4Addr,
+    log_dir: PathBuf,
+}
+
+impl Pod {
+    /// The namespace's name.
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    /// The address of `eth0`.
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    /// A [`Command`] that runs `program` inside the pod.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns]).arg(program);
+        cmd
+    }
+
+    /// Runs `program args` in the pod, returning stdout; a non-zero exit is an error
+    /// carrying stderr.
+    pub fn run<S: AsRef<OsStr>>(&self, program: &str, args: &[S]) -> Result<String> {
+        let mut cmd = self.command(program);
+        cmd.args(args);
+        let out = cmd_output(&mut cmd)?;
+        output_to_result(&cmd, out)
+    }
+
+    /// Starts a long-running `command` (from [`Pod::command`]) logging to
+    /// `<log dir>/<label>.log`, like [`Host::spawn`].
+    pub fn spawn(&self, label: &str, command: Command) -> Result<Process> {
+        spawn_logged(&self.log_dir, label, command)
+    }
+
+    /// Sends one ICMP echo (ping -c1 -W1) to `addr` from the pod; true if it answered.
+    pub fn ping(&self, addr: Ipv4Addr) -> Result<bool> {
+        let mut cmd = self.command("ping");
+        cmd.args(["-c", "1", "-W", "1", "-n", "-q"])
+            .arg(addr.to_string());
+        let out = cmd_output(&mut cmd)?;
+        Ok(out.status.success())
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let gone = list_netns().is_ok_and(|all| !all.contains(&self.netns));
+        if gone {
+            return;
+        }
+        if let Err(e) = remove_netns(&self.netns) {
+            note(format_args!("pod {}: {e}", self.netns));
+        }
+    }
+}
+
+/// Starts `command` with stdout and stderr appended to `<log_dir>/<label>.log`.
+fn spawn_logged(log_dir: &Path, label: &str, mut command: Command) -> Result<Process> {
+    let log_path = log_dir.join(format!("{label}.log"));
+    let io_err = |source| TestbedError::Io {
+        what: format!("opening log {}", log_path.display()),
+        source,
+    };
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io_err)?;
+    let err = out.try_clone().map_err(io_err)?;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|source| TestbedError::Spawn {
+            cmd: describe(&command),
+            source,
+        })?;
+    Ok(Process {
+        label: label.to_owned(),
+        child,
+        log_path,
+    })
 }
 
 /// A process started in a host namespace; killed (SIGKILL) when dropped.
@@ -868,6 +989,8 @@ mod tests {
     fn owner_pid_reads_names_of_this_prefix_only() {
         assert_eq!(owner_pid("wtb123-4-u", "wtb"), Some(123));
         assert_eq!(owner_pid("wtb123-4-h17", "wtb"), Some(123));
+        assert_eq!(owner_pid("wtb123-4-p3", "wtb"), Some(123));
+        assert_eq!(owner_pid("wtb123-4-p", "wtb"), None);
         assert_eq!(owner_pid("wtb123-4-h", "wtb"), None);
         assert_eq!(owner_pid("wtb123-4-x1", "wtb"), None);
         assert_eq!(owner_pid("wtb123-u", "wtb"), None);

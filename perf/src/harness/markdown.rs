@@ -1,0 +1,377 @@
+//! The Markdown report of a run: machine facts, ratios against the kernel VXLAN baseline,
+//! the absolute medians with their spread, and what the routers spent.
+
+use std::fmt::Write as _;
+
+use super::model::{Metric, NetPath, PathKind, WorkloadName};
+use super::result::{RunResult, Spread};
+
+/// The figures the ratio table shows: one column per (workload, metric).
+fn headline(workload: WorkloadName) -> &'static [(Metric, &'static str)] {
+    match workload {
+        WorkloadName::Tcp1 => &[(Metric::ThroughputGbps, "tcp1 throughput")],
+        WorkloadName::Tcp4 => &[(Metric::ThroughputGbps, "tcp4 throughput")],
+        WorkloadName::Udp64 => &[(Metric::PacketsPerSecond, "udp64 pps")],
+        WorkloadName::Udp1400 => &[(Metric::PacketsPerSecond, "udp1400 pps")],
+        WorkloadName::Rr => &[
+            (Metric::LatencyP50Us, "rr p50"),
+            (Metric::LatencyP99Us, "rr p99"),
+        ],
+    }
+}
+
+/// The figures of the absolute table, per workload.
+fn absolute(workload: WorkloadName) -> &'static [Metric] {
+    match workload {
+        WorkloadName::Tcp1 | WorkloadName::Tcp4 => &[Metric::ThroughputGbps],
+        WorkloadName::Udp64 | WorkloadName::Udp1400 => &[
+            Metric::PacketsPerSecond,
+            Metric::ThroughputGbps,
+            Metric::UdpLossPercent,
+        ],
+        WorkloadName::Rr => &[
+            Metric::LatencyP50Us,
+            Metric::LatencyP90Us,
+            Metric::LatencyP99Us,
+            Metric::LatencyP999Us,
+            Metric::RoundTripsPerSecond,
+        ],
+    }
+}
+
+/// Router figures shown per router path and workload.
+const ROUTER_COLUMNS: [(Metric, &str); 4] = [
+    (Metric::RouterCpuSPerGib, "CPU s/GiB"),
+    (Metric::RouterPeakRssMib, "peak RSS MiB"),
+    (Metric::TxSegmentsPerCall, "tx datagrams/call"),
+    (Metric::RxSegmentsPerCall, "rx datagrams/call"),
+];
+
+/// Renders `run` as Markdown.
+pub fn render_markdown(run: &RunResult) -> String {
+    let mut md = String::new();
+    header(&mut md, run);
+    ratios(&mut md, run);
+    absolutes(&mut md, run);
+    router_costs(&mut md, run);
+    failures(&mut md, run);
+    md
+}
+
+/// Workloads of the run that this version knows, in run order.
+fn workloads(run: &RunResult) -> Vec<WorkloadName> {
+    run.workloads
+        .iter()
+        .filter_map(|w| WorkloadName::from_name(&w.name))
+        .collect()
+}
+
+fn header(md: &mut String, run: &RunResult) {
+    let m = &run.machine;
+    let s = &run.settings;
+    let _ = writeln!(md, "# weave-perf run {}\n", run.started_utc);
+    let mut machine = format!("Linux {}, {} cores", m.kernel, m.cores);
+    if let Some(cpu) = &m.cpu_model {
+        let _ = write!(machine, " ({cpu})");
+    }
+    if let Some(mem) = m.memory_bytes {
+        let _ = write!(
+            machine,
+            ", {:.1} GiB memory",
+            mem as f64 / (1u64 << 30) as f64
+        );
+    }
+    if let Some(load) = m.load_average {
+        let _ = write!(machine, ", load average {load:.2} at the start");
+    }
+    let _ = writeln!(md, "- machine: {machine}");
+    let version = m
+        .router_version
+        .as_deref()
+        .unwrap_or("weave-router (version unknown)");
+    let commit = match (&m.git_commit, m.git_dirty) {
+        (Some(c), Some(true)) => format!(", commit {c} with uncommitted changes"),
+        (Some(c), _) => format!(", commit {c}"),
+        (None, _) => String::new(),
+    };
+    let _ = writeln!(md, "- {version}{commit}");
+    let workers = match s.router_workers {
+        Some(n) => format!("{n} data-plane workers per router"),
+        None => "one data-plane worker per CPU".to_owned(),
+    };
+    let _ = writeln!(
+        md,
+        "- settings: {} repeat{} of {} s (after {} s warm-up) per path and workload, paths \
+         interleaved; {} hosts per path, all routers meshed, {workers}; traffic pod on host1 → \
+         pod on host2{}",
+        s.repeats,
+        if s.repeats == 1 { "" } else { "s" },
+        s.seconds,
+        s.warmup,
+        s.hosts_per_path,
+        if s.quick {
+            " (--quick: a smoke run, not a measurement)"
+        } else {
+            ""
+        },
+    );
+    let _ = writeln!(md, "- command: `{}`", m.command_line.join(" "));
+    for p in run.paths.iter().filter(|p| !p.measured) {
+        let _ = writeln!(
+            md,
+            "- {}: {}",
+            p.name,
+            p.note.as_deref().unwrap_or("not measured")
+        );
+    }
+    md.push('\n');
+    let _ = writeln!(md, "Paths:\n");
+    for p in run.paths.iter().filter(|p| p.measured) {
+        let _ = writeln!(md, "- `{}`: {}", p.name, p.description);
+    }
+    md.push('\n');
+}
+
+fn ratios(md: &mut String, run: &RunResult) {
+    let base = NetPath::BASELINE.name();
+    let _ = writeln!(md, "## Against the kernel VXLAN baseline\n");
+    if !run.measured_paths().contains(&base) {
+        let _ = writeln!(
+            md,
+            "The run did not measure `{base}`, so there are no ratios.\n"
+        );
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Each path's median over `{base}`'s median, measured side by side in this run. \
+         Throughput and packet rates: higher is better; latency: lower is better.\n"
+    );
+    let columns: Vec<(WorkloadName, Metric, &str)> = workloads(run)
+        .into_iter()
+        .flat_map(|w| headline(w).iter().map(move |&(m, label)| (w, m, label)))
+        .collect();
+    let _ = write!(md, "| path |");
+    for (_, _, label) in &columns {
+        let _ = write!(md, " {label} |");
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in &columns {
+        md.push_str("--:|");
+    }
+    md.push('\n');
+    for path in run.measured_paths() {
+        let _ = write!(md, "| {path} |");
+        for &(w, m, _) in &columns {
+            let cell = match (run.median(path, w.name(), m), run.median(base, w.name(), m)) {
+                (Some(v), Some(b)) if b > 0.0 => format!("{:.2}×", v / b),
+                _ => "–".to_owned(),
+            };
+            let _ = write!(md, " {cell} |");
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+}
+
+fn absolutes(md: &mut String, run: &RunResult) {
+    let paths = run.measured_paths();
+    let n = run.settings.repeats;
+    let _ = writeln!(md, "## Medians (min–max of {n})\n");
+    let _ = write!(md, "| workload | metric |");
+    for p in &paths {
+        let _ = write!(md, " {p} |");
+    }
+    let _ = write!(md, "\n|---|---|");
+    for _ in &paths {
+        md.push_str("--:|");
+    }
+    md.push('\n');
+    for w in workloads(run) {
+        for &m in absolute(w) {
+            let _ = write!(md, "| {} | {} |", w.name(), metric_label(m));
+            for p in &paths {
+                let cell = run
+                    .spread(p, w.name(), m)
+                    .map_or_else(|| "–".to_owned(), |s| spread_cell(m, s));
+                let _ = write!(md, " {cell} |");
+            }
+            md.push('\n');
+        }
+    }
+    md.push('\n');
+}
+
+fn router_costs(md: &mut String, run: &RunResult) {
+    let router_paths: Vec<&str> = run
+        .paths
+        .iter()
+        .filter(|p| p.measured && p.kind == PathKind::Router)
+        .map(|p| p.name.as_str())
+        .collect();
+    if router_paths.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## What the routers spent (medians)\n");
+    let _ = writeln!(
+        md,
+        "CPU is user + system time of every router of the path over the counted window, per GiB \
+         the receiving pod got; peak RSS is the largest router's VmHWM during the window; \
+         datagrams per call is the batching factor of UDP sends and receives (GSO/GRO).\n"
+    );
+    let _ = write!(md, "| path | workload |");
+    for (_, label) in ROUTER_COLUMNS {
+        let _ = write!(md, " {label} |");
+    }
+    let _ = write!(md, "\n|---|---|");
+    for _ in ROUTER_COLUMNS {
+        md.push_str("--:|");
+    }
+    md.push('\n');
+    for path in router_paths {
+        for w in workloads(run) {
+            let _ = write!(md, "| {path} | {} |", w.name());
+            for (m, _) in ROUTER_COLUMNS {
+                let cell = run
+                    .median(path, w.name(), m)
+                    .map_or_else(|| "–".to_owned(), |v| format_value(m, v));
+                let _ = write!(md, " {cell} |");
+            }
+            md.push('\n');
+        }
+    }
+    md.push('\n');
+}
+
+fn failures(md: &mut String, run: &RunResult) {
+    let failed: Vec<_> = run.failures().collect();
+    if failed.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Failed measurements\n");
+    for s in failed {
+        let _ = writeln!(
+            md,
+            "- repeat {} {} {}: {}",
+            s.repeat,
+            s.path,
+            s.workload,
+            s.error.as_deref().unwrap_or("")
+        );
+    }
+    md.push('\n');
+}
+
+/// The row label of a metric in the absolute table.
+pub fn metric_label(m: Metric) -> &'static str {
+    match m {
+        Metric::ThroughputGbps => "Gbit/s",
+        Metric::PacketsPerSecond => "packets/s",
+        Metric::UdpLossPercent => "loss %",
+        Metric::RoundTripsPerSecond => "round trips/s",
+        Metric::LatencyP50Us => "p50 µs",
+        Metric::LatencyP90Us => "p90 µs",
+        Metric::LatencyP99Us => "p99 µs",
+        Metric::LatencyP999Us => "p99.9 µs",
+        Metric::RouterCpuSPerGib => "router CPU s/GiB",
+        Metric::RouterPeakRssMib => "router peak RSS MiB",
+        Metric::TxSegmentsPerCall => "tx datagrams/call",
+        Metric::RxSegmentsPerCall => "rx datagrams/call",
+    }
+}
+
+fn spread_cell(m: Metric, s: Spread) -> String {
+    if s.n < 2 {
+        return format_value(m, s.median);
+    }
+    format!(
+        "{} ({}–{})",
+        format_value(m, s.median),
+        format_value(m, s.min),
+        format_value(m, s.max)
+    )
+}
+
+/// A value of `m` as the reports print it.
+pub fn format_value(m: Metric, v: f64) -> String {
+    match m {
+        Metric::PacketsPerSecond | Metric::RoundTripsPerSecond => format_rate(v),
+        Metric::ThroughputGbps | Metric::RouterCpuSPerGib => format!("{v:.2}"),
+        Metric::UdpLossPercent
+        | Metric::LatencyP50Us
+        | Metric::LatencyP90Us
+        | Metric::LatencyP99Us
+        | Metric::LatencyP999Us
+        | Metric::RouterPeakRssMib
+        | Metric::TxSegmentsPerCall
+        | Metric::RxSegmentsPerCall => format!("{v:.1}"),
+    }
+}
+
+/// A rate with a k/M suffix: `1.23M`, `456k`, `789`.
+pub fn format_rate(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::result::tests::sample_run;
+
+    #[test]
+    fn ratios_are_against_vxlan_and_baseline_is_one() {
+        let run = sample_run();
+
+        let md = render_markdown(&run);
+
+        // vxlan tcp1 is 4 Gbit/s and sleeve-epoll 3 Gbit/s in the sample run.
+        let line = md
+            .lines()
+            .find(|l| l.starts_with("| sleeve-epoll |"))
+            .unwrap_or_else(|| panic!("no sleeve-epoll row:\n{md}"));
+        assert!(line.starts_with("| sleeve-epoll | 0.75× |"), "{line}");
+        let base = md.lines().find(|l| l.starts_with("| vxlan |")).unwrap();
+        assert!(base.starts_with("| vxlan | 1.00× | 1.00× |"), "{base}");
+    }
+
+    #[test]
+    fn report_names_the_machine_and_the_missing_fast_datapath() {
+        let md = render_markdown(&sample_run());
+
+        assert!(md.contains("Linux 6.1.0-test, 2 cores"), "{md}");
+        assert!(md.contains("commit 0123abcd"), "{md}");
+        assert!(md.contains("- fastdp: not available"), "{md}");
+        assert!(md.contains("| sleeve-io-uring | tcp1 | 0.50 |"), "{md}");
+        assert!(md.contains("| tcp1 | Gbit/s | 4.00 (3.90–4.10) |"), "{md}");
+    }
+
+    #[test]
+    fn kernel_paths_show_dashes_for_router_figures_and_no_router_rows() {
+        let md = render_markdown(&sample_run());
+
+        assert!(!md.contains("| vxlan | tcp1 |"), "{md}");
+    }
+
+    #[test]
+    fn without_the_baseline_there_are_no_ratios() {
+        let mut run = sample_run();
+        run.paths.retain(|p| p.name != "vxlan");
+
+        let md = render_markdown(&run);
+
+        assert!(md.contains("did not measure `vxlan`"), "{md}");
+    }
+
+    #[test]
+    fn rates_get_suffixes() {
+        assert_eq!(format_rate(1_234_567.0), "1.23M");
+        assert_eq!(format_rate(45_600.0), "46k");
+        assert_eq!(format_rate(789.0), "789");
+    }
+}

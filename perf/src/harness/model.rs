@@ -1,0 +1,493 @@
+//! What the harness measures: the paths traffic takes, the workloads sent over them, the
+//! metrics taken from each measurement, and the order the measurements run in. Pure data.
+
+use serde::{Deserialize, Serialize};
+
+use crate::load;
+
+/// A way for traffic to get from one pod to another, measured side by side with the others.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetPath {
+    /// The kernel's VXLAN overlay: the baseline every ratio is taken against.
+    Vxlan,
+    /// The plain underlay, host namespace to host namespace: the ceiling.
+    Veth,
+    /// weave-router's sleeve on the io_uring backend.
+    SleeveIoUring,
+    /// weave-router's sleeve on the epoll backend.
+    SleeveEpoll,
+    /// weave-router's sleeve on io_uring with GSO/GRO and TAP offloads off.
+    SleeveNoGso,
+    /// weave-router's fast datapath (not written yet).
+    Fastdp,
+}
+
+/// Which kind of thing carries a path's traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathKind {
+    /// The kernel alone, through an overlay device.
+    Kernel,
+    /// The kernel alone, without an overlay.
+    Underlay,
+    /// weave-router processes.
+    Router,
+}
+
+impl NetPath {
+    /// Every path, in the order reports list them.
+    pub const ALL: [NetPath; 6] = [
+        NetPath::Vxlan,
+        NetPath::Veth,
+        NetPath::SleeveIoUring,
+        NetPath::SleeveEpoll,
+        NetPath::SleeveNoGso,
+        NetPath::Fastdp,
+    ];
+
+    /// The baseline of every ratio.
+    pub const BASELINE: NetPath = NetPath::Vxlan;
+
+    /// The name used on the command line and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            NetPath::Vxlan => "vxlan",
+            NetPath::Veth => "veth",
+            NetPath::SleeveIoUring => "sleeve-io-uring",
+            NetPath::SleeveEpoll => "sleeve-epoll",
+            NetPath::SleeveNoGso => "sleeve-no-gso",
+            NetPath::Fastdp => "fastdp",
+        }
+    }
+
+    /// The path called `name`, if any.
+    pub fn from_name(name: &str) -> Option<NetPath> {
+        NetPath::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// One line saying what the path is.
+    pub fn description(self) -> &'static str {
+        match self {
+            NetPath::Vxlan => "kernel VXLAN overlay (vxlan device on a Linux bridge), pod MTU 1450",
+            NetPath::Veth => "plain underlay veth, host namespace to host namespace, no overlay",
+            NetPath::SleeveIoUring => "weave-router sleeve, --dataplane io-uring, pod MTU 1438",
+            NetPath::SleeveEpoll => "weave-router sleeve, --dataplane epoll, pod MTU 1438",
+            NetPath::SleeveNoGso => {
+                "weave-router sleeve, --dataplane io-uring --offload off (one datagram per system call)"
+            }
+            NetPath::Fastdp => "weave-router fast datapath",
+        }
+    }
+
+    /// What carries the traffic.
+    pub fn kind(self) -> PathKind {
+        match self {
+            NetPath::Vxlan => PathKind::Kernel,
+            NetPath::Veth => PathKind::Underlay,
+            NetPath::SleeveIoUring | NetPath::SleeveEpoll | NetPath::SleeveNoGso => {
+                PathKind::Router
+            }
+            NetPath::Fastdp => PathKind::Router,
+        }
+    }
+
+    /// `Err(why)` for a path the harness cannot build yet.
+    pub fn availability(self) -> Result<(), &'static str> {
+        match self {
+            NetPath::Vxlan
+            | NetPath::Veth
+            | NetPath::SleeveIoUring
+            | NetPath::SleeveEpoll
+            | NetPath::SleeveNoGso => Ok(()),
+            NetPath::Fastdp => Err("not available: weave-router has no fast datapath yet"),
+        }
+    }
+
+    /// The MTU of the pods' `eth0`; `None` where traffic runs between host namespaces.
+    pub fn pod_mtu(self) -> Option<u32> {
+        match self {
+            // 1500 minus the 50 bytes of outer Ethernet, IPv4, UDP and VXLAN headers.
+            NetPath::Vxlan => Some(1450),
+            NetPath::Veth => None,
+            // What the sleeve carries on a 1500-byte underlay.
+            NetPath::SleeveIoUring | NetPath::SleeveEpoll | NetPath::SleeveNoGso => Some(1438),
+            NetPath::Fastdp => Some(1376),
+        }
+    }
+
+    /// The `weave-router launch` flags that select this path; empty for kernel paths.
+    pub fn router_args(self) -> &'static [&'static str] {
+        match self {
+            NetPath::Vxlan | NetPath::Veth | NetPath::Fastdp => &[],
+            NetPath::SleeveIoUring => &["--dataplane", "io-uring"],
+            NetPath::SleeveEpoll => &["--dataplane", "epoll"],
+            NetPath::SleeveNoGso => &["--dataplane", "io-uring", "--offload", "off"],
+        }
+    }
+
+    /// The default selection: every available path.
+    pub fn default_set() -> Vec<NetPath> {
+        NetPath::ALL
+            .into_iter()
+            .filter(|p| p.availability().is_ok())
+            .collect()
+    }
+}
+
+/// A traffic pattern sent over every path.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkloadName {
+    /// TCP bulk, one stream.
+    Tcp1,
+    /// TCP bulk, four streams.
+    Tcp4,
+    /// UDP, 64-byte payloads, two sender threads: packets per second.
+    Udp64,
+    /// UDP, 1400-byte payloads, two sender threads: packets per second.
+    Udp1400,
+    /// TCP request/response of one byte each way: round-trip latency.
+    Rr,
+}
+
+impl WorkloadName {
+    /// Every workload, in the order reports list them.
+    pub const ALL: [WorkloadName; 5] = [
+        WorkloadName::Tcp1,
+        WorkloadName::Tcp4,
+        WorkloadName::Udp64,
+        WorkloadName::Udp1400,
+        WorkloadName::Rr,
+    ];
+
+    /// The name used on the command line and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkloadName::Tcp1 => "tcp1",
+            WorkloadName::Tcp4 => "tcp4",
+            WorkloadName::Udp64 => "udp64",
+            WorkloadName::Udp1400 => "udp1400",
+            WorkloadName::Rr => "rr",
+        }
+    }
+
+    /// The workload called `name`, if any.
+    pub fn from_name(name: &str) -> Option<WorkloadName> {
+        WorkloadName::ALL.into_iter().find(|w| w.name() == name)
+    }
+
+    /// What the load client runs for it.
+    pub fn spec(self) -> WorkloadSpec {
+        let (workload, streams, size) = match self {
+            WorkloadName::Tcp1 => (load::Workload::Tcp, 1, 0),
+            WorkloadName::Tcp4 => (load::Workload::Tcp, 4, 0),
+            WorkloadName::Udp64 => (load::Workload::Udp, 2, 64),
+            // 1400 bytes of payload plus 28 of IPv4 and UDP fit every path's MTU.
+            WorkloadName::Udp1400 => (load::Workload::Udp, 2, 1400),
+            WorkloadName::Rr => (load::Workload::Rr, 1, 1),
+        };
+        WorkloadSpec {
+            workload,
+            streams,
+            size,
+        }
+    }
+
+    /// The metrics a measurement of this workload yields on a path of `kind`, in report
+    /// order. Router-only metrics are listed for every kind (null where no router runs).
+    pub fn metrics(self) -> &'static [Metric] {
+        match self {
+            WorkloadName::Tcp1 | WorkloadName::Tcp4 => &[
+                Metric::ThroughputGbps,
+                Metric::RouterCpuSPerGib,
+                Metric::RouterPeakRssMib,
+                Metric::TxSegmentsPerCall,
+                Metric::RxSegmentsPerCall,
+            ],
+            WorkloadName::Udp64 | WorkloadName::Udp1400 => &[
+                Metric::PacketsPerSecond,
+                Metric::ThroughputGbps,
+                Metric::UdpLossPercent,
+                Metric::RouterCpuSPerGib,
+                Metric::RouterPeakRssMib,
+                Metric::TxSegmentsPerCall,
+                Metric::RxSegmentsPerCall,
+            ],
+            WorkloadName::Rr => &[
+                Metric::LatencyP50Us,
+                Metric::LatencyP90Us,
+                Metric::LatencyP99Us,
+                Metric::LatencyP999Us,
+                Metric::RoundTripsPerSecond,
+                Metric::RouterPeakRssMib,
+                Metric::TxSegmentsPerCall,
+                Metric::RxSegmentsPerCall,
+            ],
+        }
+    }
+}
+
+/// The load client's arguments for one workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkloadSpec {
+    /// The client's workload.
+    pub workload: load::Workload,
+    /// Streams (tcp) or sender threads (udp).
+    pub streams: usize,
+    /// Payload bytes (udp, rr); 0 for tcp.
+    pub size: usize,
+}
+
+/// A figure taken from one measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Metric {
+    /// Payload bits per second received, in Gbit/s.
+    ThroughputGbps,
+    /// UDP packets per second received.
+    PacketsPerSecond,
+    /// Share of UDP packets sent that did not arrive, in percent.
+    UdpLossPercent,
+    /// Round trips per second (rr).
+    RoundTripsPerSecond,
+    /// Median round trip, µs.
+    LatencyP50Us,
+    /// 90th percentile round trip, µs.
+    LatencyP90Us,
+    /// 99th percentile round trip, µs.
+    LatencyP99Us,
+    /// 99.9th percentile round trip, µs.
+    LatencyP999Us,
+    /// CPU seconds (user + system) of all routers of the path per GiB received.
+    RouterCpuSPerGib,
+    /// Largest peak resident set of the path's routers during the measurement, MiB.
+    RouterPeakRssMib,
+    /// Sleeve datagrams per UDP send call, over the path's routers.
+    TxSegmentsPerCall,
+    /// Sleeve datagrams per UDP receive call, over the path's routers.
+    RxSegmentsPerCall,
+}
+
+/// Whether a bigger value of a metric is the better one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    /// More is better (throughput).
+    Higher,
+    /// Less is better (latency, cost).
+    Lower,
+}
+
+impl Metric {
+    /// Every metric.
+    pub const ALL: [Metric; 12] = [
+        Metric::ThroughputGbps,
+        Metric::PacketsPerSecond,
+        Metric::UdpLossPercent,
+        Metric::RoundTripsPerSecond,
+        Metric::LatencyP50Us,
+        Metric::LatencyP90Us,
+        Metric::LatencyP99Us,
+        Metric::LatencyP999Us,
+        Metric::RouterCpuSPerGib,
+        Metric::RouterPeakRssMib,
+        Metric::TxSegmentsPerCall,
+        Metric::RxSegmentsPerCall,
+    ];
+
+    /// The key in result files.
+    pub fn key(self) -> &'static str {
+        match self {
+            Metric::ThroughputGbps => "throughput_gbps",
+            Metric::PacketsPerSecond => "packets_per_second",
+            Metric::UdpLossPercent => "udp_loss_percent",
+            Metric::RoundTripsPerSecond => "round_trips_per_second",
+            Metric::LatencyP50Us => "latency_p50_us",
+            Metric::LatencyP90Us => "latency_p90_us",
+            Metric::LatencyP99Us => "latency_p99_us",
+            Metric::LatencyP999Us => "latency_p999_us",
+            Metric::RouterCpuSPerGib => "router_cpu_s_per_gib",
+            Metric::RouterPeakRssMib => "router_peak_rss_mib",
+            Metric::TxSegmentsPerCall => "tx_segments_per_call",
+            Metric::RxSegmentsPerCall => "rx_segments_per_call",
+        }
+    }
+
+    /// The metric stored under `key`, if known.
+    pub fn from_key(key: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.key() == key)
+    }
+
+    /// Its unit as printed.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::ThroughputGbps => "Gbit/s",
+            Metric::PacketsPerSecond => "pps",
+            Metric::UdpLossPercent => "%",
+            Metric::RoundTripsPerSecond => "1/s",
+            Metric::LatencyP50Us
+            | Metric::LatencyP90Us
+            | Metric::LatencyP99Us
+            | Metric::LatencyP999Us => "µs",
+            Metric::RouterCpuSPerGib => "s/GiB",
+            Metric::RouterPeakRssMib => "MiB",
+            Metric::TxSegmentsPerCall | Metric::RxSegmentsPerCall => "per call",
+        }
+    }
+
+    /// Which direction is an improvement.
+    pub fn better(self) -> Better {
+        match self {
+            Metric::ThroughputGbps
+            | Metric::PacketsPerSecond
+            | Metric::RoundTripsPerSecond
+            | Metric::TxSegmentsPerCall
+            | Metric::RxSegmentsPerCall => Better::Higher,
+            Metric::UdpLossPercent
+            | Metric::LatencyP50Us
+            | Metric::LatencyP90Us
+            | Metric::LatencyP99Us
+            | Metric::LatencyP999Us
+            | Metric::RouterCpuSPerGib
+            | Metric::RouterPeakRssMib => Better::Lower,
+        }
+    }
+
+    /// Whether only a router can report it (null on kernel paths).
+    pub fn router_only(self) -> bool {
+        match self {
+            Metric::RouterCpuSPerGib
+            | Metric::RouterPeakRssMib
+            | Metric::TxSegmentsPerCall
+            | Metric::RxSegmentsPerCall => true,
+            Metric::ThroughputGbps
+            | Metric::PacketsPerSecond
+            | Metric::UdpLossPercent
+            | Metric::RoundTripsPerSecond
+            | Metric::LatencyP50Us
+            | Metric::LatencyP90Us
+            | Metric::LatencyP99Us
+            | Metric::LatencyP999Us => false,
+        }
+    }
+}
+
+/// One measurement of the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// 1-based repeat.
+    pub repeat: usize,
+    /// The workload.
+    pub workload: WorkloadName,
+    /// The path.
+    pub path: NetPath,
+}
+
+/// The order of measurements: for each repeat, for each workload, every path, with the
+/// path order rotated by one per repeat, so that slow drift of a noisy machine (another
+/// job starting, the CPU warming up) falls on every path rather than on whichever runs last.
+pub fn schedule(paths: &[NetPath], workloads: &[WorkloadName], repeats: usize) -> Vec<Step> {
+    let mut steps = Vec::with_capacity(paths.len() * workloads.len() * repeats);
+    for r in 0..repeats {
+        for &workload in workloads {
+            for i in 0..paths.len() {
+                steps.push(Step {
+                    repeat: r + 1,
+                    workload,
+                    path: paths[(i + r) % paths.len()],
+                });
+            }
+        }
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_interleaves_paths_and_rotates_per_repeat() {
+        let paths = [NetPath::Vxlan, NetPath::Veth, NetPath::SleeveEpoll];
+        let workloads = [WorkloadName::Tcp1, WorkloadName::Rr];
+
+        let steps = schedule(&paths, &workloads, 2);
+
+        let shown: Vec<String> = steps
+            .iter()
+            .map(|s| format!("{}:{}:{}", s.repeat, s.workload.name(), s.path.name()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "1:tcp1:vxlan",
+                "1:tcp1:veth",
+                "1:tcp1:sleeve-epoll",
+                "1:rr:vxlan",
+                "1:rr:veth",
+                "1:rr:sleeve-epoll",
+                "2:tcp1:veth",
+                "2:tcp1:sleeve-epoll",
+                "2:tcp1:vxlan",
+                "2:rr:veth",
+                "2:rr:sleeve-epoll",
+                "2:rr:vxlan",
+            ]
+        );
+    }
+
+    #[test]
+    fn schedule_of_nothing_is_empty() {
+        assert!(schedule(&[], &WorkloadName::ALL, 3).is_empty());
+        assert!(schedule(&[NetPath::Vxlan], &WorkloadName::ALL, 0).is_empty());
+    }
+
+    #[test]
+    fn names_round_trip_and_match_clap() {
+        use clap::ValueEnum as _;
+        for p in NetPath::ALL {
+            assert_eq!(NetPath::from_name(p.name()), Some(p));
+            let clap_name = p.to_possible_value().map(|v| v.get_name().to_owned());
+            assert_eq!(clap_name.as_deref(), Some(p.name()));
+        }
+        for w in WorkloadName::ALL {
+            assert_eq!(WorkloadName::from_name(w.name()), Some(w));
+            let clap_name = w.to_possible_value().map(|v| v.get_name().to_owned());
+            assert_eq!(clap_name.as_deref(), Some(w.name()));
+        }
+        for m in Metric::ALL {
+            assert_eq!(Metric::from_key(m.key()), Some(m));
+        }
+    }
+
+    #[test]
+    fn fast_datapath_is_listed_but_not_selected_by_default() {
+        assert!(NetPath::Fastdp.availability().is_err());
+        assert!(!NetPath::default_set().contains(&NetPath::Fastdp));
+        assert_eq!(NetPath::default_set().len(), 5);
+        assert_eq!(NetPath::default_set()[0], NetPath::BASELINE);
+    }
+}

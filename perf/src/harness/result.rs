@@ -1,0 +1,626 @@
+//! The result file of one run: machine facts, settings, every raw sample and the summary.
+//!
+//! Paths, workloads and metrics are stored by name, so that a file written by an older or a
+//! newer weave-perf (with a path such as `fastdp` joining) still loads for `compare`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{Metric, NetPath, PathKind, WorkloadName};
+use crate::load::LoadResult;
+
+/// The `schema` value of every result file.
+pub const SCHEMA: &str = "weave-perf-run";
+/// The version of the layout below; bumped when a field changes meaning or goes away.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One run of `weave-perf run`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// [`SCHEMA_VERSION`] of the writer.
+    pub schema_version: u32,
+    /// When the run started, UTC, RFC 3339.
+    pub started_utc: String,
+    /// When the last measurement ended, UTC, RFC 3339.
+    pub finished_utc: String,
+    /// The machine it ran on.
+    pub machine: MachineFacts,
+    /// How it was run.
+    pub settings: Settings,
+    /// Every path measured, then every path known but not available.
+    pub paths: Vec<PathInfo>,
+    /// Every workload measured.
+    pub workloads: Vec<WorkloadInfo>,
+    /// Every measurement, in the order taken.
+    pub samples: Vec<Sample>,
+    /// Median and spread per path, workload and metric.
+    pub summary: Vec<SummaryRow>,
+}
+
+/// Facts about the machine a run was taken on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineFacts {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Online CPUs.
+    pub cores: usize,
+    /// `model name` from /proc/cpuinfo.
+    pub cpu_model: Option<String>,
+    /// MemTotal, bytes.
+    pub memory_bytes: Option<u64>,
+    /// The 1-minute load average when the run started: other work on the machine.
+    pub load_average: Option<f64>,
+    /// `git rev-parse HEAD` of the working tree, if it is one.
+    pub git_commit: Option<String>,
+    /// Whether the working tree had uncommitted changes.
+    pub git_dirty: Option<bool>,
+    /// `weave-router --version`.
+    pub router_version: Option<String>,
+    /// The weave-router binary used.
+    pub router_bin: String,
+    /// The command line of the run.
+    pub command_line: Vec<String>,
+}
+
+/// The settings of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Measurements of each path and workload.
+    pub repeats: usize,
+    /// Counted seconds per measurement.
+    pub seconds: f64,
+    /// Seconds of traffic before counting starts.
+    pub warmup: f64,
+    /// Hosts per path (all routers of a path meshed); traffic goes host1 → host2.
+    pub hosts_per_path: usize,
+    /// Data-plane workers per router (`None`: the router's default, one per CPU).
+    pub router_workers: Option<usize>,
+    /// Whether `--quick` was given.
+    pub quick: bool,
+}
+
+/// A path as a run saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathInfo {
+    /// Its name ([`NetPath::name`]).
+    pub name: String,
+    /// What it is.
+    pub description: String,
+    /// What carries its traffic.
+    pub kind: PathKind,
+    /// Whether it was measured in this run.
+    pub measured: bool,
+    /// Why it was not measured, if it was not.
+    pub note: Option<String>,
+    /// The pods' MTU (`None`: host namespaces talk directly).
+    pub pod_mtu: Option<u32>,
+    /// The flags given to `weave-router launch`.
+    pub router_args: Vec<String>,
+}
+
+impl PathInfo {
+    /// The record of `path`, measured or not.
+    pub fn new(path: NetPath, measured: bool) -> Self {
+        let note = match (measured, path.availability()) {
+            (true, _) => None,
+            (false, Err(why)) => Some(why.to_owned()),
+            (false, Ok(())) => Some("not selected".to_owned()),
+        };
+        PathInfo {
+            name: path.name().to_owned(),
+            description: path.description().to_owned(),
+            kind: path.kind(),
+            measured,
+            note,
+            pod_mtu: path.pod_mtu(),
+            router_args: path.router_args().iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// A workload as a run sent it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadInfo {
+    /// Its name ([`WorkloadName::name`]).
+    pub name: String,
+    /// `tcp`, `udp` or `rr`.
+    pub kind: String,
+    /// TCP streams or UDP sender threads.
+    pub streams: usize,
+    /// Payload bytes per packet or request (0 for tcp).
+    pub size: usize,
+}
+
+impl WorkloadInfo {
+    /// The record of `workload`.
+    pub fn new(workload: WorkloadName) -> Self {
+        let spec = workload.spec();
+        let kind = match spec.workload {
+            crate::load::Workload::Tcp => "tcp",
+            crate::load::Workload::Udp => "udp",
+            crate::load::Workload::Rr => "rr",
+        };
+        WorkloadInfo {
+            name: workload.name().to_owned(),
+            kind: kind.to_owned(),
+            streams: spec.streams,
+            size: spec.size,
+        }
+    }
+}
+
+/// One measurement: one workload over one path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// 1-based position in the run.
+    pub index: usize,
+    /// 1-based repeat.
+    pub repeat: usize,
+    /// The path's name.
+    pub path: String,
+    /// The workload's name.
+    pub workload: String,
+    /// Seconds between the router samples taken at the start and end of counting.
+    pub window_s: f64,
+    /// The load client's result as it printed it.
+    pub load: Option<serde_json::Value>,
+    /// The routers' raw counters over the window (router paths only).
+    pub router: Option<RouterSample>,
+    /// The figures derived from the two above; null where they do not apply.
+    pub metrics: BTreeMap<String, Option<f64>>,
+    /// Why the measurement failed, if it did (then `metrics` is empty).
+    pub error: Option<String>,
+}
+
+/// Raw router figures of one measurement, summed (or, for memory, maxed) over a path's routers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouterSample {
+    /// Router processes read.
+    pub processes: usize,
+    /// User + system CPU seconds consumed during the window.
+    pub cpu_s: f64,
+    /// Largest VmHWM after the window (reset at its start where the kernel allows), KiB.
+    pub peak_rss_kib: u64,
+    /// Sleeve datagrams sent during the window.
+    pub tx_datagrams: u64,
+    /// UDP send calls during the window.
+    pub tx_calls: u64,
+    /// Sleeve datagrams received during the window.
+    pub rx_datagrams: u64,
+    /// UDP receive calls during the window.
+    pub rx_calls: u64,
+}
+
+/// Median and spread of one metric of one path and workload.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    /// Median of the samples (mean of the middle two for an even count).
+    pub median: f64,
+    /// Smallest sample.
+    pub min: f64,
+    /// Largest sample.
+    pub max: f64,
+    /// Samples it was taken over.
+    pub n: usize,
+}
+
+impl Spread {
+    /// The spread of `values`; `None` when there are none.
+    pub fn of(values: &[f64]) -> Option<Spread> {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = match n % 2 {
+            1 => v[n / 2],
+            _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        };
+        Some(Spread {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            n,
+        })
+    }
+}
+
+/// The summary of one path and workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SummaryRow {
+    /// The path's name.
+    pub path: String,
+    /// The workload's name.
+    pub workload: String,
+    /// Successful samples.
+    pub samples: usize,
+    /// Failed samples.
+    pub failed: usize,
+    /// Per metric key: its spread, or null where it does not apply.
+    pub metrics: BTreeMap<String, Option<Spread>>,
+}
+
+impl RunResult {
+    /// The summary row of `path` and `workload`, if the run has one.
+    pub fn row(&self, path: &str, workload: &str) -> Option<&SummaryRow> {
+        self.summary
+            .iter()
+            .find(|r| r.path == path && r.workload == workload)
+    }
+
+    /// The median of `metric` for `path` and `workload`, if measured.
+    pub fn median(&self, path: &str, workload: &str, metric: Metric) -> Option<f64> {
+        self.spread(path, workload, metric).map(|s| s.median)
+    }
+
+    /// The spread of `metric` for `path` and `workload`, if measured.
+    pub fn spread(&self, path: &str, workload: &str, metric: Metric) -> Option<Spread> {
+        self.row(path, workload)?
+            .metrics
+            .get(metric.key())
+            .copied()
+            .flatten()
+    }
+
+    /// Names of the paths measured, in run order.
+    pub fn measured_paths(&self) -> Vec<&str> {
+        self.paths
+            .iter()
+            .filter(|p| p.measured)
+            .map(|p| p.name.as_str())
+            .collect()
+    }
+
+    /// Samples that failed.
+    pub fn failures(&self) -> impl Iterator<Item = &Sample> {
+        self.samples.iter().filter(|s| s.error.is_some())
+    }
+}
+
+/// The figures of one measurement from the load client's result and, on router paths, the
+/// routers' counters. Every metric of the workload gets a key; what does not apply is null.
+///
+/// The routers are sampled over `window_s` seconds inside the client's counted window, so CPU
+/// per GiB is the routers' CPU rate over the pod's receive rate rather than a quotient of two
+/// totals taken over slightly different spans.
+pub fn derive_metrics(
+    workload: WorkloadName,
+    load: &LoadResult,
+    router: Option<&RouterSample>,
+    window_s: f64,
+) -> BTreeMap<String, Option<f64>> {
+    let gib_per_s = (load.seconds > 0.0)
+        .then(|| load.bytes_received as f64 / (1u64 << 30) as f64 / load.seconds)
+        .filter(|&r| r > 0.0);
+    let ratio = |num: u64, den: u64| (den > 0).then(|| num as f64 / den as f64);
+    workload
+        .metrics()
+        .iter()
+        .map(|&m| {
+            let value = match m {
+                Metric::ThroughputGbps => Some(load.bits_per_second / 1e9),
+                Metric::PacketsPerSecond => Some(load.packets_per_second),
+                Metric::UdpLossPercent => (load.packets_sent > 0).then(|| {
+                    let lost = load.packets_sent.saturating_sub(load.packets_received);
+                    100.0 * lost as f64 / load.packets_sent as f64
+                }),
+                Metric::RoundTripsPerSecond => Some(load.packets_per_second),
+                Metric::LatencyP50Us => load.latency.as_ref().map(|l| l.p50_us),
+                Metric::LatencyP90Us => load.latency.as_ref().map(|l| l.p90_us),
+                Metric::LatencyP99Us => load.latency.as_ref().map(|l| l.p99_us),
+                Metric::LatencyP999Us => load.latency.as_ref().map(|l| l.p999_us),
+                Metric::RouterCpuSPerGib => router
+                    .filter(|_| window_s > 0.0)
+                    .and_then(|r| gib_per_s.map(|g| r.cpu_s / window_s / g)),
+                Metric::RouterPeakRssMib => router.map(|r| r.peak_rss_kib as f64 / 1024.0),
+                Metric::TxSegmentsPerCall => router.and_then(|r| ratio(r.tx_datagrams, r.tx_calls)),
+                Metric::RxSegmentsPerCall => router.and_then(|r| ratio(r.rx_datagrams, r.rx_calls)),
+            };
+            (m.key().to_owned(), value)
+        })
+        .collect()
+}
+
+/// The summary of `samples`: one row per path and workload (in the order given), each
+/// metric's spread over the successful samples.
+pub fn summarize(paths: &[String], workloads: &[String], samples: &[Sample]) -> Vec<SummaryRow> {
+    let mut rows = Vec::new();
+    for workload in workloads {
+        for path in paths {
+            let mine: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| &s.path == path && &s.workload == workload)
+                .collect();
+            let ok: Vec<&Sample> = mine.iter().copied().filter(|s| s.error.is_none()).collect();
+            let mut keys: Vec<&String> = ok.iter().flat_map(|s| s.metrics.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            let metrics = keys
+                .into_iter()
+                .map(|k| {
+                    let values: Vec<f64> = ok
+                        .iter()
+                        .filter_map(|s| s.metrics.get(k).copied().flatten())
+                        .collect();
+                    (k.clone(), Spread::of(&values))
+                })
+                .collect();
+            rows.push(SummaryRow {
+                path: path.clone(),
+                workload: workload.clone(),
+                samples: ok.len(),
+                failed: mine.len() - ok.len(),
+                metrics,
+            });
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::load::{Latency, Workload};
+
+    pub(crate) fn load_result(workload: Workload, bps: f64, pps: f64) -> LoadResult {
+        LoadResult {
+            workload,
+            streams: 1,
+            size: 0,
+            seconds: 1.0,
+            bytes_received: (bps / 8.0) as u64,
+            packets_sent: if workload == Workload::Tcp { 0 } else { 1000 },
+            packets_received: if workload == Workload::Tcp { 0 } else { 900 },
+            bits_per_second: bps,
+            packets_per_second: pps,
+            latency: (workload == Workload::Rr).then_some(Latency {
+                p50_us: 20.0,
+                p90_us: 30.0,
+                p99_us: 50.0,
+                p999_us: 90.0,
+                mean_us: 22.0,
+                samples: 1000,
+            }),
+        }
+    }
+
+    /// A run of every available path and workload, three repeats, with values chosen so that
+    /// medians are round: path factors vxlan 1, veth 2, io-uring 0.9, epoll 0.75, no-gso 0.4
+    /// (inverted for lower-is-better metrics), repeats at -2.5 %, 0, +2.5 %.
+    pub(crate) fn sample_run() -> RunResult {
+        let paths = NetPath::default_set();
+        let factor = |p: NetPath| match p {
+            NetPath::Vxlan => 1.0,
+            NetPath::Veth => 2.0,
+            NetPath::SleeveIoUring => 0.9,
+            NetPath::SleeveEpoll => 0.75,
+            NetPath::SleeveNoGso => 0.4,
+            NetPath::Fastdp => 1.0,
+        };
+        let base = |w: WorkloadName, m: Metric| match (w, m) {
+            (WorkloadName::Tcp1, Metric::ThroughputGbps) => 4.0,
+            (WorkloadName::Tcp4, Metric::ThroughputGbps) => 6.0,
+            (_, Metric::ThroughputGbps) => 0.5,
+            (WorkloadName::Udp64, Metric::PacketsPerSecond) => 400_000.0,
+            (_, Metric::PacketsPerSecond) => 150_000.0,
+            (_, Metric::UdpLossPercent) => 2.0,
+            (_, Metric::RoundTripsPerSecond) => 20_000.0,
+            (_, Metric::LatencyP50Us) => 40.0,
+            (_, Metric::LatencyP90Us) => 55.0,
+            (_, Metric::LatencyP99Us) => 80.0,
+            (_, Metric::LatencyP999Us) => 200.0,
+            (_, Metric::RouterCpuSPerGib) => 0.45,
+            (_, Metric::RouterPeakRssMib) => 9.0,
+            (_, Metric::TxSegmentsPerCall) => 18.0,
+            (_, Metric::RxSegmentsPerCall) => 9.0,
+        };
+        let mut samples = Vec::new();
+        for step in crate::harness::model::schedule(&paths, &WorkloadName::ALL, 3) {
+            let jitter = 1.0 + (step.repeat as f64 - 2.0) * 0.025;
+            let f = factor(step.path);
+            let metrics = step
+                .workload
+                .metrics()
+                .iter()
+                .map(|&m| {
+                    let scale = match m.better() {
+                        crate::harness::model::Better::Higher => f,
+                        crate::harness::model::Better::Lower => 1.0 / f,
+                    };
+                    let applies = !m.router_only() || step.path.kind() == PathKind::Router;
+                    let value = applies.then(|| base(step.workload, m) * scale * jitter);
+                    (m.key().to_owned(), value)
+                })
+                .collect();
+            samples.push(Sample {
+                index: samples.len() + 1,
+                repeat: step.repeat,
+                path: step.path.name().to_owned(),
+                workload: step.workload.name().to_owned(),
+                window_s: 1.0,
+                load: None,
+                router: None,
+                metrics,
+                error: None,
+            });
+        }
+        let path_names: Vec<String> = paths.iter().map(|p| p.name().to_owned()).collect();
+        let workload_names: Vec<String> = WorkloadName::ALL
+            .iter()
+            .map(|w| w.name().to_owned())
+            .collect();
+        let summary = summarize(&path_names, &workload_names, &samples);
+        let mut infos: Vec<PathInfo> = paths.iter().map(|&p| PathInfo::new(p, true)).collect();
+        infos.push(PathInfo::new(NetPath::Fastdp, false));
+        RunResult {
+            schema: SCHEMA.to_owned(),
+            schema_version: SCHEMA_VERSION,
+            started_utc: "2026-11-25T22:15:00Z".to_owned(),
+            finished_utc: "2026-11-25T22:25:00Z".to_owned(),
+            machine: MachineFacts {
+                kernel: "6.1.0-test".to_owned(),
+                cores: 2,
+                cpu_model: Some("Test CPU".to_owned()),
+                memory_bytes: Some(8 << 30),
+                load_average: Some(0.5),
+                git_commit: Some("0123abcd".to_owned()),
+                git_dirty: Some(false),
+                router_version: Some("weave-router 0.1.0".to_owned()),
+                router_bin: "/x/weave-router".to_owned(),
+                command_line: vec!["weave-perf".to_owned(), "run".to_owned()],
+            },
+            settings: Settings {
+                repeats: 3,
+                seconds: 5.0,
+                warmup: 1.0,
+                hosts_per_path: 3,
+                router_workers: None,
+                quick: false,
+            },
+            paths: infos,
+            workloads: WorkloadName::ALL
+                .iter()
+                .map(|&w| WorkloadInfo::new(w))
+                .collect(),
+            samples,
+            summary,
+        }
+    }
+
+    /// Asserts that two runs are equal but for the last bits of floats: serde_json's default
+    /// float parser is fast rather than exact.
+    pub(crate) fn assert_same_run(a: &RunResult, b: &RunResult) {
+        fn same(a: &serde_json::Value, b: &serde_json::Value, at: &str) {
+            use serde_json::Value as V;
+            match (a, b) {
+                (V::Number(x), V::Number(y)) => {
+                    let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                    assert!(
+                        (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
+                        "{at}: {x} != {y}"
+                    );
+                }
+                (V::Array(x), V::Array(y)) => {
+                    assert_eq!(x.len(), y.len(), "{at}: lengths differ");
+                    for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                        same(x, y, &format!("{at}[{i}]"));
+                    }
+                }
+                (V::Object(x), V::Object(y)) => {
+                    let kx: Vec<_> = x.keys().collect();
+                    let ky: Vec<_> = y.keys().collect();
+                    assert_eq!(kx, ky, "{at}: keys differ");
+                    for (k, v) in x {
+                        same(v, &y[k], &format!("{at}.{k}"));
+                    }
+                }
+                (x, y) => assert_eq!(x, y, "{at}"),
+            }
+        }
+        let va = serde_json::to_value(a).unwrap();
+        let vb = serde_json::to_value(b).unwrap();
+        same(&va, &vb, "run");
+    }
+
+    #[test]
+    fn sample_run_survives_json() {
+        let run = sample_run();
+
+        let text = serde_json::to_string_pretty(&run).unwrap();
+        let back: RunResult = serde_json::from_str(&text).unwrap();
+
+        assert_same_run(&back, &run);
+        assert_eq!(
+            run.median("sleeve-epoll", "tcp1", Metric::ThroughputGbps),
+            Some(3.0)
+        );
+    }
+
+    #[test]
+    fn spread_takes_median_min_max() {
+        assert_eq!(Spread::of(&[]), None);
+        let odd = Spread::of(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((odd.median, odd.min, odd.max, odd.n), (2.0, 1.0, 3.0, 3));
+        let even = Spread::of(&[4.0, 1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(even.median, 2.5);
+        assert_eq!(Spread::of(&[f64::NAN, 5.0]).unwrap().n, 1);
+    }
+
+    #[test]
+    fn metrics_of_a_kernel_path_have_null_router_figures() {
+        let load = load_result(Workload::Tcp, 8e9, 0.0);
+
+        let m = derive_metrics(WorkloadName::Tcp1, &load, None, 1.0);
+
+        assert_eq!(m["throughput_gbps"], Some(8.0));
+        assert_eq!(m["router_cpu_s_per_gib"], None);
+        assert_eq!(m["tx_segments_per_call"], None);
+        assert!(!m.contains_key("latency_p50_us"));
+    }
+
+    #[test]
+    fn router_figures_are_per_gib_and_per_call() {
+        // 8 Gbit in one second is 1e9 bytes.
+        let load = load_result(Workload::Udp, 8e9, 1e6);
+        let router = RouterSample {
+            processes: 3,
+            cpu_s: 0.5,
+            peak_rss_kib: 2048,
+            tx_datagrams: 100,
+            tx_calls: 10,
+            rx_datagrams: 30,
+            rx_calls: 0,
+        };
+
+        // The routers were sampled over half a second: 1 CPU second per second.
+        let m = derive_metrics(WorkloadName::Udp64, &load, Some(&router), 0.5);
+
+        let per_gib = m["router_cpu_s_per_gib"].unwrap();
+        assert!((per_gib - 1.0 / (1e9 / 1073741824.0)).abs() < 1e-9);
+        assert_eq!(m["router_peak_rss_mib"], Some(2.0));
+        assert_eq!(m["tx_segments_per_call"], Some(10.0));
+        assert_eq!(m["rx_segments_per_call"], None);
+        assert_eq!(m["packets_per_second"], Some(1e6));
+        assert_eq!(m["udp_loss_percent"], Some(10.0));
+    }
+
+    #[test]
+    fn summary_skips_failed_samples_and_counts_them() {
+        let load = load_result(Workload::Tcp, 1e9, 0.0);
+        let sample = |repeat, gbps: f64, error: Option<&str>| Sample {
+            index: repeat,
+            repeat,
+            path: "vxlan".into(),
+            workload: "tcp1".into(),
+            window_s: 1.0,
+            load: None,
+            router: None,
+            metrics: match error {
+                Some(_) => BTreeMap::new(),
+                None => {
+                    let mut m = derive_metrics(WorkloadName::Tcp1, &load, None, 1.0);
+                    m.insert("throughput_gbps".into(), Some(gbps));
+                    m
+                }
+            },
+            error: error.map(str::to_owned),
+        };
+        let samples = [
+            sample(1, 1.0, None),
+            sample(2, 0.0, Some("boom")),
+            sample(3, 3.0, None),
+        ];
+
+        let rows = summarize(&["vxlan".into()], &["tcp1".into()], &samples);
+
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].samples, rows[0].failed), (2, 1));
+        let t = rows[0].metrics["throughput_gbps"].unwrap();
+        assert_eq!((t.median, t.min, t.max), (2.0, 1.0, 3.0));
+        assert_eq!(rows[0].metrics["router_cpu_s_per_gib"], None);
+    }
+}
