@@ -23,6 +23,18 @@ enum Cmd {
     Launch(LaunchArgs),
     /// Show a running router's status.
     Status(cli::StatusArgs),
+    /// Show a running router's traffic rates, drops, batching and peer round-trip times.
+    ///
+    /// Takes two samples of the router's /stats an interval apart and shows, per peer and
+    /// per data-plane worker, bits and packets per second in and out, drops by reason,
+    /// datagrams per send and per receive call, the overlay and MTU of each connection,
+    /// the data-plane backend, and round-trip percentiles. Round-trip times are the kernel's
+    /// smoothed RTT (TCP_INFO) of the mesh TCP connection to each peer, sampled by the
+    /// router once a second over the last 300 samples: Weave's heartbeats go one way only.
+    Stats(cli::StatsArgs),
+    /// Print a running router's Prometheus metrics page.
+    #[command(hide = true)]
+    Metrics(cli::MetricsArgs),
     /// Ask a running router to connect to peers.
     Connect(cli::ConnectArgs),
     /// Ask a running router to stop keeping peers connected.
@@ -55,6 +67,20 @@ fn run(args: Cli) -> anyhow::Result<()> {
         Cmd::Status(status) => {
             let stdout = std::io::stdout();
             match cli::status(&status, &mut stdout.lock()) {
+                Err(e) if e.is_broken_pipe() => Ok(()),
+                other => Ok(other?),
+            }
+        }
+        Cmd::Stats(stats) => {
+            let stdout = std::io::stdout();
+            match cli::stats::run(&stats, &mut stdout.lock()) {
+                Err(e) if e.is_broken_pipe() => Ok(()),
+                other => Ok(other?),
+            }
+        }
+        Cmd::Metrics(metrics) => {
+            let stdout = std::io::stdout();
+            match cli::metrics(&metrics, &mut stdout.lock()) {
                 Err(e) if e.is_broken_pipe() => Ok(()),
                 other => Ok(other?),
             }

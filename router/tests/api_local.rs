@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
+use weave_router::api::rtt::RttSummary;
+use weave_router::api::stats::Stats;
 use weave_router::api::{self, text, ApiRequest, ApiState};
 use weave_router::cli::{self, http, CliError, ClientError, StatusArgs, StatusPage};
 use weave_router::mesh::status::{Report, RouterStatus};
@@ -51,6 +53,12 @@ async fn start(answering: bool) -> Server {
                 ApiRequest::Status { reply } => {
                     let _ = reply.send(owner_status.clone());
                 }
+                ApiRequest::Stats { reply } => {
+                    let _ = reply.send(api::MeshSnapshot {
+                        router: owner_status.clone(),
+                        rtt: [("192.168.77.1:6783".to_string(), rtt())].into(),
+                    });
+                }
                 ApiRequest::Connect {
                     addrs,
                     replace,
@@ -77,6 +85,7 @@ async fn start(answering: bool) -> Server {
         requests: tx,
         port: 6783,
         dataplane: None,
+        started: std::time::Instant::now(),
     };
     let mut addrs = Vec::new();
     for app in [api::router(state.clone()), api::metrics_router(state)] {
@@ -93,6 +102,18 @@ async fn start(answering: bool) -> Server {
         orders,
         status,
         stop,
+    }
+}
+
+/// The RTT summary the stand-in owner reports for host1's connection.
+fn rtt() -> RttSummary {
+    RttSummary {
+        samples: 5,
+        last_us: 210,
+        p50_us: 200,
+        p90_us: 300,
+        p99_us: 400,
+        max_us: 400,
     }
 }
 
@@ -262,6 +283,25 @@ async fn metrics_count_connections() {
     assert!(body
         .lines()
         .any(|l| l == "weave_connection_terminations_total 0"));
+    // A real scrape parses as the exposition format, and the RTT of host1 is in it.
+    let samples = api::metrics::check_exposition(&body).unwrap();
+    let p90 = samples
+        .iter()
+        .find(|s| {
+            s.name == "weave_router_peer_rtt_seconds"
+                && s.label("nickname") == Some("host1")
+                && s.label("quantile") == Some("0.9")
+        })
+        .unwrap_or_else(|| panic!("no host1 p90 RTT in:\n{body}"));
+    assert_eq!(p90.value, 0.0003);
+    // The same page through the `metrics` client subcommand.
+    let printed = blocking(move || {
+        let mut out = Vec::new();
+        cli::metrics(&cli::MetricsArgs { metrics_addr: addr }, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    })
+    .await;
+    assert!(printed.ends_with("# EOF\n"), "{printed}");
     // The control API is not served on the metrics address.
     let err = blocking(move || http::get(addr, "/status", "text/plain").unwrap_err()).await;
     assert!(
@@ -388,4 +428,68 @@ fn two_daemons_on_loopback_connect_and_shut_down_on_sigterm() {
         r.router.connections.is_empty()
     });
     assert!(ra.router.termination_count >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_json_and_text_reports() {
+    let s = start(true).await;
+    let addr = s.api;
+    let raw: Stats = blocking(move || cli::stats::fetch(addr).unwrap()).await;
+    assert_eq!(raw.name, "aa:00:00:00:00:02");
+    assert_eq!(raw.dataplane, None);
+    let host1 = &raw.peers[0];
+    assert_eq!(host1.nickname, "host1");
+    assert_eq!(host1.rtt, Some(rtt()));
+    assert_eq!(host1.mtu, Some(1438));
+
+    let args = move |json| cli::StatsArgs {
+        http_addr: addr,
+        watch: false,
+        json,
+        interval: std::time::Duration::from_millis(50),
+        count: Some(2),
+    };
+    let (json, text) = blocking(move || {
+        let mut json = Vec::new();
+        cli::stats::run(&args(true), &mut json).unwrap();
+        let mut text = Vec::new();
+        cli::stats::run(&args(false), &mut text).unwrap();
+        (
+            String::from_utf8(json).unwrap(),
+            String::from_utf8(text).unwrap(),
+        )
+    })
+    .await;
+    let docs: Vec<cli::stats::StatsReport> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2, "{json}");
+    // The router's own clock: later samples are later, and nothing restarted.
+    assert!(docs[1].totals.monotonic_ns > docs[0].totals.monotonic_ns);
+    assert!(docs.iter().all(|d| !d.restarted && d.interval_s > 0.0));
+    assert_eq!(docs[0].peers[1].overlay.as_deref(), Some("sleeve"));
+    assert!(text.contains("aa:00:00:00:00:01(host1)"), "{text}");
+    assert!(text.contains("0.20/0.30/0.40/0.40 (5 samples)"), "{text}");
+    assert_eq!(text.matches("no data plane").count(), 2, "{text}");
+    let _ = s.stop.send(true);
+}
+
+#[test]
+fn stats_says_when_the_router_is_not_running() {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let args = cli::StatsArgs {
+        http_addr: addr,
+        watch: false,
+        json: false,
+        interval: std::time::Duration::from_millis(10),
+        count: None,
+    };
+    let err = cli::stats::run(&args, &mut Vec::new()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("cannot reach weave-router at {addr}:")),
+        "{text}"
+    );
+    assert!(text.ends_with("(is it running?)"), "{text}");
 }

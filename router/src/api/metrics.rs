@@ -1,25 +1,99 @@
-//! Prometheus text exposition of the router's counters, with Weave Net's metric names.
+//! The `/metrics` page, in the OpenMetrics text format that Prometheus scrapes, encoded by
+//! the `prometheus-client` crate.
+//!
+//! Weave Net's own series keep their names and labels (`weave_connections`,
+//! `weave_connection_terminations_total`) so existing dashboards and alerts keep working;
+//! the data plane's series are named `weave_router_*`. Nothing is registered ahead of time:
+//! each scrape builds a registry around one [`Scrape`] (the mesh snapshot and the `/stats`
+//! document, whose counters were just loaded from the workers' atomics), so the workers
+//! never see a lock or a metric handle.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::api::rtt::RttSummary;
+use crate::api::stats::{PeerStats, Stats, WorkerStats};
 use crate::api::text::CONNECTION_STATES;
 use crate::mesh::status::{LocalConnectionStatus, RouterStatus};
+
+/// The content type of the page (OpenMetrics 1.0 text).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The overlay every connection may use, so its series exist even before a connection does.
 const BASE_OVERLAY: &str = "sleeve";
 
-/// The `/metrics` page for a snapshot.
-///
-/// `weave_connections` has Weave's labels (`state`, `type` = overlay name or `unknown`,
+/// Everything one scrape shows.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    /// The mesh snapshot (connections and terminations).
+    pub router: RouterStatus,
+    /// The data-plane and per-peer counters.
+    pub stats: Stats,
+}
+
+/// The `/metrics` page for one scrape.
+pub fn render_metrics(scrape: Scrape) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(scrape));
+    let mut out = String::new();
+    // Writing to a String fails only if a collector fails, and ours only write.
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        out = format!("# cannot encode metrics: {e}\n# EOF\n");
+    }
+    out
+}
+
+/// A label set given as name/value pairs, in the order they are printed.
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_connections(&mut encoder, &self.router)?;
+        let terminations = ConstCounter::new(self.router.termination_count);
+        let m = encoder.encode_descriptor(
+            "weave_connection_terminations",
+            "Number of peer-to-peer connections terminated.",
+            None,
+            MetricType::Counter,
+        )?;
+        terminations.encode(m)?;
+        if let Some(dp) = &self.stats.dataplane {
+            let info = [("backend", dp.backend.as_str())];
+            let gauge = vec![(info.to_vec(), 1u64)];
+            gauges(
+                &mut encoder,
+                "weave_router_dataplane_info",
+                "The data plane's I/O backend (value 1).",
+                &gauge,
+            )?;
+            gauges(
+                &mut encoder,
+                "weave_router_dataplane_workers",
+                "Number of data-plane workers.",
+                &[(Labels::new(), dp.workers.len() as u64)],
+            )?;
+            encode_workers(&mut encoder, &dp.workers)?;
+        }
+        encode_peers(&mut encoder, &self.stats.peers)
+    }
+}
+
+/// `weave_connections` with Weave's labels (`state`, `type` = overlay name or `unknown`,
 /// `encryption` = `yes` or empty); every state gets a series for every overlay seen plus
 /// sleeve, so `sum(weave_connections{state="connecting"})` is 0 rather than absent.
-pub fn render_metrics(r: &RouterStatus) -> String {
-    let mut s = String::new();
-    s.push_str("# HELP weave_connections Number of peer-to-peer connections.\n");
-    s.push_str("# TYPE weave_connections gauge\n");
+fn encode_connections(
+    encoder: &mut DescriptorEncoder,
+    r: &RouterStatus,
+) -> Result<(), std::fmt::Error> {
     let mut types: BTreeSet<String> = r.connections.iter().map(overlay_type).collect();
     types.insert(BASE_OVERLAY.to_string());
+    let mut series = Vec::new();
     for state in CONNECTION_STATES {
         for ty in &types {
             for encrypted in [false, true] {
@@ -30,25 +104,209 @@ pub fn render_metrics(r: &RouterStatus) -> String {
                     .filter(|c| is_encrypted(c) == encrypted)
                     .count();
                 let enc = if encrypted { "yes" } else { "" };
-                // Writing to a String cannot fail.
-                let _ = writeln!(
-                    s,
-                    "weave_connections{{encryption=\"{enc}\",state=\"{state}\",type=\"{}\"}} {n}",
-                    escape_label(ty)
-                );
+                let labels = vec![("encryption", enc), ("state", state), ("type", ty.as_str())];
+                series.push((labels, n as u64));
             }
         }
     }
-    s.push_str(
-        "# HELP weave_connection_terminations_total Number of peer-to-peer connections terminated.\n",
-    );
-    s.push_str("# TYPE weave_connection_terminations_total counter\n");
-    let _ = writeln!(
-        s,
-        "weave_connection_terminations_total {}",
-        r.termination_count
-    );
-    s
+    gauges(
+        encoder,
+        "weave_connections",
+        "Number of peer-to-peer connections.",
+        &series,
+    )
+}
+
+fn encode_workers(
+    encoder: &mut DescriptorEncoder,
+    workers: &[WorkerStats],
+) -> Result<(), std::fmt::Error> {
+    let ids: Vec<String> = workers.iter().map(|w| w.worker.to_string()).collect();
+    type Field = fn(&WorkerStats) -> u64;
+    let fields: [(&str, &str, Field); 10] = [
+        (
+            "weave_router_tap_rx_frames",
+            "Frames read from the TAP, after GSO split.",
+            |w| w.tap_rx_frames,
+        ),
+        (
+            "weave_router_tap_rx_bytes",
+            "Bytes read from the TAP.",
+            |w| w.tap_rx_bytes,
+        ),
+        (
+            "weave_router_tap_tx_writes",
+            "Writes to the TAP (a coalesced super-frame counts once).",
+            |w| w.tap_tx_writes,
+        ),
+        (
+            "weave_router_tap_tx_bytes",
+            "Bytes written to the TAP.",
+            |w| w.tap_tx_bytes,
+        ),
+        (
+            "weave_router_udp_rx_datagrams",
+            "Sleeve datagrams received.",
+            |w| w.udp_rx_datagrams,
+        ),
+        (
+            "weave_router_udp_rx_bytes",
+            "Bytes of sleeve datagrams received.",
+            |w| w.udp_rx_bytes,
+        ),
+        (
+            "weave_router_udp_rx_calls",
+            "Receive calls or completions that delivered datagrams.",
+            |w| w.udp_rx_calls,
+        ),
+        (
+            "weave_router_udp_tx_datagrams",
+            "Sleeve datagrams sent.",
+            |w| w.udp_tx_datagrams,
+        ),
+        (
+            "weave_router_udp_tx_bytes",
+            "Bytes of sleeve datagrams sent.",
+            |w| w.udp_tx_bytes,
+        ),
+        (
+            "weave_router_udp_tx_calls",
+            "Send calls or submissions (datagrams per call is the batching factor).",
+            |w| w.udp_tx_calls,
+        ),
+    ];
+    for (name, help, get) in fields {
+        let series: Vec<(Labels, u64)> = workers
+            .iter()
+            .zip(&ids)
+            .map(|(w, id)| (vec![("worker", id.as_str())], get(w)))
+            .collect();
+        counters(encoder, name, help, &series)?;
+    }
+    let drops: Vec<(Labels, u64)> = workers
+        .iter()
+        .zip(&ids)
+        .flat_map(|(w, id)| {
+            w.drops
+                .iter()
+                .map(move |(reason, n)| (vec![("worker", id.as_str()), ("reason", reason)], *n))
+        })
+        .collect();
+    counters(
+        encoder,
+        "weave_router_drops",
+        "Frames or datagrams the data plane dropped, by reason.",
+        &drops,
+    )
+}
+
+fn encode_peers(
+    encoder: &mut DescriptorEncoder,
+    peers: &[PeerStats],
+) -> Result<(), std::fmt::Error> {
+    let labels = |p: &'_ PeerStats| -> Vec<(&'static str, String)> {
+        vec![("peer", p.name.clone()), ("nickname", p.nickname.clone())]
+    };
+    let owned: Vec<Vec<(&'static str, String)>> = peers.iter().map(labels).collect();
+    let borrowed: Vec<Labels> = owned
+        .iter()
+        .map(|l| l.iter().map(|(k, v)| (*k, v.as_str())).collect())
+        .collect();
+    type Field = fn(&PeerStats) -> u64;
+    let fields: [(&str, &str, Field); 4] = [
+        (
+            "weave_router_peer_rx_frames",
+            "Frames received from a directly connected peer.",
+            |p| p.traffic.rx_frames,
+        ),
+        (
+            "weave_router_peer_rx_bytes",
+            "Bytes of frames received from a directly connected peer.",
+            |p| p.traffic.rx_bytes,
+        ),
+        (
+            "weave_router_peer_tx_frames",
+            "Frames sent to a directly connected peer.",
+            |p| p.traffic.tx_frames,
+        ),
+        (
+            "weave_router_peer_tx_bytes",
+            "Bytes of frames sent to a directly connected peer.",
+            |p| p.traffic.tx_bytes,
+        ),
+    ];
+    for (name, help, get) in fields {
+        let series: Vec<(Labels, u64)> = peers
+            .iter()
+            .zip(&borrowed)
+            .map(|(p, l)| (l.clone(), get(p)))
+            .collect();
+        counters(encoder, name, help, &series)?;
+    }
+
+    type Quantile = fn(&RttSummary) -> u32;
+    let quantiles: [(&str, Quantile); 4] = [
+        ("0.5", |s| s.p50_us),
+        ("0.9", |s| s.p90_us),
+        ("0.99", |s| s.p99_us),
+        ("1", |s| s.max_us),
+    ];
+    let mut rtt = Vec::new();
+    let mut samples = Vec::new();
+    for (p, l) in peers.iter().zip(&borrowed) {
+        let Some(s) = &p.rtt else { continue };
+        for (q, get) in quantiles {
+            let mut with_q = l.clone();
+            with_q.push(("quantile", q));
+            rtt.push((with_q, f64::from(get(s)) / 1e6));
+        }
+        samples.push((l.clone(), s.samples as u64));
+    }
+    {
+        let mut m = encoder.encode_descriptor(
+            "weave_router_peer_rtt_seconds",
+            "Round-trip time of the mesh TCP connection to a peer (kernel TCP_INFO smoothed \
+             RTT, sampled once a second), by quantile over the last 300 samples; quantile 1 \
+             is the maximum.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, v) in &rtt {
+            ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+        }
+    }
+    gauges(
+        encoder,
+        "weave_router_peer_rtt_samples",
+        "Samples in the round-trip time window of a peer.",
+        &samples,
+    )
+}
+
+fn counters<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(L, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(L, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in series {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
 }
 
 fn overlay_type(c: &LocalConnectionStatus) -> String {
@@ -65,16 +323,200 @@ fn is_encrypted(c: &LocalConnectionStatus) -> bool {
     )
 }
 
-/// Label values escape backslash, quote and newline (Prometheus text format).
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A check that a page is well-formed OpenMetrics/Prometheus text: every line is a `HELP`,
+/// `TYPE` or `UNIT` comment, a sample, or the final `# EOF`; names and label names are
+/// valid; every sample belongs to a family declared with both `HELP` and `TYPE` before it;
+/// values parse as numbers. Returns the samples as (name, labels, value).
+///
+/// Public so the integration tests can check real scrapes with it.
+pub fn check_exposition(page: &str) -> Result<Vec<Sample>, String> {
+    let mut declared: std::collections::BTreeMap<String, (bool, Option<String>)> =
+        Default::default();
+    let mut samples = Vec::new();
+    let mut eof = false;
+    for (i, line) in page.lines().enumerate() {
+        let at = |why: String| format!("line {}: {why}: {line:?}", i + 1);
+        if eof {
+            return Err(at("text after # EOF".into()));
+        }
+        if line == "# EOF" {
+            eof = true;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kind, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let text = parts.next().unwrap_or("");
+            if !valid_name(name) {
+                return Err(at(format!("bad metric name {name:?}")));
+            }
+            let entry = declared.entry(name.to_string()).or_default();
+            match kind {
+                "HELP" => entry.0 = true,
+                "TYPE" => {
+                    let known = [
+                        "counter",
+                        "gauge",
+                        "histogram",
+                        "info",
+                        "summary",
+                        "unknown",
+                    ];
+                    if !known.contains(&text) {
+                        return Err(at(format!("unknown type {text:?}")));
+                    }
+                    entry.1 = Some(text.to_string());
+                }
+                "UNIT" => {}
+                other => return Err(at(format!("unknown comment {other:?}"))),
+            }
+            continue;
+        }
+        let sample = parse_sample(line).map_err(at)?;
+        let family = declared
+            .iter()
+            .filter(|(name, _)| {
+                sample.name == **name
+                    || sample
+                        .name
+                        .strip_prefix(name.as_str())
+                        .is_some_and(|s| ["_total", "_info", "_created"].contains(&s))
+            })
+            .max_by_key(|(name, _)| name.len());
+        match family {
+            Some((_, (true, Some(_)))) => samples.push(sample),
+            Some(_) => return Err(at("family lacks HELP or TYPE".into())),
+            None => return Err(at("sample of an undeclared family".into())),
+        }
+    }
+    if !eof {
+        return Err("no # EOF at the end".into());
+    }
+    Ok(samples)
+}
+
+/// One sample line of a page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Metric name.
+    pub name: String,
+    /// Labels in page order.
+    pub labels: Vec<(String, String)>,
+    /// The value.
+    pub value: f64,
+}
+
+impl Sample {
+    /// The value of label `key`, if present.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let name_end = line.find(['{', ' ']).ok_or("no value")?;
+    let name = &line[..name_end];
+    if !valid_name(name) {
+        return Err(format!("bad metric name {name:?}"));
+    }
+    let b = line.as_bytes();
+    let mut labels = Vec::new();
+    let mut pos = name_end;
+    if b[pos] == b'{' {
+        pos += 1;
+        loop {
+            if b.get(pos) == Some(&b'}') {
+                pos += 1;
+                break;
+            }
+            let eq = line[pos..].find('=').ok_or("label without '='")? + pos;
+            let key = &line[pos..eq];
+            if !valid_label_name(key) {
+                return Err(format!("bad label name {key:?}"));
+            }
+            if b.get(eq + 1) != Some(&b'"') {
+                return Err("label value not quoted".into());
+            }
+            let (value, after) = label_value(line, eq + 2)?;
+            labels.push((key.to_string(), value));
+            match b.get(after) {
+                Some(b',') => pos = after + 1,
+                Some(b'}') => {
+                    pos = after + 1;
+                    break;
+                }
+                _ => return Err("expected ',' or '}' after a label".into()),
+            }
+        }
+    }
+    let value_text = line[pos..]
+        .strip_prefix(' ')
+        .ok_or("no space before the value")?;
+    // A timestamp may follow the value; we never write one.
+    let value_text = value_text.split(' ').next().unwrap_or("");
+    let value = match value_text {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        v => v.parse::<f64>().map_err(|_| format!("bad value {v:?}"))?,
+    };
+    Ok(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
+/// Reads a quoted label value starting just after its opening quote; returns the unescaped
+/// value and the index just past the closing quote.
+fn label_value(line: &str, mut i: usize) -> Result<(String, usize), String> {
+    let b = line.as_bytes();
+    let mut value = String::new();
+    loop {
+        match b.get(i) {
+            None => return Err("unterminated label value".into()),
+            Some(b'"') => return Ok((value, i + 1)),
+            Some(b'\\') => {
+                match b.get(i + 1) {
+                    Some(b'n') => value.push('\n'),
+                    Some(b'\\') => value.push('\\'),
+                    Some(b'"') => value.push('"'),
+                    _ => return Err("bad escape in label value".into()),
+                }
+                i += 2;
+            }
+            Some(_) => {
+                let c = line[i..].chars().next().ok_or("bad UTF-8")?;
+                value.push(c);
+                i += c.len_utf8();
+            }
+        }
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn valid_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::stats::{DataplaneStats, TrafficStats};
     use std::collections::BTreeMap;
 
     fn conn(state: &str, attrs: &[(&str, serde_json::Value)]) -> LocalConnectionStatus {
@@ -110,6 +552,22 @@ mod tests {
         }
     }
 
+    fn stats(dataplane: Option<DataplaneStats>, peers: Vec<PeerStats>) -> Stats {
+        Stats {
+            version: "0".into(),
+            name: "aa:00:00:00:00:01".into(),
+            nickname: "host1".into(),
+            instance: 1,
+            monotonic_ns: 5,
+            dataplane,
+            peers,
+        }
+    }
+
+    fn lines(page: &str) -> Vec<&str> {
+        page.lines().collect()
+    }
+
     #[test]
     fn counts_by_state_type_and_encryption() {
         let sleeve = ("name", serde_json::json!("sleeve"));
@@ -125,21 +583,123 @@ mod tests {
             ],
             7,
         );
-        let m = render_metrics(&r);
-        let line = |l: &str| m.lines().any(|x| x == l);
-        assert!(line(
-            "weave_connections{encryption=\"\",state=\"established\",type=\"sleeve\"} 2"
-        ));
-        assert!(line(
-            "weave_connections{encryption=\"yes\",state=\"established\",type=\"sleeve\"} 1"
-        ));
-        assert!(line(
-            "weave_connections{encryption=\"\",state=\"failed\",type=\"unknown\"} 1"
-        ));
-        assert!(line(
-            "weave_connections{encryption=\"\",state=\"connecting\",type=\"sleeve\"} 0"
-        ));
-        assert!(line("weave_connection_terminations_total 7"));
-        assert!(line("# TYPE weave_connection_terminations_total counter"));
+        let page = render_metrics(Scrape {
+            router: r,
+            stats: stats(None, vec![]),
+        });
+        let l = lines(&page);
+        for want in [
+            "weave_connections{encryption=\"\",state=\"established\",type=\"sleeve\"} 2",
+            "weave_connections{encryption=\"yes\",state=\"established\",type=\"sleeve\"} 1",
+            "weave_connections{encryption=\"\",state=\"failed\",type=\"unknown\"} 1",
+            "weave_connections{encryption=\"\",state=\"connecting\",type=\"sleeve\"} 0",
+            "weave_connection_terminations_total 7",
+            "# TYPE weave_connection_terminations counter",
+            "# TYPE weave_connections gauge",
+        ] {
+            assert!(l.contains(&want), "{want} missing from:\n{page}");
+        }
+        // Every state has a series for each overlay seen plus sleeve, both encryptions.
+        let series = l
+            .iter()
+            .filter(|x| x.starts_with("weave_connections{"))
+            .count();
+        assert_eq!(series, CONNECTION_STATES.len() * 2 * 2);
+        // No data plane: no data-plane series.
+        assert!(!page.contains("weave_router_udp"));
+        check_exposition(&page).unwrap();
+    }
+
+    #[test]
+    fn dataplane_and_peer_series_with_their_labels() {
+        let worker = |i: usize, n: u64| WorkerStats {
+            worker: i,
+            udp_tx_datagrams: n,
+            udp_tx_calls: 2,
+            drops: [("no_route".to_string(), 3), ("too_big".to_string(), 0)]
+                .into_iter()
+                .collect(),
+            ..WorkerStats::default()
+        };
+        let peer = PeerStats {
+            name: "aa:00:00:00:00:02".into(),
+            nickname: "ho\"st2".into(),
+            address: Some("10.0.0.2:6783".into()),
+            outbound: true,
+            state: Some("established".into()),
+            overlay: Some("sleeve".into()),
+            mtu: Some(1438),
+            encrypted: false,
+            traffic: TrafficStats {
+                rx_frames: 10,
+                rx_bytes: 1000,
+                tx_frames: 20,
+                tx_bytes: 2000,
+            },
+            rtt: Some(RttSummary {
+                samples: 4,
+                last_us: 150,
+                p50_us: 150,
+                p90_us: 250,
+                p99_us: 1000,
+                max_us: 1000,
+            }),
+        };
+        let dp = DataplaneStats {
+            backend: "io_uring".into(),
+            workers: vec![worker(0, 40), worker(1, 41)],
+        };
+        let page = render_metrics(Scrape {
+            router: status(vec![], 0),
+            stats: stats(Some(dp), vec![peer]),
+        });
+        let l = lines(&page);
+        for want in [
+            "weave_router_dataplane_info{backend=\"io_uring\"} 1",
+            "weave_router_dataplane_workers 2",
+            "weave_router_udp_tx_datagrams_total{worker=\"0\"} 40",
+            "weave_router_udp_tx_datagrams_total{worker=\"1\"} 41",
+            "weave_router_udp_tx_calls_total{worker=\"1\"} 2",
+            "weave_router_drops_total{worker=\"1\",reason=\"no_route\"} 3",
+            "weave_router_drops_total{worker=\"0\",reason=\"too_big\"} 0",
+            "weave_router_peer_rx_frames_total{peer=\"aa:00:00:00:00:02\",nickname=\"ho\\\"st2\"} 10",
+            "weave_router_peer_tx_bytes_total{peer=\"aa:00:00:00:00:02\",nickname=\"ho\\\"st2\"} 2000",
+            "weave_router_peer_rtt_seconds{peer=\"aa:00:00:00:00:02\",nickname=\"ho\\\"st2\",quantile=\"0.9\"} 0.00025",
+            "weave_router_peer_rtt_seconds{peer=\"aa:00:00:00:00:02\",nickname=\"ho\\\"st2\",quantile=\"1\"} 0.001",
+            "weave_router_peer_rtt_samples{peer=\"aa:00:00:00:00:02\",nickname=\"ho\\\"st2\"} 4",
+            "# TYPE weave_router_tap_rx_frames counter",
+        ] {
+            assert!(l.contains(&want), "{want} missing from:\n{page}");
+        }
+        let samples = check_exposition(&page).unwrap();
+        let nick = samples
+            .iter()
+            .find(|s| s.name == "weave_router_peer_rx_bytes_total")
+            .and_then(|s| s.label("nickname"))
+            .unwrap();
+        assert_eq!(nick, "ho\"st2");
+        assert_eq!(page.lines().last(), Some("# EOF"));
+    }
+
+    #[test]
+    fn exposition_check_refuses_malformed_pages() {
+        let good = "# HELP a x\n# TYPE a counter\na_total{k=\"v\",j=\"\\\\\"} 1\n# EOF\n";
+        assert!(
+            check_exposition(good).is_ok(),
+            "{:?}",
+            check_exposition(good)
+        );
+        for bad in [
+            "a 1\n# EOF\n",
+            "# HELP a x\na 1\n# EOF\n",
+            "# HELP a x\n# TYPE a gauge\na{k=v} 1\n# EOF\n",
+            "# HELP a x\n# TYPE a gauge\na{1k=\"v\"} 1\n# EOF\n",
+            "# HELP a x\n# TYPE a gauge\na one\n# EOF\n",
+            "# HELP a x\n# TYPE a gauge\na 1\n",
+            "# HELP 9a x\n# TYPE 9a gauge\n9a 1\n# EOF\n",
+            "# HELP a x\n# TYPE a sometimes\na 1\n# EOF\n",
+        ] {
+            assert!(check_exposition(bad).is_err(), "accepted {bad:?}");
+        }
     }
 }

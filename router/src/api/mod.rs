@@ -5,10 +5,14 @@
 
 pub mod form;
 pub mod metrics;
+pub mod rtt;
+pub mod stats;
 pub mod text;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
@@ -35,6 +39,11 @@ pub enum ApiRequest {
         /// Where to send it.
         reply: oneshot::Sender<RouterStatus>,
     },
+    /// Send back a status snapshot with the round-trip times of the connections.
+    Stats {
+        /// Where to send it.
+        reply: oneshot::Sender<MeshSnapshot>,
+    },
     /// Add connection targets (`POST /connect`).
     Connect {
         /// Resolved peers.
@@ -53,6 +62,15 @@ pub enum ApiRequest {
     },
 }
 
+/// The mesh owner's answer to [`ApiRequest::Stats`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshSnapshot {
+    /// The status snapshot.
+    pub router: RouterStatus,
+    /// Round-trip summaries by remote TCP address of the connection.
+    pub rtt: BTreeMap<String, rtt::RttSummary>,
+}
+
 /// What the handlers share: the way to the mesh owner and the mesh port (the default port of
 /// peers given without one).
 #[derive(Debug, Clone)]
@@ -63,6 +81,8 @@ pub struct ApiState {
     pub port: u16,
     /// The data plane's workers' counters (read without asking the workers).
     pub dataplane: Option<Arc<DataplaneCounters>>,
+    /// When the router started: the origin of `/stats` timestamps.
+    pub started: Instant,
 }
 
 /// The routes served on the HTTP address.
@@ -73,6 +93,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/status/connections", get(connections))
         .route("/status/targets", get(targets))
         .route("/report", get(report))
+        .route("/stats", get(stats_page))
         .route("/connect", post(connect))
         .route("/forget", post(forget))
         .with_state(state)
@@ -127,6 +148,43 @@ impl ApiState {
             return Err(unavailable());
         }
         rx.await.map_err(|_| unavailable())
+    }
+
+    async fn mesh_snapshot(&self) -> Result<MeshSnapshot, Response> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .requests
+            .send(ApiRequest::Stats { reply })
+            .await
+            .is_err()
+        {
+            return Err(unavailable());
+        }
+        rx.await.map_err(|_| unavailable())
+    }
+
+    /// The data plane's counters, loaded from the workers' atomics now.
+    fn dataplane_status(&self) -> Option<DataplaneStatus> {
+        self.dataplane.as_ref().map(|d| DataplaneStatus {
+            backend: d.backend.to_string(),
+            workers: d.workers.iter().map(|c| c.status()).collect(),
+        })
+    }
+
+    /// The `/stats` document; the counters are read after the mesh answered, so the
+    /// timestamp is as close to them as it can be.
+    async fn stats(&self) -> Result<(RouterStatus, stats::Stats), Response> {
+        let snapshot = self.mesh_snapshot().await?;
+        let dataplane = self.dataplane_status();
+        let monotonic_ns = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let stats = stats::build(stats::StatsInput {
+            version: VERSION,
+            router: &snapshot.router,
+            dataplane: dataplane.as_ref(),
+            rtt: &snapshot.rtt,
+            monotonic_ns,
+        });
+        Ok((snapshot.router, stats))
     }
 
     /// Parses and resolves `peer` fields; returns the good addresses and the errors.
@@ -190,10 +248,7 @@ async fn report(State(st): State<ApiState>) -> Response {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let dataplane = st.dataplane.as_ref().map(|d| DataplaneStatus {
-        backend: d.backend.to_string(),
-        workers: d.workers.iter().map(|c| c.status()).collect(),
-    });
+    let dataplane = st.dataplane_status();
     let report = Report {
         ready: true,
         version: VERSION.to_string(),
@@ -210,11 +265,26 @@ async fn report(State(st): State<ApiState>) -> Response {
     }
 }
 
+async fn stats_page(State(st): State<ApiState>) -> Response {
+    let stats = match st.stats().await {
+        Ok((_, s)) => s,
+        Err(resp) => return resp,
+    };
+    match to_json_pretty(&stats) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode stats: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
 async fn metrics_page(State(st): State<ApiState>) -> Response {
-    match st.snapshot().await {
-        Ok(r) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            metrics::render_metrics(&r),
+    match st.stats().await {
+        Ok((router, stats)) => (
+            [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+            metrics::render_metrics(metrics::Scrape { router, stats }),
         )
             .into_response(),
         Err(resp) => resp,

@@ -1,14 +1,17 @@
-//! Client subcommands: `status`, `connect`, `forget`. They talk to a running router's HTTP
-//! API with a tiny blocking client (no async runtime needed for one request).
+//! Client subcommands: `status`, `stats`, `metrics`, `connect`, `forget`. They talk to a
+//! running router's HTTP API with a tiny blocking client (no async runtime needed for one
+//! request).
 
 pub mod http;
+pub mod stats;
 
 use std::io::Write;
 use std::net::SocketAddr;
 
 use crate::api::form;
-use crate::config::DEFAULT_HTTP_ADDR;
+use crate::config::{DEFAULT_HTTP_ADDR, DEFAULT_METRICS_ADDR};
 pub use http::ClientError;
+pub use stats::StatsArgs;
 
 /// Which status page to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,6 +36,14 @@ pub struct StatusArgs {
     /// Print the full /report JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Flags of `weave-router metrics`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MetricsArgs {
+    /// Address of the router's metrics endpoint.
+    #[arg(long, default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
 }
 
 /// Flags of `weave-router connect`.
@@ -106,6 +117,13 @@ pub fn status(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliError> {
         Some(StatusPage::Targets) => "/status/targets",
     };
     let resp = http::get(args.http_addr, path, "text/plain")?;
+    out.write_all(&resp.body)?;
+    Ok(())
+}
+
+/// `weave-router metrics`: prints the `/metrics` page as served (what Prometheus scrapes).
+pub fn metrics(args: &MetricsArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let resp = http::get(args.metrics_addr, "/metrics", "text/plain")?;
     out.write_all(&resp.body)?;
     Ok(())
 }
