@@ -1,0 +1,160 @@
+//! `weave-perf run --quick` end to end: the built binary builds its testbed, measures every
+//! path and workload once, and writes one JSON, one Markdown and one SVG file. Checks the
+//! files' shape and that every path moved data in every workload, never how fast. Needs root
+//! and a built weave-router next to weave-perf.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use weave_perf::harness::{NetPath, WorkloadName};
+use weave_perf::testbed;
+
+/// A temporary folder removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("read output dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect()
+}
+
+#[test]
+fn quick_run_measures_every_path_and_workload_and_writes_three_files() {
+    if !testbed::privileged_or_skip("quick_run_measures_every_path_and_workload") {
+        return;
+    }
+    let out = TempDir::new("weave-perf-quick");
+
+    let child = Command::new(env!("CARGO_BIN_EXE_weave-perf"))
+        .args(["run", "--quick", "--subnet", "122", "--output"])
+        .arg(&out.0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start weave-perf");
+    let pid = child.id();
+    let run = child.wait_with_output().expect("wait for weave-perf");
+
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "weave-perf run failed:\n{stderr}");
+    let [json, md, svg] = ["json", "md", "svg"].map(|ext| files_with(&out.0, ext));
+    assert_eq!(
+        (json.len(), md.len(), svg.len()),
+        (1, 1, 1),
+        "{json:?} {md:?} {svg:?}"
+    );
+    let stem = |p: &Path| p.file_stem().map(|s| s.to_owned());
+    assert_eq!(stem(&json[0]), stem(&md[0]));
+    assert_eq!(stem(&json[0]), stem(&svg[0]));
+    let name = json[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("run-") && name.ends_with("Z.json"),
+        "{name}"
+    );
+    // Progress: one line per measurement with its position.
+    let total = NetPath::default_set().len() * WorkloadName::ALL.len();
+    assert!(
+        stderr.contains(&format!("[{total}/{total}] repeat 1/1")),
+        "{stderr}"
+    );
+
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json[0]).expect("read json")).unwrap();
+    assert_eq!(doc["schema"], "weave-perf-run");
+    assert_eq!(doc["schema_version"], 1);
+    let machine = &doc["machine"];
+    assert!(machine["kernel"].as_str().is_some_and(|k| !k.is_empty()));
+    assert!(machine["cores"].as_u64().is_some_and(|c| c >= 1));
+    assert!(machine["router_version"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("weave-router")));
+    assert!(machine["command_line"]
+        .as_array()
+        .is_some_and(|a| a.len() > 2));
+    assert!(machine.get("git_commit").is_some());
+    assert_eq!(doc["settings"]["quick"], true);
+    assert_eq!(doc["settings"]["repeats"], 1);
+
+    let paths = doc["paths"].as_array().expect("paths");
+    for p in NetPath::ALL {
+        let info = paths
+            .iter()
+            .find(|i| i["name"] == p.name())
+            .unwrap_or_else(|| panic!("{} missing from paths", p.name()));
+        assert_eq!(info["measured"], p.availability().is_ok(), "{info}");
+    }
+    let samples = doc["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), total);
+    for path in NetPath::default_set() {
+        for workload in WorkloadName::ALL {
+            let (p, w) = (path.name(), workload.name());
+            let sample = samples
+                .iter()
+                .find(|s| s["path"] == p && s["workload"] == w)
+                .unwrap_or_else(|| panic!("no sample for {p} {w}"));
+            assert!(sample["error"].is_null(), "{p} {w}: {}", sample["error"]);
+            let load = &sample["load"];
+            let moved = match workload {
+                WorkloadName::Tcp1 | WorkloadName::Tcp4 => load["bytes_received"].as_u64(),
+                WorkloadName::Udp64 | WorkloadName::Udp1400 => load["packets_received"].as_u64(),
+                WorkloadName::Rr => load["latency"]["samples"].as_u64(),
+            };
+            assert!(
+                moved.is_some_and(|n| n > 0),
+                "{p} {w} moved nothing: {load}"
+            );
+            let metrics = sample["metrics"].as_object().expect("metrics");
+            for m in workload.metrics() {
+                let value = metrics
+                    .get(m.key())
+                    .unwrap_or_else(|| panic!("{p} {w}: no {}", m.key()));
+                match (m.router_only(), path.kind()) {
+                    (true, weave_perf::harness::model::PathKind::Router) => {
+                        assert!(value.is_number(), "{p} {w} {}: {value}", m.key())
+                    }
+                    (true, _) => assert!(value.is_null(), "{p} {w} {}: {value}", m.key()),
+                    (false, _) => assert!(value.is_number(), "{p} {w} {}: {value}", m.key()),
+                }
+            }
+            let row = doc["summary"]
+                .as_array()
+                .expect("summary")
+                .iter()
+                .find(|r| r["path"] == p && r["workload"] == w)
+                .unwrap_or_else(|| panic!("no summary for {p} {w}"));
+            assert_eq!(row["samples"], 1);
+        }
+    }
+
+    let md = std::fs::read_to_string(&md[0]).expect("read md");
+    assert!(md.contains("## Against the kernel VXLAN baseline"), "{md}");
+    assert!(md.contains("| vxlan | 1.00× |"), "{md}");
+    let svg = std::fs::read_to_string(&svg[0]).expect("read svg");
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    // The testbed is gone: no namespace of the run's process is left.
+    let left = testbed::list_netns().expect("ip netns list");
+    assert!(
+        !left
+            .iter()
+            .any(|ns| testbed::owner_pid(ns, "wprf") == Some(pid)),
+        "{left:?}"
+    );
+}
