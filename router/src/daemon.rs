@@ -550,14 +550,17 @@ impl Shell {
     }
 
     /// Reads the kernel's round-trip estimate of every mesh connection (one `getsockopt`
-    /// each). A connection the kernel has not timed yet reports 0 and is skipped.
+    /// each); the window keeps it when an ACK of new data came in since the last one.
     fn sample_rtt(&mut self) {
         for io in self.conns.values_mut() {
             let Some(fd) = &io.probe else { continue };
-            if let Ok(TcpRtt { rtt_us, .. }) = tcp_rtt(fd) {
-                if rtt_us > 0 {
-                    io.rtt.push(rtt_us);
-                }
+            if let Ok(TcpRtt {
+                rtt_us,
+                bytes_acked,
+                ..
+            }) = tcp_rtt(fd)
+            {
+                io.rtt.offer(rtt_us, bytes_acked);
             }
         }
     }

@@ -266,8 +266,8 @@ fn encode_peers(
         let mut m = encoder.encode_descriptor(
             "weave_router_peer_rtt_seconds",
             "Round-trip time of the mesh TCP connection to a peer (kernel TCP_INFO smoothed \
-             RTT, sampled once a second), by quantile over the last 300 samples; quantile 1 \
-             is the maximum.",
+             RTT, read once a second, kept when new data was acknowledged), by quantile over \
+             the last 300 samples; quantile 1 is the maximum.",
             None,
             MetricType::Gauge,
         )?;

@@ -352,7 +352,8 @@ pub fn render(r: &StatsReport) -> String {
     }
     s.push_str(
         "\nRTT: the kernel's smoothed round-trip time (TCP_INFO) of the mesh TCP connection, \
-         sampled once a second, over the last 300 samples.\n",
+         read once a second and kept when new data (heartbeats, gossip) was acknowledged; \
+         last 300 samples.\n",
     );
     s
 }

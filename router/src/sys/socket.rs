@@ -245,6 +245,8 @@ pub struct TcpRtt {
     pub rtt_us: u32,
     /// Its mean deviation (`tcpi_rttvar`), microseconds.
     pub rttvar_us: u32,
+    /// Bytes the peer has acknowledged (`tcpi_bytes_acked`, Linux 4.1+; 0 before).
+    pub bytes_acked: u64,
 }
 
 /// The kernel's round-trip estimate of a TCP socket: one `getsockopt(TCP_INFO)`.
@@ -269,6 +271,7 @@ pub fn tcp_rtt(sock: &impl AsFd) -> Result<TcpRtt, SysError> {
     Ok(TcpRtt {
         rtt_us: info.tcpi_rtt,
         rttvar_us: info.tcpi_rttvar,
+        bytes_acked: info.tcpi_bytes_acked,
     })
 }
 
@@ -575,6 +578,7 @@ mod tests {
         std::io::Read::read_exact(&mut server, &mut buf).expect("read");
         let rtt = tcp_rtt(&client).expect("TCP_INFO");
         assert!(rtt.rtt_us > 0, "{rtt:?}");
+        assert!(rtt.bytes_acked >= 4, "{rtt:?}");
         let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
         let err = tcp_rtt(&udp).expect_err("UDP has no TCP_INFO");
         assert!(err.to_string().contains("TCP_INFO"), "{err}");
