@@ -110,8 +110,15 @@ pub fn render_compare(
     }
     let _ = writeln!(
         out,
-        "'!' marks a change beyond the min–max spread of both runs\n"
+        "'!' marks a change beyond the min–max spread of both runs"
     );
+    if old.settings.repeats < 2 || new.settings.repeats < 2 {
+        let _ = writeln!(
+            out,
+            "note: a run of one repeat has no spread, so every change against it is marked"
+        );
+    }
+    out.push('\n');
     let _ = writeln!(
         out,
         "{:<16} {:<8} {:<24} {:>12} {:>12} {:>9}",

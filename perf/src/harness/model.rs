@@ -97,10 +97,10 @@ impl NetPath {
         match self {
             NetPath::Vxlan => PathKind::Kernel,
             NetPath::Veth => PathKind::Underlay,
-            NetPath::SleeveIoUring | NetPath::SleeveEpoll | NetPath::SleeveNoGso => {
-                PathKind::Router
-            }
-            NetPath::Fastdp => PathKind::Router,
+            NetPath::SleeveIoUring
+            | NetPath::SleeveEpoll
+            | NetPath::SleeveNoGso
+            | NetPath::Fastdp => PathKind::Router,
         }
     }
 
@@ -218,8 +218,8 @@ impl WorkloadName {
         }
     }
 
-    /// The metrics a measurement of this workload yields on a path of `kind`, in report
-    /// order. Router-only metrics are listed for every kind (null where no router runs).
+    /// The metrics a measurement of this workload yields, in report order. Router-only
+    /// metrics are listed for every path (null where no router runs).
     pub fn metrics(self) -> &'static [Metric] {
         match self {
             WorkloadName::Tcp1 | WorkloadName::Tcp4 => &[

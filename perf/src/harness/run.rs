@@ -63,8 +63,9 @@ pub enum HarnessError {
         /// What failed.
         detail: String,
     },
-    /// Writing or reading a result file failed.
-    #[error("{what}: {source}")]
+    /// Writing or reading a file, or running a helper, failed.
+    // The source is left to the error chain, which the binary prints after this.
+    #[error("{what}")]
     Io {
         /// The file and operation.
         what: String,
