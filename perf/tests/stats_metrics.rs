@@ -101,6 +101,57 @@ fn stats_and_metrics_count_the_traffic_the_test_sent() {
     assert!(text.contains(&format!("{name2}(host2)")), "{text}");
     assert!(text.contains("sleeve") && text.contains("1438"), "{text}");
     assert!(text.contains("data plane,"), "{text}");
+
+    // Round trips to host2 are timed once a second by the router's own probes.
+    let bin = router.bin().to_string_lossy().to_string();
+    let rtt = testbed::wait_until(
+        "host1 to time a round trip to host2",
+        Duration::from_secs(10),
+        || {
+            let json = h1
+                .run(
+                    &bin,
+                    &[
+                        "stats",
+                        "--json",
+                        "--count",
+                        "1",
+                        "--interval",
+                        "0.1",
+                        "--http-addr",
+                        HTTP_ADDR,
+                    ],
+                )
+                .map_err(|e| e.to_string())?;
+            let doc: Value = serde_json::from_str(json.trim()).map_err(|e| e.to_string())?;
+            let peer = doc["totals"]["peers"]
+                .as_array()
+                .and_then(|peers| peers.iter().find(|p| p["name"] == name2.as_str()).cloned())
+                .ok_or("no host2 in stats")?;
+            match &peer["rtt"] {
+                Value::Null => Err("no RTT yet".to_string()),
+                rtt => Ok(rtt.clone()),
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    println!("RTT host1 -> host2: {rtt}");
+    let us = |k: &str| rtt[k].as_u64().unwrap_or_else(|| panic!("{k} in {rtt}"));
+    assert!(us("samples") >= 1, "{rtt}");
+    assert!(us("p50_us") > 0, "a real round trip takes time: {rtt}");
+    assert!(
+        us("p50_us") <= us("p99_us") && us("p99_us") <= us("max_us"),
+        "{rtt}"
+    );
+    let page = h1
+        .run(&bin, &["metrics", "--metrics-addr", METRICS_ADDR])
+        .expect("weave-router metrics");
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with("weave_router_peer_rtt_seconds{")
+                && l.contains(&format!("peer=\"{name2}\""))),
+        "{page}"
+    );
     drop((pod1, pod2));
 }
 

@@ -18,7 +18,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::api::rtt::RttWindow;
 use crate::api::{self, ApiRequest, ApiState};
 use crate::cli::http::io_reason;
 use crate::config::{Config, Dataplane};
@@ -29,7 +28,7 @@ use crate::dataplane::plumbing;
 use crate::ids::PeerUid;
 use crate::mesh::{Command, ConnKey, DirectPeer, Event, Mesh, MeshConfig};
 use crate::switch::Routes;
-use crate::sys::socket::{open_udp, tcp_rtt, TcpRtt, UdpOptions};
+use crate::sys::socket::{open_udp, UdpOptions};
 use crate::sys::tap::{TapOffloads, TapOptions, TapQueue};
 use std::sync::Arc;
 
@@ -39,8 +38,6 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_CHUNK: usize = 64 * 1024;
 /// Events queued from I/O tasks to the owner before readers wait (backpressure).
 const IO_QUEUE: usize = 1024;
-/// How often the round-trip time of each mesh connection is read from the kernel.
-const RTT_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long shutdown waits for writers to flush and servers to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -322,13 +319,6 @@ struct ConnIo {
     writer_tx: mpsc::UnboundedSender<WriterMsg>,
     writer: JoinHandle<()>,
     reader: JoinHandle<()>,
-    /// The remote TCP address, as the mesh's status gives it.
-    remote: Option<SocketAddr>,
-    /// A duplicate of the socket for `TCP_INFO`; dropped with this entry, so it never
-    /// outlives the connection's place in the table nor names a reused descriptor.
-    probe: Option<std::os::fd::OwnedFd>,
-    /// Recent round-trip samples.
-    rtt: RttWindow,
 }
 
 /// The task that owns the mesh.
@@ -352,8 +342,6 @@ impl Shell {
         // The signal streams are made once so a signal between two loop turns is not lost.
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-        let mut rtt_tick = tokio::time::interval(RTT_SAMPLE_INTERVAL);
-        rtt_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             self.drain();
             let deadline = self.mesh.poll_timeout();
@@ -374,7 +362,6 @@ impl Shell {
                     self.mesh.handle_sleeve_frame(f.from, f.src, &f.frame, Instant::now());
                 }
                 () = timer => self.mesh.handle_timeout(Instant::now()),
-                _ = rtt_tick.tick() => self.sample_rtt(),
                 _ = sigint.recv() => return Ok("SIGINT"),
                 _ = sigterm.recv() => return Ok("SIGTERM"),
             }
@@ -426,11 +413,7 @@ impl Shell {
                 let _ = reply.send(self.mesh.status(now));
             }
             ApiRequest::Stats { reply } => {
-                let rtt = self
-                    .conns
-                    .values()
-                    .filter_map(|io| Some((io.remote?.to_string(), io.rtt.summary()?)))
-                    .collect();
+                let rtt = self.mesh.rtts();
                 let router = self.mesh.status(now);
                 let _ = reply.send(api::MeshSnapshot { router, rtt });
             }
@@ -480,7 +463,7 @@ impl Shell {
                 .collect(),
         });
         for w in &self.workers {
-            let _ = w.tx.send(ToWorker::Snapshot(Arc::clone(&snapshot)));
+            w.send(ToWorker::Snapshot(Arc::clone(&snapshot)));
         }
     }
 
@@ -511,7 +494,7 @@ impl Shell {
             }
             Command::SendUdp(udp) => match self.workers.first() {
                 Some(w) => {
-                    let _ = w.tx.send(ToWorker::Send(udp));
+                    w.send(ToWorker::Send(udp));
                 }
                 // The mesh runs the sleeve only together with the workers.
                 None => warn!(
@@ -529,9 +512,6 @@ impl Shell {
             (Ok(l), Ok(r)) => format!("{l}->{r}"),
             _ => conn.to_string(),
         };
-        let remote = stream.peer_addr().ok();
-        // Without a duplicate (out of descriptors) the connection works, unmeasured.
-        let probe = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
         let (rd, wr) = stream.into_split();
         let (writer_tx, writer_rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_loop(conn, rd, label.clone(), self.io_tx.clone()));
@@ -542,27 +522,8 @@ impl Shell {
                 writer_tx,
                 writer,
                 reader,
-                remote,
-                probe,
-                rtt: RttWindow::default(),
             },
         );
-    }
-
-    /// Reads the kernel's round-trip estimate of every mesh connection (one `getsockopt`
-    /// each); the window keeps it when an ACK of new data came in since the last one.
-    fn sample_rtt(&mut self) {
-        for io in self.conns.values_mut() {
-            let Some(fd) = &io.probe else { continue };
-            if let Ok(TcpRtt {
-                rtt_us,
-                bytes_acked,
-                ..
-            }) = tcp_rtt(fd)
-            {
-                io.rtt.offer(rtt_us, bytes_acked);
-            }
-        }
     }
 
     /// Closes every connection and dial; returns the writers to wait for.

@@ -28,11 +28,10 @@ enum Cmd {
     /// Takes two samples of the router's /stats an interval apart and shows, per peer and
     /// per data-plane worker, bits and packets per second in and out, drops by reason,
     /// datagrams per send and per receive call, the overlay and MTU of each connection,
-    /// the data-plane backend, and round-trip percentiles. Round-trip times are the kernel's
-    /// smoothed RTT (TCP_INFO) of the mesh TCP connection to each peer, read by the router
-    /// once a second and kept when new data (heartbeats, gossip) was acknowledged, over the
-    /// last 300 samples: Weave's heartbeats go one way only, so the kernel's TCP timing is
-    /// what measures the round trip.
+    /// the data-plane backend, and round-trip percentiles. Round-trip times are timed by
+    /// the router once a second per connection, over the last 300 samples: a small path-MTU
+    /// probe goes out over the sleeve and the peer answers it at once over TCP (Weave Net
+    /// peers do too), since Weave's heartbeats go one way only.
     Stats(cli::StatsArgs),
     /// Print a running router's Prometheus metrics page.
     #[command(hide = true)]

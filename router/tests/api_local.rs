@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
-use weave_router::api::rtt::RttSummary;
 use weave_router::api::stats::Stats;
 use weave_router::api::{self, text, ApiRequest, ApiState};
 use weave_router::cli::{self, http, CliError, ClientError, StatusArgs, StatusPage};
+use weave_router::mesh::rtt::RttSummary;
 use weave_router::mesh::status::{Report, RouterStatus};
 
 /// An order the stand-in owner task received.

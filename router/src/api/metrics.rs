@@ -17,9 +17,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::api::rtt::RttSummary;
 use crate::api::stats::{PeerStats, Stats, WorkerStats};
 use crate::api::text::CONNECTION_STATES;
+use crate::mesh::rtt::RttSummary;
 use crate::mesh::status::{LocalConnectionStatus, RouterStatus};
 
 /// The content type of the page (OpenMetrics 1.0 text).
@@ -265,9 +265,8 @@ fn encode_peers(
     {
         let mut m = encoder.encode_descriptor(
             "weave_router_peer_rtt_seconds",
-            "Round-trip time of the mesh TCP connection to a peer (kernel TCP_INFO smoothed \
-             RTT, read once a second, kept when new data was acknowledged), by quantile over \
-             the last 300 samples; quantile 1 is the maximum.",
+            "Round-trip time to a peer (a sleeve probe each second, answered over TCP), \
+             by quantile over the last 300 samples; quantile 1 is the maximum.",
             None,
             MetricType::Gauge,
         )?;

@@ -5,7 +5,6 @@
 
 pub mod form;
 pub mod metrics;
-pub mod rtt;
 pub mod stats;
 pub mod text;
 
@@ -68,7 +67,7 @@ pub struct MeshSnapshot {
     /// The status snapshot.
     pub router: RouterStatus,
     /// Round-trip summaries by remote TCP address of the connection.
-    pub rtt: BTreeMap<String, rtt::RttSummary>,
+    pub rtt: BTreeMap<String, crate::mesh::rtt::RttSummary>,
 }
 
 /// What the handlers share: the way to the mesh owner and the mesh port (the default port of

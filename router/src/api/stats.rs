@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::rtt::RttSummary;
+use crate::mesh::rtt::RttSummary;
 use crate::mesh::status::{
     DataplaneStatus, LocalConnectionStatus, PeerTrafficStatus, RouterStatus, WorkerStatus,
 };
@@ -94,7 +94,7 @@ pub struct PeerStats {
     pub encrypted: bool,
     /// Frames and bytes each way, summed over the workers.
     pub traffic: TrafficStats,
-    /// Round-trip times of the mesh TCP connection (kernel `TCP_INFO`), once sampled.
+    /// Round-trip times to the peer (sleeve probes answered over TCP), once one was timed.
     pub rtt: Option<RttSummary>,
 }
 

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::rtt::RttSummary;
 use crate::api::stats::{Stats, WorkerStats};
 use crate::cli::{http, CliError};
 use crate::config::DEFAULT_HTTP_ADDR;
+use crate::mesh::rtt::RttSummary;
 
 /// Flags of `weave-router stats`.
 #[derive(Debug, Clone, clap::Args)]
@@ -351,9 +351,8 @@ pub fn render(r: &StatsReport) -> String {
         }
     }
     s.push_str(
-        "\nRTT: the kernel's smoothed round-trip time (TCP_INFO) of the mesh TCP connection, \
-         read once a second and kept when new data (heartbeats, gossip) was acknowledged; \
-         last 300 samples.\n",
+        "\nRTT: a small sleeve probe sent each second, answered by the peer over TCP \
+         (PMTUVerified); last 300 samples.\n",
     );
     s
 }
@@ -603,7 +602,7 @@ mod tests {
             "{worker_line}"
         );
         assert!(text.contains("no_route"), "{text}");
-        assert!(text.contains("TCP_INFO"));
+        assert!(text.contains("PMTUVerified"));
     }
 
     #[test]

@@ -17,13 +17,15 @@ use crate::dataplane::engine::{ControlFrame, Counters, Engine, Output, Snapshot}
 use crate::dataplane::learn::LearnBus;
 use crate::ids::PeerName;
 use crate::mesh::sleeve::Udp;
+use crate::sys::eventfd::Wake;
 use crate::sys::socket::{recv_segments, send_segments, send_without_df};
 use crate::sys::tap::TapQueue;
 
 /// Reads or receives per readiness before the loop looks at its other inputs.
 const BATCH: usize = 64;
-/// How long a worker sleeps in `poll` before it looks at its control channel.
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How long an idle worker sleeps in `poll` before it publishes its counters and sweeps; a
+/// message on its control channel wakes it at once (the wake eventfd).
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// How often learned MACs are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -40,30 +42,39 @@ pub enum ToWorker {
 
 /// A running worker.
 pub struct Worker {
-    /// Its control channel.
-    pub tx: mpsc::Sender<ToWorker>,
+    tx: mpsc::Sender<ToWorker>,
+    wake: Arc<Wake>,
     /// Its counters.
     pub counters: Arc<Counters>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Worker {
-    /// A handle on a started worker thread.
+    /// A handle on a started worker thread, woken through `wake` when told something.
     pub fn new(
         tx: mpsc::Sender<ToWorker>,
+        wake: Arc<Wake>,
         counters: Arc<Counters>,
         thread: JoinHandle<()>,
     ) -> Self {
         Worker {
             tx,
+            wake,
             counters,
             thread: Some(thread),
         }
     }
 
+    /// Tells the worker `msg` and wakes it; false when the worker has exited.
+    pub fn send(&self, msg: ToWorker) -> bool {
+        let sent = self.tx.send(msg).is_ok();
+        self.wake.notify();
+        sent
+    }
+
     /// Stops the worker and waits for its thread.
     pub fn stop(mut self) {
-        let _ = self.tx.send(ToWorker::Stop);
+        self.send(ToWorker::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -78,6 +89,8 @@ pub struct WorkerIo {
     pub udp: UdpSocket,
     /// Its control channel.
     pub rx: mpsc::Receiver<ToWorker>,
+    /// Readable when something was sent on `rx`.
+    pub wake: Arc<Wake>,
     /// Where special frames go.
     pub control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
 }
@@ -114,6 +127,7 @@ pub fn start(
     body: impl FnOnce(Engine, WorkerIo) + Send + 'static,
 ) -> io::Result<Worker> {
     let (tx, rx) = mpsc::channel();
+    let wake = Arc::new(Wake::new()?);
     let counters = Arc::new(Counters::default());
     let engine = Engine::new(setup.ourself, Arc::clone(&counters))
         .with_kernel_gro(kernel_gro())
@@ -123,6 +137,7 @@ pub fn start(
         tap,
         udp,
         rx,
+        wake: Arc::clone(&wake),
         control,
     };
     let thread = std::thread::Builder::new()
@@ -135,7 +150,7 @@ pub fn start(
             }
             body(engine, io);
         })?;
-    Ok(Worker::new(tx, counters, thread))
+    Ok(Worker::new(tx, wake, counters, thread))
 }
 
 /// Starts epoll worker `index` on its own thread.
@@ -152,17 +167,18 @@ pub fn spawn(
         tap,
         udp,
         control,
-        |engine, io| run(engine, &io.tap, &io.udp, &io.rx, &io.control),
+        |engine, io| run(engine, &io),
     )
 }
 
-fn run(
-    mut engine: Engine,
-    tap: &TapQueue,
-    udp: &UdpSocket,
-    rx: &mpsc::Receiver<ToWorker>,
-    control: &tokio::sync::mpsc::UnboundedSender<ControlFrame>,
-) {
+fn run(mut engine: Engine, io: &WorkerIo) {
+    let WorkerIo {
+        tap,
+        udp,
+        rx,
+        wake,
+        control,
+    } = io;
     let mut out = engine.output();
     let mut tap_buf = vec![0u8; 65_536 + 64];
     let mut udp_buf = vec![0u8; 65_536];
@@ -176,7 +192,7 @@ fn run(
                 Err(mpsc::TryRecvError::Empty) => break,
             }
         }
-        let (tap_ready, udp_ready) = match wait(tap, udp, POLL_INTERVAL) {
+        let (tap_ready, udp_ready) = match wait(tap, udp, wake, POLL_INTERVAL) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("worker poll failed: {e}");
@@ -286,7 +302,14 @@ pub fn send_one(udp: &UdpSocket, d: &Udp, c: &Counters) {
 }
 
 /// Waits until the TAP or the socket is readable, or `timeout` passes.
-fn wait(tap: &TapQueue, udp: &UdpSocket, timeout: Duration) -> io::Result<(bool, bool)> {
+/// Waits until the TAP or the socket is readable, the control channel was written to (the
+/// wake descriptor, drained here), or `timeout` passed.
+fn wait(
+    tap: &TapQueue,
+    udp: &UdpSocket,
+    wake: &Wake,
+    timeout: Duration,
+) -> io::Result<(bool, bool)> {
     let mut fds = [
         libc::pollfd {
             fd: tap.as_fd().as_raw_fd(),
@@ -298,9 +321,14 @@ fn wait(tap: &TapQueue, udp: &UdpSocket, timeout: Duration) -> io::Result<(bool,
             events: libc::POLLIN,
             revents: 0,
         },
+        libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
     ];
     let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `fds` is a live array of two initialised pollfd structs and its true length
+    // SAFETY: `fds` is a live array of three initialised pollfd structs and its true length
     // is passed; poll only writes their `revents` fields.
     let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
     if ret < 0 {
@@ -311,5 +339,8 @@ fn wait(tap: &TapQueue, udp: &UdpSocket, timeout: Duration) -> io::Result<(bool,
         return Err(e);
     }
     let ready = |f: &libc::pollfd| f.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0;
+    if ready(&fds[2]) {
+        wake.drain();
+    }
     Ok((ready(&fds[0]), ready(&fds[1])))
 }

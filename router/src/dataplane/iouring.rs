@@ -11,20 +11,23 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::dataplane::engine::{ControlFrame, Counters, Engine, Output};
-use crate::dataplane::epoll::{start, ToWorker, Worker, WorkerSetup};
+use crate::dataplane::epoll::{start, ToWorker, Worker, WorkerIo, WorkerSetup};
 use crate::dataplane::uring::{
     BufGroup, Completion, Ring, RingOptions, StopReason, Target, TxBuf, UringError, RECV_OVERHEAD,
 };
 use crate::sys::tap::TapQueue;
 
-/// How long a worker waits for completions before it looks at its control channel.
-const WAIT: Duration = Duration::from_millis(20);
+/// How long an idle worker waits for completions before it publishes its counters and
+/// sweeps; a message on its control channel wakes it at once (the wake eventfd).
+const WAIT: Duration = Duration::from_millis(250);
 /// How often learned MACs are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Buffer group of the UDP receive ring.
 const UDP_GROUP: BufGroup = BufGroup(1);
 /// Buffer group of the TAP read ring.
 const TAP_GROUP: BufGroup = BufGroup(2);
+/// Buffer group of the wake eventfd's reads.
+const WAKE_GROUP: BufGroup = BufGroup(3);
 /// Buffers per provided-buffer ring.
 const BUFFERS: u16 = 64;
 
@@ -52,20 +55,21 @@ pub fn spawn(
         udp,
         control,
         move |engine, io| {
-            if let Err(e) = run(engine, &io.tap, &io.udp, &io.rx, &io.control) {
+            if let Err(e) = run(engine, &io) {
                 tracing::error!("io_uring worker {index} stopped: {e}");
             }
         },
     )
 }
 
-fn run(
-    mut engine: Engine,
-    tap: &TapQueue,
-    udp: &UdpSocket,
-    rx: &mpsc::Receiver<ToWorker>,
-    control: &tokio::sync::mpsc::UnboundedSender<ControlFrame>,
-) -> Result<(), UringError> {
+fn run(mut engine: Engine, io: &WorkerIo) -> Result<(), UringError> {
+    let WorkerIo {
+        tap,
+        udp,
+        rx,
+        wake,
+        control,
+    } = io;
     let mut ring = Ring::new(512, RingOptions::default())?;
     let _udp_bufs = ring.add_buf_ring(UDP_GROUP, BUFFERS, (RECV_OVERHEAD + 65_536) as u32)?;
     let _tap_bufs = ring.add_buf_ring(TAP_GROUP, BUFFERS, 65_536 + 64)?;
@@ -73,6 +77,10 @@ fn run(
     let tap_fd = tap.as_raw_fd();
     let mut recv_op = ring.recv_multi(Target::Fd(udp_fd), UDP_GROUP)?;
     let mut read_op = ring.read_multi(Target::Fd(tap_fd), TAP_GROUP)?;
+    // Each eventfd read is 8 bytes; a few buffers cover wakes between two reaps.
+    let _wake_bufs = ring.add_buf_ring(WAKE_GROUP, 4, 8)?;
+    let wake_fd = wake.as_raw_fd();
+    let mut wake_op = ring.read_multi(Target::Fd(wake_fd), WAKE_GROUP)?;
     let mut out = engine.output();
     let mut completions = Vec::new();
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
@@ -127,6 +135,8 @@ fn run(
                         engine.from_udp(from, segment, now, &mut out);
                     }
                 }
+                // A wake: the read reset the counter; the channel is read at the loop's top.
+                Completion::Read { op, .. } if op == wake_op => {}
                 Completion::Read { buf, .. } => engine.from_tap(&buf, now, &mut out),
                 Completion::Sent { result, bufs, .. } => {
                     account(engine.counters(), &result, true);
@@ -145,6 +155,8 @@ fn run(
                         recv_op = ring.recv_multi(Target::Fd(udp_fd), UDP_GROUP)?;
                     } else if op == read_op {
                         read_op = ring.read_multi(Target::Fd(tap_fd), TAP_GROUP)?;
+                    } else if op == wake_op {
+                        wake_op = ring.read_multi(Target::Fd(wake_fd), WAKE_GROUP)?;
                     }
                 }
             }

@@ -5,6 +5,7 @@
 pub mod maker;
 pub mod router;
 pub mod routes;
+pub mod rtt;
 pub mod sleeve;
 pub mod status;
 pub mod topology;

@@ -16,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::ids::{ConnId, ConnUid, PeerName, PeerUid, ShortId, UNKNOWN_PEER_NAME};
 use crate::mesh::maker::{ConnectionMaker, DirectPeer, OurConn, TargetState, Termination};
 use crate::mesh::routes::{self, UnicastRoutes};
+use crate::mesh::rtt::RttSummary;
 use crate::mesh::sleeve::{self, Effect, SleeveConn, Udp};
 use crate::mesh::status::{
     BroadcastRouteStatus, LocalConnectionStatus, PeerConnectionStatus, PeerStatus, RouterStatus,
@@ -508,6 +509,18 @@ impl Mesh {
     /// Names of peers we hold a registered connection to.
     pub fn connected_peers(&self) -> impl Iterator<Item = PeerName> + '_ {
         self.by_peer.keys().copied()
+    }
+
+    /// Round-trip percentiles of each connection that has timed one, by the connection's
+    /// address as [`Mesh::status`] shows it.
+    pub fn rtts(&self) -> BTreeMap<String, RttSummary> {
+        self.by_peer
+            .values()
+            .filter_map(|key| {
+                let c = self.conns.get(key)?;
+                Some((c.addr.to_string(), c.sleeve.as_ref()?.rtt()?))
+            })
+            .collect()
     }
 
     /// A snapshot for `/report` and the status texts; `now` dates retry times.

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::ids::{ConnUid, PeerName};
+use crate::mesh::rtt::{RttSummary, RttWindow};
 use crate::wire::sleeve::{
     self as wire, SleeveFrame, SpecialFrame, FAST_HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, MIN_PMTU,
     SLOW_HEARTBEAT_INTERVAL,
@@ -13,6 +14,13 @@ use crate::wire::sleeve::{
 
 /// How long a PMTU probe may go unanswered before a smaller one is tried.
 pub const PMTU_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often an established connection times a round trip (see [`crate::mesh::rtt`]).
+pub const RTT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// A round-trip probe unanswered this long is counted lost.
+pub const RTT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The candidate MTU a round-trip probe announces: the smallest, which every path carries
+/// and which the MTU search has finished with by the time round trips are timed.
+const RTT_PROBE_MTU: u16 = MIN_PMTU as u16;
 /// Sub-tags of the sleeve's control messages (tag 7, overlay 0).
 pub mod subtag {
     /// The remote hears our heartbeats.
@@ -83,6 +91,12 @@ pub struct SleeveConn {
     probing: Option<(u16, Instant)>,
     mtu: Option<u16>,
     frag_ok: bool,
+    /// When the next round-trip probe goes out.
+    next_rtt_probe: Instant,
+    /// When the outstanding round-trip probe was sent.
+    rtt_probe: Option<Instant>,
+    rtt: RttWindow,
+    rtt_lost: u64,
 }
 
 impl SleeveConn {
@@ -111,7 +125,26 @@ impl SleeveConn {
             probing: None,
             mtu: None,
             frag_ok: false,
+            next_rtt_probe: now,
+            rtt_probe: None,
+            rtt: RttWindow::default(),
+            rtt_lost: 0,
         }
+    }
+
+    /// Round-trip percentiles over the recent probes, once one was answered.
+    pub fn rtt(&self) -> Option<RttSummary> {
+        self.rtt.summary()
+    }
+
+    /// Round-trip probes that went unanswered.
+    pub fn rtt_lost(&self) -> u64 {
+        self.rtt_lost
+    }
+
+    /// Whether round trips are being timed: established, MTU search over.
+    fn timing_rtt(&self) -> bool {
+        self.confirmed && self.mtu.is_some() && self.probing.is_none() && self.udp.is_some()
     }
 
     /// The remote's UDP address, once known.
@@ -137,6 +170,9 @@ impl SleeveConn {
         }
         if let Some((_, sent)) = self.probing {
             t = t.min(sent + PMTU_PROBE_TIMEOUT);
+        }
+        if self.timing_rtt() {
+            t = t.min(self.next_rtt_probe);
         }
         t
     }
@@ -166,6 +202,23 @@ impl SleeveConn {
                 // Unanswered: the path does not carry it. Search below.
                 self.hi = candidate.saturating_sub(1).max(self.lo);
                 self.probe(now, out);
+            }
+        }
+        if self.timing_rtt() && self.next_rtt_probe <= now {
+            self.next_rtt_probe = now + RTT_PROBE_INTERVAL;
+            match self.rtt_probe {
+                Some(sent) if now.saturating_duration_since(sent) < RTT_PROBE_TIMEOUT => {}
+                outstanding => {
+                    if outstanding.is_some() {
+                        self.rtt_lost += 1;
+                    }
+                    if let (Some(to), Ok(probe)) =
+                        (self.udp, wire::pmtu_probe_frame(usize::from(RTT_PROBE_MTU)))
+                    {
+                        self.rtt_probe = Some(now);
+                        out.push(self.udp_frame(to, true, &probe));
+                    }
+                }
             }
         }
     }
@@ -233,6 +286,13 @@ impl SleeveConn {
                     return;
                 };
                 let mtu = u16::from_be_bytes([bytes[0], bytes[1]]);
+                if mtu == RTT_PROBE_MTU && self.probing.is_none() {
+                    if let Some(sent) = self.rtt_probe.take() {
+                        let us = now.saturating_duration_since(sent).as_micros();
+                        self.rtt.push(u32::try_from(us).unwrap_or(u32::MAX));
+                    }
+                    return;
+                }
                 let Some((candidate, _)) = self.probing else {
                     return;
                 };
@@ -316,6 +376,12 @@ mod tests {
 
     /// Runs two sleeve ends against each other over a path that carries `path_mtu`.
     fn handshake(path_mtu: u16) -> (SleeveConn, SleeveConn, Vec<String>) {
+        let (a, b, log, _) = handshake_until(path_mtu);
+        (a, b, log)
+    }
+
+    /// [`handshake`], also returning the simulated time it ended at.
+    fn handshake_until(path_mtu: u16) -> (SleeveConn, SleeveConn, Vec<String>, Instant) {
         let t0 = Instant::now();
         let a_addr: SocketAddr = "10.0.0.1:6783".parse().unwrap();
         let b_addr: SocketAddr = "10.0.0.2:6783".parse().unwrap();
@@ -358,7 +424,7 @@ mod tests {
             }
             now += Duration::from_millis(100);
         }
-        (a, b, log)
+        (a, b, log, now)
     }
 
     fn deliver(
@@ -432,5 +498,54 @@ mod tests {
         );
         assert!(out.is_empty());
         assert_eq!(a.udp(), None);
+    }
+
+    #[test]
+    fn established_ends_time_round_trips_with_small_probes() {
+        let (mut a, mut b, log, now) = handshake_until(1438);
+        // The handshake delivered everything at once: round trips of zero, about one a second.
+        let s = a.rtt().expect("timed during the handshake");
+        assert!(s.samples >= 10, "{s:?} {log:#?}");
+        assert_eq!(s.max_us, 0);
+        assert_eq!(a.mtu(), Some(1438), "timing leaves the MTU alone");
+
+        // The next probe goes out a second later and is answered 3 ms after that.
+        let at = now + RTT_PROBE_INTERVAL;
+        let mut out = Vec::new();
+        a.handle_timeout(at, &mut out);
+        let Some(Effect::Udp(probe)) = out
+            .iter()
+            .find(|e| matches!(e, Effect::Udp(u) if u.datagram.len() > 100))
+            .cloned()
+        else {
+            panic!("no probe in {out:?}");
+        };
+        assert!(probe.df);
+        let mut answer = Vec::new();
+        b.handle_special(
+            "10.0.0.1:6783".parse().unwrap(),
+            SpecialFrame::parse(&probe.datagram[20..]).unwrap(),
+            at,
+            &mut answer,
+        );
+        let [Effect::Control(st, data)] = answer.as_slice() else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(*st, subtag::PMTU_VERIFIED);
+        let mut none = Vec::new();
+        a.handle_control(*st, data, at + Duration::from_millis(3), &mut none);
+        assert!(
+            none.is_empty(),
+            "an answered timing probe changes nothing else: {none:?}"
+        );
+        assert_eq!(a.rtt().unwrap().last_us, 3000);
+        assert_eq!(a.mtu(), Some(1438));
+
+        // A probe nobody answers is counted lost when the next one is due after the timeout.
+        let mut out = Vec::new();
+        a.handle_timeout(at + RTT_PROBE_INTERVAL, &mut out);
+        assert_eq!(a.rtt_lost(), 0);
+        a.handle_timeout(at + RTT_PROBE_INTERVAL + RTT_PROBE_TIMEOUT, &mut out);
+        assert_eq!(a.rtt_lost(), 1);
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod cmsg;
 pub mod cpu;
+pub mod eventfd;
 pub mod netns;
 pub mod socket;
 pub mod tap;

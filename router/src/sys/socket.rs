@@ -238,43 +238,6 @@ pub fn path_mtu(sock: &impl AsFd) -> Result<u32, SysError> {
     })
 }
 
-/// Round-trip time of a TCP connection as the kernel tracks it (`TCP_INFO`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcpRtt {
-    /// Smoothed round-trip time (`tcpi_rtt`), microseconds.
-    pub rtt_us: u32,
-    /// Its mean deviation (`tcpi_rttvar`), microseconds.
-    pub rttvar_us: u32,
-    /// Bytes the peer has acknowledged (`tcpi_bytes_acked`, Linux 4.1+; 0 before).
-    pub bytes_acked: u64,
-}
-
-/// The kernel's round-trip estimate of a TCP socket: one `getsockopt(TCP_INFO)`.
-pub fn tcp_rtt(sock: &impl AsFd) -> Result<TcpRtt, SysError> {
-    let mut info = MaybeUninit::<libc::tcp_info>::zeroed();
-    let mut len = socklen_of::<libc::tcp_info>();
-    // SAFETY: the kernel writes at most `len` bytes into `info`, which has that size; older
-    // kernels write a prefix and leave the rest zeroed.
-    let ret = unsafe {
-        libc::getsockopt(
-            sock.as_fd().as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            info.as_mut_ptr().cast(),
-            &raw mut len,
-        )
-    };
-    cvt(ret).map_err(|source| syscall("TCP_INFO", &describe(sock), source))?;
-    // SAFETY: tcp_info is plain integers, so the zeroed bytes the kernel did not
-    // overwrite are a valid value.
-    let info = unsafe { info.assume_init() };
-    Ok(TcpRtt {
-        rtt_us: info.tcpi_rtt,
-        rttvar_us: info.tcpi_rttvar,
-        bytes_acked: info.tcpi_bytes_acked,
-    })
-}
-
 /// Sends the concatenation of `parts` to `dest` (or the connected peer) in one `sendmsg`.
 /// With `segment_size`, the kernel cuts it into datagrams of that size, the last one
 /// shorter (UDP GSO). The kernel takes at most `UDP_MAX_SEGMENTS` segments (64 on older
@@ -564,23 +527,5 @@ mod tests {
         ))
         .expect("open");
         assert_eq!(pmtu_discovery(&plain).expect("mode"), PmtuDiscovery::Dont);
-    }
-
-    #[test]
-    fn tcp_info_gives_a_round_trip_time_on_tcp_only() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
-        let mut client =
-            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (mut server, _) = listener.accept().expect("accept");
-        // One exchange so the kernel has timed an acknowledgement.
-        std::io::Write::write_all(&mut client, b"ping").expect("write");
-        let mut buf = [0u8; 4];
-        std::io::Read::read_exact(&mut server, &mut buf).expect("read");
-        let rtt = tcp_rtt(&client).expect("TCP_INFO");
-        assert!(rtt.rtt_us > 0, "{rtt:?}");
-        assert!(rtt.bytes_acked >= 4, "{rtt:?}");
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
-        let err = tcp_rtt(&udp).expect_err("UDP has no TCP_INFO");
-        assert!(err.to_string().contains("TCP_INFO"), "{err}");
     }
 }

@@ -1,16 +1,12 @@
 //! Round-trip times to peers: a window of recent samples per connection and its percentiles.
 //!
 //! Weave's heartbeats go one way only (each side sends its own and nothing answers them),
-//! so they cannot time a round trip. The kernel can: every mesh connection is TCP, and its
-//! `TCP_INFO` holds the smoothed round-trip time (`tcpi_rtt`, microseconds) that TCP keeps
-//! from the acknowledgements of everything sent on it, heartbeats and gossip included. The
-//! daemon reads it once a second per connection and offers it here with the connection's
-//! acknowledged byte count; a reading is kept only when that count moved (an ACK of new
-//! data came in, so the kernel measured again), so an idle connection does not fill the
-//! window with copies of one old estimate. The last [`RTT_WINDOW`] samples are kept.
-//!
-//! Because the peer may delay its ACK of a one-way message (a heartbeat), the figure is an
-//! upper bound of the network's round trip rather than the bare path delay.
+//! so they cannot time a round trip. The sleeve's path-MTU probe is answered, though: a
+//! peer that receives one replies at once over the TCP connection with `PMTUVerified`, and
+//! Weave Net does the same. Once the MTU is known, each connection sends a small probe
+//! every second ([`crate::mesh::sleeve`]) and times the answer: one UDP trip over the
+//! data path plus one TCP trip back, the way a pod's packet and its answer travel.
+//! The last [`RTT_WINDOW`] samples are kept.
 //!
 //! This module is pure: samples come in as numbers.
 
@@ -18,29 +14,16 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-/// Samples kept per connection: five minutes at one a second.
+/// Samples kept per connection: five minutes at one probe a second.
 pub const RTT_WINDOW: usize = 300;
 
 /// The most recent round-trip samples of one connection, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RttWindow {
     samples: VecDeque<u32>,
-    acked: u64,
 }
 
 impl RttWindow {
-    /// Offers a `TCP_INFO` reading: the smoothed RTT and the bytes acknowledged so far. It
-    /// is kept only when new bytes were acknowledged since the last kept reading and the
-    /// kernel has an estimate (non-zero); returns whether it was kept.
-    pub fn offer(&mut self, rtt_us: u32, bytes_acked: u64) -> bool {
-        if rtt_us == 0 || bytes_acked <= self.acked {
-            return false;
-        }
-        self.acked = bytes_acked;
-        self.push(rtt_us);
-        true
-    }
-
     /// Adds one sample in microseconds, forgetting the oldest beyond [`RTT_WINDOW`].
     pub fn push(&mut self, rtt_us: u32) {
         if self.samples.len() == RTT_WINDOW {
@@ -142,17 +125,6 @@ mod tests {
             (s.p50_us, s.p90_us, s.p99_us, s.max_us),
             (100, 100, 9000, 9000)
         );
-    }
-
-    #[test]
-    fn readings_count_only_when_new_bytes_were_acknowledged() {
-        let mut w = RttWindow::default();
-        assert!(!w.offer(0, 10), "no estimate yet");
-        assert!(w.offer(500, 10));
-        assert!(!w.offer(500, 10), "idle: the same estimate again");
-        assert!(w.offer(700, 25));
-        assert_eq!(w.len(), 2);
-        assert_eq!(w.summary().unwrap().last_us, 700);
     }
 
     #[test]
