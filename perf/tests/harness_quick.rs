@@ -3,8 +3,11 @@
 //! files' shape and that every path moved data in every workload, never how fast. Needs root
 //! and a built weave-router next to weave-perf.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weave_perf::harness::{NetPath, WorkloadName};
@@ -26,6 +29,63 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// How long the quick run may take before the test gives up on it. It normally takes well
+/// under a minute; this only keeps a hung harness from hanging the test run.
+const RUN_DEADLINE: Duration = Duration::from_secs(240);
+/// How long the harness gets to tear its testbed down after SIGINT before it is killed.
+const TEARDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Reads a pipe to its end on a thread, so the child never blocks on a full pipe.
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Polls `child` until it exits or `deadline` passes; `None` on the deadline.
+fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    loop {
+        match child.try_wait().expect("poll weave-perf") {
+            Some(status) => return Some(status),
+            None if Instant::now() >= deadline => return None,
+            None => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Waits for the harness with a deadline. Past it, SIGINT lets the harness remove its
+/// testbed; if it does not exit within [`TEARDOWN_GRACE`] it is killed. Either way the test
+/// fails with what the harness wrote to stderr.
+fn wait_for_harness(mut child: Child) -> (ExitStatus, String) {
+    let stdout = drain(child.stdout.take().expect("stdout piped"));
+    let stderr = drain(child.stderr.take().expect("stderr piped"));
+    let started = Instant::now();
+    let status = wait_until(&mut child, started + RUN_DEADLINE);
+    let Some(status) = status else {
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let after_int = wait_until(&mut child, Instant::now() + TEARDOWN_GRACE);
+        if after_int.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let stderr = stderr.join().unwrap_or_default();
+        panic!(
+            "weave-perf run --quick did not finish within {} s; sent SIGINT{}; stderr:\n{stderr}",
+            RUN_DEADLINE.as_secs(),
+            match after_int {
+                Some(s) => format!(", it exited ({s})"),
+                None => format!(", and killed it {} s later", TEARDOWN_GRACE.as_secs()),
+            }
+        );
+    };
+    let _ = stdout.join();
+    (status, stderr.join().unwrap_or_default())
 }
 
 fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
@@ -51,10 +111,9 @@ fn quick_run_measures_every_path_and_workload_and_writes_three_files() {
         .spawn()
         .expect("start weave-perf");
     let pid = child.id();
-    let run = child.wait_with_output().expect("wait for weave-perf");
+    let (status, stderr) = wait_for_harness(child);
 
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "weave-perf run failed:\n{stderr}");
+    assert!(status.success(), "weave-perf run failed:\n{stderr}");
     let [json, md, svg] = ["json", "md", "svg"].map(|ext| files_with(&out.0, ext));
     assert_eq!(
         (json.len(), md.len(), svg.len()),
@@ -147,6 +206,7 @@ fn quick_run_measures_every_path_and_workload_and_writes_three_files() {
     let md = std::fs::read_to_string(&md[0]).expect("read md");
     assert!(md.contains("## Against the kernel VXLAN baseline"), "{md}");
     assert!(md.contains("| vxlan | 1.00× |"), "{md}");
+    assert!(md.contains("| udp64 | offered packets/s |"), "{md}");
     let svg = std::fs::read_to_string(&svg[0]).expect("read svg");
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     // The testbed is gone: no namespace of the run's process is left.

@@ -55,6 +55,7 @@ pub fn compare(old: &RunResult, new: &RunResult) -> Vec<Change> {
                     (true, _) => None,
                     (false, Better::Higher) => Some(up),
                     (false, Better::Lower) => Some(!up),
+                    (false, Better::Neither) => None,
                 }
             });
             changes.push(Change {

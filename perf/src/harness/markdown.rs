@@ -11,8 +11,8 @@ fn headline(workload: WorkloadName) -> &'static [(Metric, &'static str)] {
     match workload {
         WorkloadName::Tcp1 => &[(Metric::ThroughputGbps, "tcp1 throughput")],
         WorkloadName::Tcp4 => &[(Metric::ThroughputGbps, "tcp4 throughput")],
-        WorkloadName::Udp64 => &[(Metric::PacketsPerSecond, "udp64 pps")],
-        WorkloadName::Udp1400 => &[(Metric::PacketsPerSecond, "udp1400 pps")],
+        WorkloadName::Udp64 => &[(Metric::PacketsPerSecond, "udp64 received pps")],
+        WorkloadName::Udp1400 => &[(Metric::PacketsPerSecond, "udp1400 received pps")],
         WorkloadName::Rr => &[
             (Metric::LatencyP50Us, "rr p50"),
             (Metric::LatencyP99Us, "rr p99"),
@@ -26,6 +26,7 @@ fn absolute(workload: WorkloadName) -> &'static [Metric] {
         WorkloadName::Tcp1 | WorkloadName::Tcp4 => &[Metric::ThroughputGbps],
         WorkloadName::Udp64 | WorkloadName::Udp1400 => &[
             Metric::PacketsPerSecond,
+            Metric::OfferedPacketsPerSecond,
             Metric::ThroughputGbps,
             Metric::UdpLossPercent,
         ],
@@ -37,6 +38,44 @@ fn absolute(workload: WorkloadName) -> &'static [Metric] {
             Metric::RoundTripsPerSecond,
         ],
     }
+}
+
+/// A UDP measurement that lost at most this share of what was sent (median, percent) had
+/// its rate set by the sender: the receiving pod got at least 97 % of the packets offered.
+pub const SENDER_LIMITED_LOSS_PERCENT: f64 = 3.0;
+
+/// Whether `path`'s UDP figure for `workload` was set by the sender rather than by drops on
+/// the way: its median loss is at most [`SENDER_LIMITED_LOSS_PERCENT`]. `None` where there
+/// is no loss figure (not UDP, not measured).
+pub fn sender_limited(run: &RunResult, path: &str, workload: WorkloadName) -> Option<bool> {
+    let udp = matches!(workload, WorkloadName::Udp64 | WorkloadName::Udp1400);
+    if !udp {
+        return None;
+    }
+    run.median(path, workload.name(), Metric::UdpLossPercent)
+        .map(|loss| loss <= SENDER_LIMITED_LOSS_PERCENT)
+}
+
+/// One cell of the ratio table: `value / base`, with `†` where the path's own UDP figure was
+/// sender-limited, and `≤` / `≥` where exactly one side was, so the ratio is a bound.
+/// `(path_limited, base_limited)` are [`sender_limited`] of the path and the baseline.
+fn ratio_cell(
+    value: f64,
+    base: f64,
+    path_limited: Option<bool>,
+    base_limited: Option<bool>,
+) -> String {
+    let (path_limited, base_limited) = (path_limited == Some(true), base_limited == Some(true));
+    // A sender-limited figure is a floor of what its path can carry. A floor over a true
+    // capacity is a lower bound of the ratio; a true capacity over a floor, an upper bound;
+    // a floor over a floor bounds nothing.
+    let bound = match (path_limited, base_limited) {
+        (true, false) => "≥",
+        (false, true) => "≤",
+        (true, true) | (false, false) => "",
+    };
+    let mark = if path_limited { "†" } else { "" };
+    format!("{bound}{:.2}×{mark}", value / base)
 }
 
 /// Router figures shown per router path and workload.
@@ -160,11 +199,16 @@ fn ratios(md: &mut String, run: &RunResult) {
         md.push_str("--:|");
     }
     md.push('\n');
+    let mut marked = false;
     for path in run.measured_paths() {
         let _ = write!(md, "| {path} |");
         for &(w, m, _) in &columns {
             let cell = match (run.median(path, w.name(), m), run.median(base, w.name(), m)) {
-                (Some(v), Some(b)) if b > 0.0 => format!("{:.2}×", v / b),
+                (Some(v), Some(b)) if b > 0.0 => {
+                    let (p, bl) = (sender_limited(run, path, w), sender_limited(run, base, w));
+                    marked |= p == Some(true) || bl == Some(true);
+                    ratio_cell(v, b, p, bl)
+                }
                 _ => "–".to_owned(),
             };
             let _ = write!(md, " {cell} |");
@@ -172,12 +216,47 @@ fn ratios(md: &mut String, run: &RunResult) {
         md.push('\n');
     }
     md.push('\n');
+    if marked {
+        let _ = writeln!(
+            md,
+            "† The receiving pod got at least {:.0} % of the UDP packets sent (median loss ≤ {} %; \
+             offered and received packets/s are in the table below): the sending side set this \
+             rate, not drops on the way, so the path carries at least this much and may carry \
+             more. On kernel paths the sending side includes most of the path's own work, which \
+             the kernel does on the sender's CPU during its send calls. `≤`: only `{base}` is \
+             marked, so the ratio is an upper bound of this path's ratio against a `{base}` fed \
+             faster. `≥`: only this path is marked, so the ratio is a lower bound. Both marked: \
+             the ratio compares two sending rates and bounds neither way.\n",
+            100.0 - SENDER_LIMITED_LOSS_PERCENT,
+            SENDER_LIMITED_LOSS_PERCENT,
+        );
+    }
+    let router_measured = run
+        .paths
+        .iter()
+        .any(|p| p.measured && p.kind == PathKind::Router);
+    if router_measured && workloads(run).contains(&WorkloadName::Rr) {
+        let _ = writeln!(
+            md,
+            "Round trips (rr): on `{base}` the kernel carries each request and answer in softirq; \
+             on the sleeve each direction also passes through two weave-router processes in \
+             user space (a worker on host1 wakes to read the TAP and send UDP, one on host2 wakes \
+             to receive it and write the TAP), so a round trip adds four thread wake-ups.\n"
+        );
+    }
 }
 
 fn absolutes(md: &mut String, run: &RunResult) {
     let paths = run.measured_paths();
-    let n = run.settings.repeats;
-    let _ = writeln!(md, "## Medians (min–max of {n})\n");
+    let counts: Vec<usize> = workloads(run)
+        .into_iter()
+        .flat_map(|w| absolute(w).iter().map(move |&m| (w, m)))
+        .flat_map(|(w, m)| paths.iter().filter_map(move |p| run.spread(p, w.name(), m)))
+        .map(|s| s.n)
+        .collect();
+    let most = counts.iter().copied().max().unwrap_or(0);
+    let uniform = counts.iter().all(|&n| n == most);
+    let _ = writeln!(md, "## {}\n", medians_heading(most, uniform));
     let _ = write!(md, "| workload | metric |");
     for p in &paths {
         let _ = write!(md, " {p} |");
@@ -193,7 +272,7 @@ fn absolutes(md: &mut String, run: &RunResult) {
             for p in &paths {
                 let cell = run
                     .spread(p, w.name(), m)
-                    .map_or_else(|| "–".to_owned(), |s| spread_cell(m, s));
+                    .map_or_else(|| "–".to_owned(), |s| spread_cell(m, s, most));
                 let _ = write!(md, " {cell} |");
             }
             md.push('\n');
@@ -266,7 +345,8 @@ fn failures(md: &mut String, run: &RunResult) {
 pub fn metric_label(m: Metric) -> &'static str {
     match m {
         Metric::ThroughputGbps => "Gbit/s",
-        Metric::PacketsPerSecond => "packets/s",
+        Metric::PacketsPerSecond => "received packets/s",
+        Metric::OfferedPacketsPerSecond => "offered packets/s",
         Metric::UdpLossPercent => "loss %",
         Metric::RoundTripsPerSecond => "round trips/s",
         Metric::LatencyP50Us => "p50 µs",
@@ -280,12 +360,33 @@ pub fn metric_label(m: Metric) -> &'static str {
     }
 }
 
-fn spread_cell(m: Metric, s: Spread) -> String {
-    if s.n < 2 {
-        return format_value(m, s.median);
+/// The heading of the absolute table from the sample counts of its cells: `most` is the
+/// largest, `uniform` whether every cell has that many.
+fn medians_heading(most: usize, uniform: bool) -> String {
+    match (most, uniform) {
+        (0, _) => "Medians".to_owned(),
+        (1, true) => "Values (one measurement each)".to_owned(),
+        (n, true) => format!("Medians (min–max of {n})"),
+        (n, false) => format!("Medians (min–max of {n}; a cell over fewer says n=)"),
     }
+}
+
+/// A cell of the absolute table; a cell over fewer samples than `most` says how many.
+fn spread_cell(m: Metric, s: Spread, most: usize) -> String {
+    let n = if s.n < most {
+        format!("n={}", s.n)
+    } else {
+        String::new()
+    };
+    if s.n < 2 {
+        return match n.is_empty() {
+            true => format_value(m, s.median),
+            false => format!("{} ({n})", format_value(m, s.median)),
+        };
+    }
+    let sep = if n.is_empty() { "" } else { ", " };
     format!(
-        "{} ({}–{})",
+        "{} ({}–{}{sep}{n})",
         format_value(m, s.median),
         format_value(m, s.min),
         format_value(m, s.max)
@@ -295,7 +396,9 @@ fn spread_cell(m: Metric, s: Spread) -> String {
 /// A value of `m` as the reports print it.
 pub fn format_value(m: Metric, v: f64) -> String {
     match m {
-        Metric::PacketsPerSecond | Metric::RoundTripsPerSecond => format_rate(v),
+        Metric::PacketsPerSecond
+        | Metric::OfferedPacketsPerSecond
+        | Metric::RoundTripsPerSecond => format_rate(v),
         Metric::ThroughputGbps | Metric::RouterCpuSPerGib => format!("{v:.2}"),
         Metric::UdpLossPercent
         | Metric::LatencyP50Us
@@ -366,6 +469,157 @@ mod tests {
         let md = render_markdown(&run);
 
         assert!(md.contains("did not measure `vxlan`"), "{md}");
+    }
+
+    /// Sets the median loss of `path` and `workload` in the summary.
+    fn set_loss(run: &mut RunResult, path: &str, workload: &str, loss: f64) {
+        let row = run
+            .summary
+            .iter_mut()
+            .find(|r| r.path == path && r.workload == workload)
+            .unwrap();
+        row.metrics.insert(
+            Metric::UdpLossPercent.key().to_owned(),
+            Some(Spread {
+                median: loss,
+                min: loss,
+                max: loss,
+                n: 3,
+            }),
+        );
+    }
+
+    fn row<'a>(md: &'a str, path: &str) -> &'a str {
+        md.lines()
+            .find(|l| l.starts_with(&format!("| {path} |")))
+            .unwrap_or_else(|| panic!("no {path} row:\n{md}"))
+    }
+
+    #[test]
+    fn sender_limited_udp_cells_are_marked_and_bounded() {
+        let mut run = sample_run();
+        for p in run
+            .measured_paths()
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+        {
+            for w in ["udp64", "udp1400"] {
+                set_loss(&mut run, &p, w, 40.0);
+            }
+        }
+        // udp64: vxlan lost nothing (its sender set its rate), epoll lost half, veth nothing.
+        set_loss(&mut run, "vxlan", "udp64", 0.0);
+        set_loss(&mut run, "veth", "udp64", 0.0);
+        // udp1400: vxlan lost much, epoll lost 3 %: the boundary counts as sender-limited.
+        set_loss(&mut run, "sleeve-epoll", "udp1400", 3.0);
+
+        let md = render_markdown(&run);
+
+        // Columns: tcp1, tcp4, udp64, udp1400, rr p50, rr p99.
+        assert!(
+            row(&md, "vxlan").starts_with("| vxlan | 1.00× | 1.00× | 1.00×† | 1.00× | 1.00× |"),
+            "{md}"
+        );
+        assert!(row(&md, "veth").contains("| 2.00×† | 2.00× |"), "{md}");
+        assert!(
+            row(&md, "sleeve-epoll").contains("| ≤0.75× | ≥0.75×† |"),
+            "{md}"
+        );
+        assert!(
+            row(&md, "sleeve-no-gso").contains("| ≤0.40× | 0.40× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("† The receiving pod got at least 97 % of the UDP packets sent"),
+            "{md}"
+        );
+        assert!(md.contains("upper bound"), "{md}");
+    }
+
+    #[test]
+    fn no_footnote_where_every_udp_path_dropped_packets() {
+        let mut run = sample_run();
+        for p in run
+            .measured_paths()
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+        {
+            for w in ["udp64", "udp1400"] {
+                set_loss(&mut run, &p, w, 10.0);
+            }
+        }
+
+        let md = render_markdown(&run);
+
+        assert!(!md.contains('†'), "{md}");
+        assert!(!md.contains('≤') && !md.contains('≥'), "{md}");
+        assert!(
+            row(&md, "sleeve-epoll").contains("| 0.75× | 0.75× |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn udp_rows_show_offered_next_to_received() {
+        let md = render_markdown(&sample_run());
+
+        assert!(
+            md.contains("| udp64 | received packets/s | 400k (390k–410k) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| udp64 | offered packets/s | 410k (400k–420k) |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn round_trips_through_the_sleeve_are_explained_only_with_a_router_path() {
+        let md = render_markdown(&sample_run());
+        assert!(md.contains("four thread wake-ups"), "{md}");
+
+        let mut kernel_only = sample_run();
+        for p in &mut kernel_only.paths {
+            p.measured = p.kind != PathKind::Router && p.measured;
+        }
+        assert!(!render_markdown(&kernel_only).contains("wake-ups"));
+    }
+
+    #[test]
+    fn medians_heading_counts_the_samples_the_spreads_are_over() {
+        let md = render_markdown(&sample_run());
+        assert!(md.contains("## Medians (min–max of 3)"), "{md}");
+
+        // One failed repeat of sleeve-epoll tcp1: its cell is over two samples.
+        let mut run = sample_run();
+        run.settings.repeats = 4;
+        let row = run
+            .summary
+            .iter_mut()
+            .find(|r| r.path == "sleeve-epoll" && r.workload == "tcp1")
+            .unwrap();
+        let spread = row
+            .metrics
+            .get_mut("throughput_gbps")
+            .unwrap()
+            .as_mut()
+            .unwrap();
+        spread.n = 2;
+        let md = render_markdown(&run);
+        assert!(
+            md.contains("## Medians (min–max of 3; a cell over fewer says n=)"),
+            "{md}"
+        );
+        assert!(md.contains("| 3.00 (2.92–3.07, n=2) |"), "{md}");
+        assert!(md.contains("| tcp1 | Gbit/s | 4.00 (3.90–4.10) |"), "{md}");
+
+        assert_eq!(medians_heading(1, true), "Values (one measurement each)");
+        assert_eq!(
+            spread_cell(Metric::ThroughputGbps, Spread::of(&[2.0]).unwrap(), 3),
+            "2.00 (n=1)"
+        );
     }
 
     #[test]

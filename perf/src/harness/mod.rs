@@ -41,7 +41,8 @@ pub fn sample_headline(sample: &Sample) -> String {
             show(Metric::TxSegmentsPerCall, " tx/call"),
         ],
         Some(WorkloadName::Udp64 | WorkloadName::Udp1400) => vec![
-            show(Metric::PacketsPerSecond, " pps"),
+            show(Metric::PacketsPerSecond, " pps received"),
+            show(Metric::OfferedPacketsPerSecond, " offered"),
             show(Metric::UdpLossPercent, "% lost"),
             show(Metric::RouterCpuSPerGib, " router-s/GiB"),
             show(Metric::TxSegmentsPerCall, " tx/call"),
@@ -97,6 +98,16 @@ mod tests {
             "40.0 µs p50, 80.0 µs p99, 200.0 µs p99.9"
         );
         assert_eq!(sample_headline(&failed), "FAILED: the load client failed");
+        let udp = run
+            .samples
+            .iter()
+            .find(|s| s.path == "vxlan" && s.workload == "udp64" && s.repeat == 2)
+            .unwrap();
+        assert!(
+            sample_headline(udp).starts_with("400k pps received, 410k offered, 2.0% lost"),
+            "{}",
+            sample_headline(udp)
+        );
     }
 
     #[test]

@@ -231,6 +231,7 @@ impl WorkloadName {
             ],
             WorkloadName::Udp64 | WorkloadName::Udp1400 => &[
                 Metric::PacketsPerSecond,
+                Metric::OfferedPacketsPerSecond,
                 Metric::ThroughputGbps,
                 Metric::UdpLossPercent,
                 Metric::RouterCpuSPerGib,
@@ -270,6 +271,9 @@ pub enum Metric {
     ThroughputGbps,
     /// UDP packets per second received.
     PacketsPerSecond,
+    /// UDP packets per second the sender put out over its counted window: what the path was
+    /// offered. Received close to offered means the sender, not the path, set the rate.
+    OfferedPacketsPerSecond,
     /// Share of UDP packets sent that did not arrive, in percent.
     UdpLossPercent,
     /// Round trips per second (rr).
@@ -299,13 +303,16 @@ pub enum Better {
     Higher,
     /// Less is better (latency, cost).
     Lower,
+    /// Neither: a property of the load put on the path rather than of the path (offered rate).
+    Neither,
 }
 
 impl Metric {
     /// Every metric.
-    pub const ALL: [Metric; 12] = [
+    pub const ALL: [Metric; 13] = [
         Metric::ThroughputGbps,
         Metric::PacketsPerSecond,
+        Metric::OfferedPacketsPerSecond,
         Metric::UdpLossPercent,
         Metric::RoundTripsPerSecond,
         Metric::LatencyP50Us,
@@ -323,6 +330,7 @@ impl Metric {
         match self {
             Metric::ThroughputGbps => "throughput_gbps",
             Metric::PacketsPerSecond => "packets_per_second",
+            Metric::OfferedPacketsPerSecond => "offered_packets_per_second",
             Metric::UdpLossPercent => "udp_loss_percent",
             Metric::RoundTripsPerSecond => "round_trips_per_second",
             Metric::LatencyP50Us => "latency_p50_us",
@@ -345,7 +353,7 @@ impl Metric {
     pub fn unit(self) -> &'static str {
         match self {
             Metric::ThroughputGbps => "Gbit/s",
-            Metric::PacketsPerSecond => "pps",
+            Metric::PacketsPerSecond | Metric::OfferedPacketsPerSecond => "pps",
             Metric::UdpLossPercent => "%",
             Metric::RoundTripsPerSecond => "1/s",
             Metric::LatencyP50Us
@@ -373,6 +381,7 @@ impl Metric {
             | Metric::LatencyP999Us
             | Metric::RouterCpuSPerGib
             | Metric::RouterPeakRssMib => Better::Lower,
+            Metric::OfferedPacketsPerSecond => Better::Neither,
         }
     }
 
@@ -385,6 +394,7 @@ impl Metric {
             | Metric::RxSegmentsPerCall => true,
             Metric::ThroughputGbps
             | Metric::PacketsPerSecond
+            | Metric::OfferedPacketsPerSecond
             | Metric::UdpLossPercent
             | Metric::RoundTripsPerSecond
             | Metric::LatencyP50Us

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::markdown::render_markdown;
-use super::result::{RunResult, SCHEMA};
+use super::result::{backfill_offered, RunResult, SCHEMA};
 use super::run::HarnessError;
 use super::svg::render_svg;
 
@@ -103,7 +103,8 @@ pub fn read_run(path: &Path) -> Result<RunResult, HarnessError> {
 }
 
 /// Parses a result file's text, checking its schema first so that another JSON file gets
-/// a plain answer rather than a missing-field error.
+/// a plain answer rather than a missing-field error. A file written before the offered UDP
+/// rate was recorded gets it derived from its raw samples ([`backfill_offered`]).
 pub fn parse_run(text: &str) -> Result<RunResult, String> {
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     match value.get("schema").and_then(|s| s.as_str()) {
@@ -111,7 +112,9 @@ pub fn parse_run(text: &str) -> Result<RunResult, String> {
         Some(other) => return Err(format!("schema is {other:?}, not {SCHEMA:?}")),
         None => return Err(format!("no \"schema\": {SCHEMA:?} field")),
     }
-    serde_json::from_value(value).map_err(|e| e.to_string())
+    let mut run: RunResult = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    backfill_offered(&mut run);
+    Ok(run)
 }
 
 #[cfg(test)]
@@ -143,6 +146,32 @@ mod tests {
                 "run-20261125T221500Z-2.svg"
             ]
         );
+    }
+
+    #[test]
+    fn a_file_from_before_the_offered_rate_still_reads_and_renders() {
+        // A version-1 run committed before weave-perf recorded the offered UDP rate.
+        let old = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/run-20261125T221731Z.json");
+        let text = fs::read_to_string(&old).unwrap_or_else(|e| panic!("{}: {e}", old.display()));
+        assert!(!text.contains("offered_packets_per_second"));
+
+        let run = parse_run(&text).unwrap();
+
+        // vxlan's udp64 sender put out 1241408, 1039936 and 1032576 packets in 5 s.
+        let offered = run
+            .spread(
+                "vxlan",
+                "udp64",
+                crate::harness::Metric::OfferedPacketsPerSecond,
+            )
+            .unwrap();
+        assert_eq!((offered.n, offered.median), (3, 1039936.0 / 5.0));
+        let md = render_markdown(&run);
+        assert!(
+            md.contains("| udp64 | offered packets/s | 208k (207k–248k) |"),
+            "{md}"
+        );
+        assert!(!render_svg(&run).is_empty());
     }
 
     #[test]

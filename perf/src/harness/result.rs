@@ -12,7 +12,10 @@ use crate::load::LoadResult;
 
 /// The `schema` value of every result file.
 pub const SCHEMA: &str = "weave-perf-run";
-/// The version of the layout below; bumped when a field changes meaning or goes away.
+/// The version of the layout below; bumped when a field changes meaning or goes away. A new
+/// metric key is not such a change: readers take a missing key as "not measured", and
+/// [`backfill_offered`] derives the one metric added since version 1 (offered packets per
+/// second) from what older files already hold.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// One run of `weave-perf run`.
@@ -287,11 +290,17 @@ impl RunResult {
 /// The routers are sampled over `window_s` seconds inside the client's counted window, so CPU
 /// per GiB is the routers' CPU rate over the pod's receive rate rather than a quotient of two
 /// totals taken over slightly different spans.
+///
+/// `client_s` is the counted window the load client was given (`--seconds`): the span its
+/// `packets_sent` were counted over. The result's own `seconds` is, for UDP, the span between
+/// the first and last arrival at the server, which shrinks when a path drops packets in
+/// bursts and so cannot be the denominator of what was sent.
 pub fn derive_metrics(
     workload: WorkloadName,
     load: &LoadResult,
     router: Option<&RouterSample>,
     window_s: f64,
+    client_s: f64,
 ) -> BTreeMap<String, Option<f64>> {
     let gib_per_s = (load.seconds > 0.0)
         .then(|| load.bytes_received as f64 / (1u64 << 30) as f64 / load.seconds)
@@ -304,6 +313,7 @@ pub fn derive_metrics(
             let value = match m {
                 Metric::ThroughputGbps => Some(load.bits_per_second / 1e9),
                 Metric::PacketsPerSecond => Some(load.packets_per_second),
+                Metric::OfferedPacketsPerSecond => offered_pps(load.packets_sent, client_s),
                 Metric::UdpLossPercent => (load.packets_sent > 0).then(|| {
                     let lost = load.packets_sent.saturating_sub(load.packets_received);
                     100.0 * lost as f64 / load.packets_sent as f64
@@ -323,6 +333,68 @@ pub fn derive_metrics(
             (m.key().to_owned(), value)
         })
         .collect()
+}
+
+/// Packets per second sent: `packets_sent` over the client's counted seconds.
+fn offered_pps(packets_sent: u64, client_s: f64) -> Option<f64> {
+    (client_s.is_finite() && client_s > 0.0).then(|| packets_sent as f64 / client_s)
+}
+
+/// Adds the offered packet rate to the UDP samples and summary rows of a file written before
+/// weave-perf recorded it, from each sample's raw load result (`packets_sent`) and the run's
+/// counted seconds, exactly as a new run derives it. Samples that already have the metric,
+/// failed, or lack a load result are left alone. Returns whether anything was added.
+pub fn backfill_offered(run: &mut RunResult) -> bool {
+    let key = Metric::OfferedPacketsPerSecond.key();
+    let client_s = run.settings.seconds;
+    let mut added = false;
+    for sample in &mut run.samples {
+        let udp = matches!(
+            WorkloadName::from_name(&sample.workload),
+            Some(WorkloadName::Udp64 | WorkloadName::Udp1400)
+        );
+        if !udp || sample.error.is_some() || sample.metrics.contains_key(key) {
+            continue;
+        }
+        let sent = sample
+            .load
+            .as_ref()
+            .and_then(|l| l.get("packets_sent"))
+            .and_then(|v| v.as_u64());
+        if let Some(sent) = sent {
+            sample
+                .metrics
+                .insert(key.to_owned(), offered_pps(sent, client_s));
+            added = true;
+        }
+    }
+    if !added {
+        return false;
+    }
+    let mut paths: Vec<String> = Vec::new();
+    let mut workloads: Vec<String> = Vec::new();
+    for row in &run.summary {
+        if !paths.contains(&row.path) {
+            paths.push(row.path.clone());
+        }
+        if !workloads.contains(&row.workload) {
+            workloads.push(row.workload.clone());
+        }
+    }
+    let fresh = summarize(&paths, &workloads, &run.samples);
+    for row in &mut run.summary {
+        if row.metrics.contains_key(key) {
+            continue;
+        }
+        let spread = fresh
+            .iter()
+            .find(|f| f.path == row.path && f.workload == row.workload)
+            .and_then(|f| f.metrics.get(key).copied());
+        if let Some(spread) = spread {
+            row.metrics.insert(key.to_owned(), spread);
+        }
+    }
+    true
 }
 
 /// The summary of `samples`: one row per path and workload (in the order given), each
@@ -407,6 +479,8 @@ pub(crate) mod tests {
             (_, Metric::ThroughputGbps) => 0.5,
             (WorkloadName::Udp64, Metric::PacketsPerSecond) => 400_000.0,
             (_, Metric::PacketsPerSecond) => 150_000.0,
+            (WorkloadName::Udp64, Metric::OfferedPacketsPerSecond) => 410_000.0,
+            (_, Metric::OfferedPacketsPerSecond) => 155_000.0,
             (_, Metric::UdpLossPercent) => 2.0,
             (_, Metric::RoundTripsPerSecond) => 20_000.0,
             (_, Metric::LatencyP50Us) => 40.0,
@@ -428,7 +502,8 @@ pub(crate) mod tests {
                 .iter()
                 .map(|&m| {
                     let scale = match m.better() {
-                        crate::harness::model::Better::Higher => f,
+                        crate::harness::model::Better::Higher
+                        | crate::harness::model::Better::Neither => f,
                         crate::harness::model::Better::Lower => 1.0 / f,
                     };
                     let applies = !m.router_only() || step.path.kind() == PathKind::Router;
@@ -554,12 +629,90 @@ pub(crate) mod tests {
     fn metrics_of_a_kernel_path_have_null_router_figures() {
         let load = load_result(Workload::Tcp, 8e9, 0.0);
 
-        let m = derive_metrics(WorkloadName::Tcp1, &load, None, 1.0);
+        let m = derive_metrics(WorkloadName::Tcp1, &load, None, 1.0, 1.0);
 
         assert_eq!(m["throughput_gbps"], Some(8.0));
         assert_eq!(m["router_cpu_s_per_gib"], None);
         assert_eq!(m["tx_segments_per_call"], None);
         assert!(!m.contains_key("latency_p50_us"));
+        assert!(!m.contains_key("offered_packets_per_second"));
+    }
+
+    #[test]
+    fn offered_rate_is_packets_sent_over_the_clients_window() {
+        // The server saw arrivals over 1.6 s only (a path that dropped the tail), while the
+        // client counted its 1000 sends over the 2 s it was given.
+        let mut load = load_result(Workload::Udp, 8e6, 900.0 / 1.6);
+        load.seconds = 1.6;
+
+        let m = derive_metrics(WorkloadName::Udp1400, &load, None, 1.6, 2.0);
+
+        assert_eq!(m["offered_packets_per_second"], Some(500.0));
+        assert_eq!(m["packets_per_second"], Some(562.5));
+        assert_eq!(
+            derive_metrics(WorkloadName::Udp64, &load, None, 1.6, 0.0)
+                ["offered_packets_per_second"],
+            None
+        );
+    }
+
+    /// A file as version 1 wrote it before the offered rate: the same run without the key.
+    fn without_offered(mut run: RunResult) -> RunResult {
+        let key = Metric::OfferedPacketsPerSecond.key();
+        for s in &mut run.samples {
+            s.metrics.remove(key);
+        }
+        for r in &mut run.summary {
+            r.metrics.remove(key);
+        }
+        run
+    }
+
+    #[test]
+    fn offered_rate_is_backfilled_from_the_raw_load_results_of_an_old_file() {
+        let mut run = without_offered(sample_run());
+        run.settings.seconds = 2.0;
+        let mut sent = 1000;
+        for s in run.samples.iter_mut().filter(|s| s.path == "vxlan") {
+            s.load = Some(serde_json::json!({ "packets_sent": sent }));
+            sent += 1000;
+        }
+
+        assert!(backfill_offered(&mut run));
+
+        // vxlan's udp64 repeats sent 3000, 8000 and 13000 packets in 2 s each (the schedule
+        // puts the five workloads between them).
+        let s = run
+            .spread("vxlan", "udp64", Metric::OfferedPacketsPerSecond)
+            .unwrap();
+        assert_eq!((s.min, s.median, s.max, s.n), (1500.0, 4000.0, 6500.0, 3));
+        // Other paths have no raw load result here, tcp has no offered rate, and a second
+        // pass finds nothing to add.
+        assert_eq!(
+            run.spread("veth", "udp64", Metric::OfferedPacketsPerSecond),
+            None
+        );
+        assert!(!run
+            .row("vxlan", "tcp1")
+            .unwrap()
+            .metrics
+            .contains_key("offered_packets_per_second"));
+        assert!(!backfill_offered(&mut run));
+        // The other figures are as they were.
+        assert_eq!(
+            run.median("vxlan", "udp64", Metric::PacketsPerSecond),
+            Some(400_000.0)
+        );
+    }
+
+    #[test]
+    fn backfill_leaves_a_new_file_alone() {
+        let mut run = sample_run();
+        let before = run.clone();
+
+        assert!(!backfill_offered(&mut run));
+
+        assert_eq!(run, before);
     }
 
     #[test]
@@ -577,7 +730,7 @@ pub(crate) mod tests {
         };
 
         // The routers were sampled over half a second: 1 CPU second per second.
-        let m = derive_metrics(WorkloadName::Udp64, &load, Some(&router), 0.5);
+        let m = derive_metrics(WorkloadName::Udp64, &load, Some(&router), 0.5, 1.0);
 
         let per_gib = m["router_cpu_s_per_gib"].unwrap();
         assert!((per_gib - 1.0 / (1e9 / 1073741824.0)).abs() < 1e-9);
@@ -602,7 +755,7 @@ pub(crate) mod tests {
             metrics: match error {
                 Some(_) => BTreeMap::new(),
                 None => {
-                    let mut m = derive_metrics(WorkloadName::Tcp1, &load, None, 1.0);
+                    let mut m = derive_metrics(WorkloadName::Tcp1, &load, None, 1.0, 1.0);
                     m.insert("throughput_gbps".into(), Some(gbps));
                     m
                 }

@@ -591,6 +591,7 @@ impl Group {
             &load,
             sample.router.as_ref(),
             sample.window_s,
+            opts.seconds,
         );
         sample.load = Some(value);
         Ok(())
