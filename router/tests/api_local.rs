@@ -114,6 +114,7 @@ fn rtt() -> RttSummary {
         p90_us: 300,
         p99_us: 400,
         max_us: 400,
+        lost: 0,
     }
 }
 
@@ -470,7 +471,10 @@ async fn stats_json_and_text_reports() {
     assert!(docs.iter().all(|d| !d.restarted && d.interval_s > 0.0));
     assert_eq!(docs[0].peers[1].overlay.as_deref(), Some("sleeve"));
     assert!(text.contains("aa:00:00:00:00:01(host1)"), "{text}");
-    assert!(text.contains("0.20/0.30/0.40/0.40 (5 samples)"), "{text}");
+    assert!(
+        text.contains("0.20/0.30/0.40/0.40 (5 samples, 0 lost)"),
+        "{text}"
+    );
     assert_eq!(text.matches("no data plane").count(), 2, "{text}");
     let _ = s.stop.send(true);
 }

@@ -14,6 +14,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
@@ -64,14 +65,14 @@ impl Collector for Scrape {
         )?;
         terminations.encode(m)?;
         if let Some(dp) = &self.stats.dataplane {
-            let info = [("backend", dp.backend.as_str())];
-            let gauge = vec![(info.to_vec(), 1u64)];
-            gauges(
-                &mut encoder,
-                "weave_router_dataplane_info",
-                "The data plane's I/O backend (value 1).",
-                &gauge,
+            let info = Info::new(vec![("backend", dp.backend.as_str())]);
+            let m = encoder.encode_descriptor(
+                "weave_router_dataplane",
+                "The data plane's I/O backend.",
+                None,
+                info.metric_type(),
             )?;
+            info.encode(m)?;
             gauges(
                 &mut encoder,
                 "weave_router_dataplane_workers",
@@ -253,6 +254,7 @@ fn encode_peers(
     ];
     let mut rtt = Vec::new();
     let mut samples = Vec::new();
+    let mut lost = Vec::new();
     for (p, l) in peers.iter().zip(&borrowed) {
         let Some(s) = &p.rtt else { continue };
         for (q, get) in quantiles {
@@ -261,6 +263,7 @@ fn encode_peers(
             rtt.push((with_q, f64::from(get(s)) / 1e6));
         }
         samples.push((l.clone(), s.samples as u64));
+        lost.push((l.clone(), s.lost));
     }
     {
         let mut m = encoder.encode_descriptor(
@@ -279,6 +282,12 @@ fn encode_peers(
         "weave_router_peer_rtt_samples",
         "Samples in the round-trip time window of a peer.",
         &samples,
+    )?;
+    counters(
+        encoder,
+        "weave_router_peer_rtt_lost",
+        "Round-trip probes to a peer that went unanswered for 5 s.",
+        &lost,
     )
 }
 
@@ -642,6 +651,7 @@ mod tests {
                 p90_us: 250,
                 p99_us: 1000,
                 max_us: 1000,
+                lost: 0,
             }),
         };
         let dp = DataplaneStats {

@@ -295,6 +295,7 @@ mod tests {
             p90_us: 130,
             p99_us: 130,
             max_us: 130,
+            lost: 0,
         };
         let rtt = [("192.168.77.1:6783".to_string(), rtt_summary)]
             .into_iter()

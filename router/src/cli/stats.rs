@@ -120,7 +120,7 @@ pub struct PeerRates {
     pub rx: Flow,
     /// Frames sent to it.
     pub tx: Flow,
-    /// Round-trip percentiles of the mesh TCP connection.
+    /// Round-trip percentiles timed by the sleeve's probes.
     pub rtt: Option<RttSummary>,
 }
 
@@ -128,8 +128,8 @@ pub struct PeerRates {
 ///
 /// A different `instance` or a clock that went backwards means the router restarted: the
 /// later sample's counters are then counts since its start, over its uptime. A single
-/// counter that went down (it cannot, short of a restart) is treated the same way, so no
-/// rate is ever negative.
+/// counter that went down (it cannot, short of a restart) counts its current value over
+/// the interval, so no rate is ever negative.
 pub fn rates(prev: &Stats, cur: &Stats) -> StatsReport {
     let restarted = cur.instance != prev.instance || cur.monotonic_ns < prev.monotonic_ns;
     let elapsed_ns = if restarted {
@@ -270,12 +270,13 @@ pub fn render(r: &StatsReport) -> String {
     for p in &r.peers {
         let rtt = match &p.rtt {
             Some(x) => format!(
-                "{}/{}/{}/{} ({} samples)",
+                "{}/{}/{}/{} ({} samples, {} lost)",
                 ms(x.p50_us),
                 ms(x.p90_us),
                 ms(x.p99_us),
                 ms(x.max_us),
-                x.samples
+                x.samples,
+                x.lost
             ),
             None => "-".to_string(),
         };
@@ -519,6 +520,7 @@ mod tests {
                     p90_us: 150,
                     p99_us: 900,
                     max_us: 12_345,
+                    lost: 0,
                 }),
             }],
         }
@@ -586,7 +588,7 @@ mod tests {
             &sample(11, 7, 64_000, 1000, 125_000_000),
         );
         let text = render(&r);
-        let expected_peer = "aa:00:00:00:00:02(host2)   sleeve    1438  established             0         0        1.00G     1.25M  0.11/0.15/0.90/12.3 (10 samples)";
+        let expected_peer = "aa:00:00:00:00:02(host2)   sleeve    1438  established             0         0        1.00G     1.25M  0.11/0.15/0.90/12.3 (10 samples, 0 lost)";
         assert!(text.contains(expected_peer), "{text}");
         assert!(text.starts_with(
             "weave-router aa:00:00:00:00:01(host1)  io_uring data plane, 1 workers  rates over 1.00s\n"

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::dataplane::learn::{LearnBus, Learning};
+use crate::dataplane::learn::{LearnBus, Learning, Post};
 use crate::dataplane::offload::{gso_split, GroBatch, GroTable, Segments, GRO_DEFAULT_FLOWS};
 use crate::ids::PeerName;
 use crate::switch::{self, DropReason, Learned, Mac, MacCache, Routes};
@@ -128,9 +128,23 @@ pub struct Counters {
     /// Send system calls (or submissions).
     pub udp_tx_calls: AtomicU64,
     drops: [AtomicU64; DropCause::ALL.len()],
-    /// Per-peer traffic, copied out by the worker about once a second so that the hot path
-    /// takes no lock.
-    peers: std::sync::Mutex<BTreeMap<PeerName, PeerTraffic>>,
+    /// The per-peer counters, by peer. The worker takes this lock only to add a peer it has
+    /// not counted before (and never waits for it); readers hold it only to clone the list.
+    peers: std::sync::Mutex<BTreeMap<PeerName, Arc<PeerCounters>>>,
+}
+
+/// Traffic exchanged with one directly connected peer, as relaxed atomics: written by one
+/// worker at the end of each batch, read by anyone.
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    /// Frames received from it.
+    pub rx_frames: AtomicU64,
+    /// Bytes of those frames.
+    pub rx_bytes: AtomicU64,
+    /// Frames sent to it.
+    pub tx_frames: AtomicU64,
+    /// Bytes of those frames.
+    pub tx_bytes: AtomicU64,
 }
 
 impl Counters {
@@ -163,17 +177,24 @@ impl Counters {
     }
 
     fn peer_status(&self) -> BTreeMap<String, crate::mesh::status::PeerTrafficStatus> {
-        let Ok(peers) = self.peers.lock() else {
-            return BTreeMap::new();
+        // Clone the list under the lock, read and format after letting it go.
+        let peers: Vec<(PeerName, Arc<PeerCounters>)> = match self.peers.lock() {
+            Ok(peers) => peers.iter().map(|(n, c)| (*n, Arc::clone(c))).collect(),
+            Err(poisoned) => poisoned
+                .get_ref()
+                .iter()
+                .map(|(n, c)| (*n, Arc::clone(c)))
+                .collect(),
         };
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         peers
-            .iter()
-            .map(|(name, t)| {
+            .into_iter()
+            .map(|(name, c)| {
                 let status = crate::mesh::status::PeerTrafficStatus {
-                    rx_frames: t.rx_frames,
-                    rx_bytes: t.rx_bytes,
-                    tx_frames: t.tx_frames,
-                    tx_bytes: t.tx_bytes,
+                    rx_frames: get(&c.rx_frames),
+                    rx_bytes: get(&c.rx_bytes),
+                    tx_frames: get(&c.tx_frames),
+                    tx_bytes: get(&c.tx_bytes),
                 };
                 (name.to_string(), status)
             })
@@ -189,7 +210,7 @@ impl Counters {
     }
 }
 
-/// Traffic exchanged with one directly connected peer.
+/// Traffic with one peer counted in this batch, not yet added to its [`PeerCounters`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PeerTraffic {
     /// Frames received from it.
@@ -202,8 +223,6 @@ pub struct PeerTraffic {
     pub tx_bytes: u64,
 }
 
-/// How often a worker copies its per-peer counters out for the API.
-const PEER_PUBLISH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// At each sweep, MACs seen this recently are posted to the other workers again, so their
 /// copies age from the latest sighting.
 const REANNOUNCE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
@@ -360,16 +379,19 @@ pub struct Engine {
     segments: Segments,
     gro: GroTable,
     counters: Arc<Counters>,
+    /// Per-peer counts of this batch, added to the shared counters by [`Engine::publish`].
     peer_traffic: BTreeMap<PeerName, PeerTraffic>,
-    next_publish: Option<Instant>,
+    /// The shared counters of each peer this engine has counted.
+    peer_counters: BTreeMap<PeerName, Arc<PeerCounters>>,
+    /// Whether `peer_traffic` holds anything.
+    peer_pending: bool,
     kernel_gro: bool,
     offload: bool,
-    /// The other workers' mailboxes and our index on them, when there are other workers.
-    bus: Option<(Arc<LearnBus>, usize)>,
+    /// The other workers' mailboxes, our index on them and our own inbox, when there are
+    /// other workers.
+    bus: Option<(Arc<LearnBus>, usize, std::sync::mpsc::Receiver<Post>)>,
     /// What this engine learned since it last posted.
     announce: Vec<Learning>,
-    /// Mail taken from the bus, kept to reuse its allocation.
-    mail: Vec<Learning>,
 }
 
 impl Engine {
@@ -389,34 +411,37 @@ impl Engine {
             gro: GroTable::new(GRO_DEFAULT_FLOWS),
             counters,
             peer_traffic: BTreeMap::new(),
-            next_publish: None,
+            peer_counters: BTreeMap::new(),
+            peer_pending: false,
             kernel_gro: false,
             offload: true,
             bus: None,
             announce: Vec::new(),
-            mail: Vec::new(),
         }
     }
 
     /// Shares MAC learning with the other workers on `bus`, as worker `index`.
     pub fn with_learn_bus(mut self, bus: Arc<LearnBus>, index: usize) -> Self {
-        self.bus = Some((bus, index));
+        // With its inbox taken already (a second engine for the same index), the engine
+        // learns alone: correct, it only floods more.
+        self.bus = bus.inbox(index).map(|inbox| (bus, index, inbox));
         self
     }
 
     /// Posts what this engine learned to the other workers and takes in what they learned.
     /// Backends call it between batches.
     pub fn share_macs(&mut self) {
-        let Some((bus, me)) = &self.bus else {
+        let Some((bus, me, inbox)) = &self.bus else {
             return;
         };
         if !self.announce.is_empty() {
             bus.post(*me, &self.announce);
             self.announce.clear();
         }
-        bus.take(*me, &mut self.mail);
-        for l in self.mail.drain(..) {
-            self.macs.merge(l.mac, l.peer, l.seen);
+        for post in inbox.try_iter() {
+            for l in post.iter() {
+                self.macs.merge(l.mac, l.peer, l.seen);
+            }
         }
     }
 
@@ -476,15 +501,38 @@ impl Engine {
         self
     }
 
-    /// Copies the per-peer counters out for the API, at most once a second.
-    pub fn publish(&mut self, now: Instant) {
-        if self.next_publish.is_some_and(|t| now < t) {
+    /// Adds the batch's per-peer counts to the shared per-peer counters; backends call it
+    /// after each batch. A peer seen for the first time is registered under the counters'
+    /// lock, without waiting: if a reader holds it, its counts stay pending until the next
+    /// batch.
+    pub fn publish(&mut self) {
+        if !self.peer_pending {
             return;
         }
-        self.next_publish = Some(now + PEER_PUBLISH_INTERVAL);
-        if let Ok(mut shared) = self.counters.peers.lock() {
-            shared.clone_from(&self.peer_traffic);
+        let mut pending = false;
+        for (name, t) in self.peer_traffic.iter_mut() {
+            if *t == PeerTraffic::default() {
+                continue;
+            }
+            let shared = match self.peer_counters.get(name) {
+                Some(c) => c,
+                None => {
+                    let Ok(mut registry) = self.counters.peers.try_lock() else {
+                        pending = true;
+                        continue;
+                    };
+                    let c = Arc::clone(registry.entry(*name).or_default());
+                    drop(registry);
+                    self.peer_counters.entry(*name).or_insert(c)
+                }
+            };
+            shared.rx_frames.fetch_add(t.rx_frames, Ordering::Relaxed);
+            shared.rx_bytes.fetch_add(t.rx_bytes, Ordering::Relaxed);
+            shared.tx_frames.fetch_add(t.tx_frames, Ordering::Relaxed);
+            shared.tx_bytes.fetch_add(t.tx_bytes, Ordering::Relaxed);
+            *t = PeerTraffic::default();
         }
+        self.peer_pending = pending;
     }
 
     /// Switches to a newer snapshot (between batches).
@@ -585,6 +633,7 @@ impl Engine {
             .emit(&mut header[PACKET_HEADER_LEN..])
             .expect("the header buffer is exactly one frame header long");
         out.send.push(to, &[&header, frame]);
+        self.peer_pending = true;
         let t = self.peer_traffic.entry(via).or_default();
         t.tx_frames += 1;
         t.tx_bytes += frame.len() as u64;
@@ -620,6 +669,7 @@ impl Engine {
                 self.counters.count_drop(DropCause::UnknownSender);
                 continue;
             }
+            self.peer_pending = true;
             let t = self.peer_traffic.entry(sender).or_default();
             t.rx_frames += 1;
             t.rx_bytes += frame.frame.len() as u64;
@@ -789,5 +839,62 @@ mod tests {
         engines[0].from_tap(&tap_read, now, &mut out);
         let sent_to: Vec<SocketAddr> = out.send.runs().iter().map(|r| r.to).collect();
         assert_eq!(sent_to, vec![addr("10.0.0.2:6783")], "unicast to X only");
+    }
+
+    /// Per-peer counts reach the shared counters at the end of each batch; a peer first
+    /// counted while a reader holds the registry waits for the next batch, uncounted but
+    /// not lost.
+    #[test]
+    fn per_peer_counts_are_published_after_each_batch_without_waiting_for_the_lock() {
+        use crate::wire::sleeve::{encode_packet, SleeveFrame};
+        let name = |b: u8| PeerName::from_bytes([0xaa, 0, 0, 0, 0, b]);
+        let (a, x) = (name(1), name(2));
+        let counters = Arc::new(Counters::default());
+        let mut engine = Engine::new(a, Arc::clone(&counters));
+        engine.set_snapshot(Arc::new(Snapshot {
+            routes: Routes {
+                ourself: a,
+                unicast: BTreeMap::from([(x, x)]),
+                broadcast: BTreeMap::from([(a, vec![x]), (x, vec![])]),
+            },
+            paths: BTreeMap::from([(
+                x,
+                PeerPath {
+                    udp: addr("10.0.0.2:6783"),
+                    mtu: 1438,
+                },
+            )]),
+        }));
+        let mut frame = vec![0xff; 6];
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x0d, 0x08, 0x00]);
+        frame.resize(60, 0);
+        let datagram = encode_packet(
+            x,
+            &[SleeveFrame {
+                src: x,
+                dst: a,
+                frame: &frame,
+            }],
+        )
+        .unwrap();
+        let rx = |c: &Counters| c.status().peers.get(&x.to_string()).map(|p| p.rx_frames);
+        let now = Instant::now();
+        let mut out = engine.output();
+
+        let held = counters.peers.lock().unwrap();
+        engine.from_udp(addr("10.0.0.2:6783"), &datagram, now, &mut out);
+        engine.publish();
+        drop(held);
+        assert_eq!(
+            rx(&counters),
+            None,
+            "not registered while the lock was held"
+        );
+
+        engine.from_udp(addr("10.0.0.2:6783"), &datagram, now, &mut out);
+        engine.publish();
+        assert_eq!(rx(&counters), Some(2), "both batches counted");
+        engine.publish();
+        assert_eq!(rx(&counters), Some(2), "nothing counted twice");
     }
 }

@@ -236,7 +236,7 @@ fn run(mut engine: Engine, io: &WorkerIo) {
             engine.flush(&mut out);
         }
         flush(&engine, tap, udp, &mut out, control);
-        engine.publish(now);
+        engine.publish();
         engine.share_macs();
         if now >= next_sweep {
             engine.sweep(now);

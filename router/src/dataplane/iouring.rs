@@ -168,7 +168,7 @@ fn run(mut engine: Engine, io: &WorkerIo) -> Result<(), UringError> {
         for frame in out.control.drain(..) {
             let _ = control.send(frame);
         }
-        engine.publish(now);
+        engine.publish();
         engine.share_macs();
         if now >= next_sweep {
             engine.sweep(now);

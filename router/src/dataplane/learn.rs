@@ -5,12 +5,11 @@
 //! handled by different workers (the TAP queue and the reuseport socket are picked by
 //! different hashes), and a worker that never saw a MAC floods frames for it along the
 //! broadcast tree. So each worker posts what it learned (new and moved MACs at once, every
-//! recently seen MAC once a minute) to the others' mailboxes, and takes its own mail between
-//! batches. Entries carry the time they were last seen, so the receiver keeps the newer one
+//! recently seen MAC once a minute) to the others' channels, and takes its own mail between
+//! batches; neither side takes a lock. Entries carry the time they were last seen, so the receiver keeps the newer one
 //! and a MAC still ages out ten minutes after the last worker saw it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use crate::ids::PeerName;
@@ -27,52 +26,51 @@ pub struct Learning {
     pub seen: Instant,
 }
 
-#[derive(Debug, Default)]
-struct Mailbox {
-    /// Set while `items` holds something, so an empty mailbox costs one load to check.
-    pending: AtomicBool,
-    items: Mutex<Vec<Learning>>,
-}
+/// What one worker posts at once; shared by every receiver.
+pub type Post = Arc<[Learning]>;
 
-/// The mailboxes of all workers of one router.
+/// The mailboxes of all workers of one router: a channel per worker (sending and receiving
+/// take no lock), whose receiving end the worker takes when it starts.
 #[derive(Debug)]
 pub struct LearnBus {
-    boxes: Vec<Mailbox>,
+    senders: Vec<mpsc::Sender<Post>>,
+    /// Receiving ends not yet taken; locked only when a worker starts.
+    inboxes: Mutex<Vec<Option<mpsc::Receiver<Post>>>>,
 }
 
 impl LearnBus {
     /// A bus for `workers` workers, indexed from 0.
     pub fn new(workers: usize) -> Arc<Self> {
+        let (senders, inboxes) = (0..workers)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel();
+                (tx, Some(rx))
+            })
+            .unzip();
         Arc::new(LearnBus {
-            boxes: (0..workers).map(|_| Mailbox::default()).collect(),
+            senders,
+            inboxes: Mutex::new(inboxes),
         })
     }
 
-    /// Posts `items` learned by worker `from` to every other worker.
-    pub fn post(&self, from: usize, items: &[Learning]) {
-        for (i, mailbox) in self.boxes.iter().enumerate() {
-            if i == from {
-                continue;
-            }
-            // A poisoned lock means a worker panicked while posting; its items are still a
-            // valid list, so carry on with them.
-            let mut held = mailbox.items.lock().unwrap_or_else(|e| e.into_inner());
-            held.extend_from_slice(items);
-            mailbox.pending.store(true, Ordering::Release);
-        }
+    /// Worker `worker`'s receiving end; `None` if taken before or beyond the bus.
+    pub fn inbox(&self, worker: usize) -> Option<mpsc::Receiver<Post>> {
+        let mut inboxes = self.inboxes.lock().unwrap_or_else(|e| e.into_inner());
+        inboxes.get_mut(worker)?.take()
     }
 
-    /// Takes worker `worker`'s mail into `into` (left as is when there is none).
-    pub fn take(&self, worker: usize, into: &mut Vec<Learning>) {
-        let Some(mailbox) = self.boxes.get(worker) else {
-            return;
-        };
-        if !mailbox.pending.load(Ordering::Acquire) {
+    /// Posts `items` learned by worker `from` to every other worker. A worker that has
+    /// stopped has dropped its inbox; sending to it fails harmlessly.
+    pub fn post(&self, from: usize, items: &[Learning]) {
+        if items.is_empty() {
             return;
         }
-        let mut held = mailbox.items.lock().unwrap_or_else(|e| e.into_inner());
-        mailbox.pending.store(false, Ordering::Release);
-        into.append(&mut held);
+        let post: Post = items.into();
+        for (i, tx) in self.senders.iter().enumerate() {
+            if i != from {
+                let _ = tx.send(Arc::clone(&post));
+            }
+        }
     }
 }
 
@@ -88,30 +86,36 @@ mod tests {
         }
     }
 
+    fn take(inbox: &mpsc::Receiver<Post>) -> Vec<Learning> {
+        inbox.try_iter().flat_map(|p| p.to_vec()).collect()
+    }
+
     #[test]
     fn mail_reaches_every_other_worker_once() {
         let bus = LearnBus::new(3);
+        let inboxes: Vec<_> = (0..3).map(|i| bus.inbox(i).unwrap()).collect();
+        assert!(bus.inbox(0).is_none(), "an inbox is taken once");
         let sent = vec![learning(1), learning(2)];
         bus.post(1, &sent);
-        let mut mail = Vec::new();
-        bus.take(1, &mut mail);
-        assert!(mail.is_empty(), "the sender gets none of its own mail");
+        assert!(
+            take(&inboxes[1]).is_empty(),
+            "the sender gets none of its own mail"
+        );
         for worker in [0, 2] {
-            let mut mail = Vec::new();
-            bus.take(worker, &mut mail);
-            assert_eq!(mail, sent);
-            let mut again = Vec::new();
-            bus.take(worker, &mut again);
-            assert!(again.is_empty(), "taken mail is gone");
+            assert_eq!(take(&inboxes[worker]), sent);
+            assert!(take(&inboxes[worker]).is_empty(), "taken mail is gone");
         }
     }
 
     #[test]
-    fn a_worker_beyond_the_bus_gets_nothing() {
-        let bus = LearnBus::new(1);
-        bus.post(0, &[learning(1)]);
-        let mut mail = Vec::new();
-        bus.take(5, &mut mail);
-        assert!(mail.is_empty());
+    fn a_stopped_worker_does_not_hold_the_others_up() {
+        let bus = LearnBus::new(2);
+        drop(bus.inbox(0));
+        let inbox = bus.inbox(1).unwrap();
+        let (one, two) = (learning(1), learning(2));
+        bus.post(0, &[one]);
+        bus.post(1, &[two]);
+        assert_eq!(take(&inbox), vec![one]);
+        assert!(bus.inbox(5).is_none());
     }
 }

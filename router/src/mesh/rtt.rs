@@ -54,6 +54,7 @@ impl RttWindow {
             p90_us: nearest_rank(&sorted, 90),
             p99_us: nearest_rank(&sorted, 99),
             max_us: sorted[sorted.len() - 1],
+            lost: 0,
         })
     }
 }
@@ -73,6 +74,9 @@ pub struct RttSummary {
     pub p99_us: u32,
     /// Largest sample.
     pub max_us: u32,
+    /// Probes that went unanswered since the connection started (not in the percentiles).
+    #[serde(default)]
+    pub lost: u64,
 }
 
 /// The nearest-rank percentile of a non-empty sorted slice: the smallest sample with at

@@ -18,9 +18,13 @@ pub const PMTU_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 pub const RTT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// A round-trip probe unanswered this long is counted lost.
 pub const RTT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The candidate MTU a round-trip probe announces: the smallest, which every path carries
-/// and which the MTU search has finished with by the time round trips are timed.
+/// The candidate MTU of the first round-trip probe: the smallest, which every path carries
+/// and which the MTU search has finished with by the time round trips are timed. Each probe
+/// announces the next of [`RTT_PROBE_SIZES`] sizes from here, and the answer echoes it, so
+/// a late answer to an earlier probe is not taken for the current one.
 const RTT_PROBE_MTU: u16 = MIN_PMTU as u16;
+/// How many probe sizes take turns.
+const RTT_PROBE_SIZES: u16 = 16;
 /// Sub-tags of the sleeve's control messages (tag 7, overlay 0).
 pub mod subtag {
     /// The remote hears our heartbeats.
@@ -93,8 +97,10 @@ pub struct SleeveConn {
     frag_ok: bool,
     /// When the next round-trip probe goes out.
     next_rtt_probe: Instant,
-    /// When the outstanding round-trip probe was sent.
-    rtt_probe: Option<Instant>,
+    /// The outstanding round-trip probe: its announced MTU and when it was sent.
+    rtt_probe: Option<(u16, Instant)>,
+    /// Round-trip probes sent.
+    rtt_sent: u16,
     rtt: RttWindow,
     rtt_lost: u64,
 }
@@ -127,6 +133,7 @@ impl SleeveConn {
             frag_ok: false,
             next_rtt_probe: now,
             rtt_probe: None,
+            rtt_sent: 0,
             rtt: RttWindow::default(),
             rtt_lost: 0,
         }
@@ -134,7 +141,9 @@ impl SleeveConn {
 
     /// Round-trip percentiles over the recent probes, once one was answered.
     pub fn rtt(&self) -> Option<RttSummary> {
-        self.rtt.summary()
+        let mut summary = self.rtt.summary()?;
+        summary.lost = self.rtt_lost;
+        Some(summary)
     }
 
     /// Round-trip probes that went unanswered.
@@ -207,15 +216,17 @@ impl SleeveConn {
         if self.timing_rtt() && self.next_rtt_probe <= now {
             self.next_rtt_probe = now + RTT_PROBE_INTERVAL;
             match self.rtt_probe {
-                Some(sent) if now.saturating_duration_since(sent) < RTT_PROBE_TIMEOUT => {}
+                Some((_, sent)) if now.saturating_duration_since(sent) < RTT_PROBE_TIMEOUT => {}
                 outstanding => {
                     if outstanding.is_some() {
                         self.rtt_lost += 1;
                     }
+                    let size = RTT_PROBE_MTU + self.rtt_sent % RTT_PROBE_SIZES;
+                    self.rtt_sent = self.rtt_sent.wrapping_add(1);
                     if let (Some(to), Ok(probe)) =
-                        (self.udp, wire::pmtu_probe_frame(usize::from(RTT_PROBE_MTU)))
+                        (self.udp, wire::pmtu_probe_frame(usize::from(size)))
                     {
-                        self.rtt_probe = Some(now);
+                        self.rtt_probe = Some((size, now));
                         out.push(self.udp_frame(to, true, &probe));
                     }
                 }
@@ -286,10 +297,15 @@ impl SleeveConn {
                     return;
                 };
                 let mtu = u16::from_be_bytes([bytes[0], bytes[1]]);
-                if mtu == RTT_PROBE_MTU && self.probing.is_none() {
-                    if let Some(sent) = self.rtt_probe.take() {
-                        let us = now.saturating_duration_since(sent).as_micros();
-                        self.rtt.push(u32::try_from(us).unwrap_or(u32::MAX));
+                if self.probing.is_none() {
+                    // Only the outstanding timing probe's own size counts; anything else is a
+                    // late answer and changes nothing.
+                    if let Some((size, sent)) = self.rtt_probe {
+                        if size == mtu {
+                            self.rtt_probe = None;
+                            let us = now.saturating_duration_since(sent).as_micros();
+                            self.rtt.push(u32::try_from(us).unwrap_or(u32::MAX));
+                        }
                     }
                     return;
                 }
@@ -547,5 +563,32 @@ mod tests {
         assert_eq!(a.rtt_lost(), 0);
         a.handle_timeout(at + RTT_PROBE_INTERVAL + RTT_PROBE_TIMEOUT, &mut out);
         assert_eq!(a.rtt_lost(), 1);
+        assert_eq!(a.rtt().unwrap().lost, 1);
+
+        // The answer to the lost probe turns up late: it is not taken for the new one.
+        let samples = a.rtt().unwrap().samples;
+        let Some((outstanding, _)) = a.rtt_probe else {
+            panic!("a new probe is out");
+        };
+        let late = (outstanding - 1).to_be_bytes();
+        a.handle_control(
+            subtag::PMTU_VERIFIED,
+            &late,
+            at + Duration::from_secs(7),
+            &mut out,
+        );
+        assert_eq!(a.rtt().unwrap().samples, samples, "late answer ignored");
+        let own = outstanding.to_be_bytes();
+        a.handle_control(
+            subtag::PMTU_VERIFIED,
+            &own,
+            at + Duration::from_secs(7),
+            &mut out,
+        );
+        assert_eq!(
+            a.rtt().unwrap().samples,
+            samples + 1,
+            "its own answer counts"
+        );
     }
 }
