@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::testbed::{Host, Process, TestbedError};
+use crate::testbed::{Host, InNetns, Process, TestbedError};
 
 /// The mesh port every testbed router listens on (TCP and UDP).
 pub const MESH_PORT: u16 = 6783;

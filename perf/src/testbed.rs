@@ -455,6 +455,66 @@ impl Drop for Testbed {
     }
 }
 
+/// Running programs inside a network namespace of the testbed: a host or a pod.
+pub trait InNetns {
+    /// The namespace's name.
+    fn netns(&self) -> &str;
+
+    /// Where [`InNetns::spawn`] writes its logs.
+    fn log_dir(&self) -> &Path;
+
+    /// A [`Command`] that runs `program` inside the namespace.
+    fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.netns()]).arg(program);
+        cmd
+    }
+
+    /// Runs `program args` in the namespace, returning stdout; a non-zero exit is an error
+    /// carrying stderr.
+    fn run<S: AsRef<OsStr>>(&self, program: &str, args: &[S]) -> Result<String> {
+        let mut cmd = self.command(program);
+        cmd.args(args);
+        let out = cmd_output(&mut cmd)?;
+        output_to_result(&cmd, out)
+    }
+
+    /// Starts a long-running `command` (from [`InNetns::command`]); its stdout and stderr
+    /// go to `<log dir>/<label>.log`. The returned guard kills it on drop.
+    fn spawn(&self, label: &str, command: Command) -> Result<Process> {
+        spawn_logged(self.log_dir(), label, command)
+    }
+
+    /// Sends one ICMP echo (ping -c1 -W1) to `addr`; true if it answered.
+    fn ping(&self, addr: Ipv4Addr) -> Result<bool> {
+        let mut cmd = self.command("ping");
+        cmd.args(["-c", "1", "-W", "1", "-n", "-q"])
+            .arg(addr.to_string());
+        let out = cmd_output(&mut cmd)?;
+        Ok(out.status.success())
+    }
+}
+
+impl InNetns for Host {
+    fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+}
+
+impl InNetns for Pod {
+    fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+}
+
 /// One host: a network namespace with `eth0` on the underlay.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -475,45 +535,9 @@ impl Host {
         format!("host{}", self.index)
     }
 
-    /// The namespace's name.
-    pub fn netns(&self) -> &str {
-        &self.netns
-    }
-
     /// The underlay address of `eth0`.
     pub fn addr(&self) -> Ipv4Addr {
         self.addr
-    }
-
-    /// A [`Command`] that runs `program` inside this host's namespace.
-    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns]).arg(program);
-        cmd
-    }
-
-    /// Runs `program args` in this host's namespace, returning stdout; a non-zero exit is an
-    /// error carrying stderr.
-    pub fn run<S: AsRef<OsStr>>(&self, program: &str, args: &[S]) -> Result<String> {
-        let mut cmd = self.command(program);
-        cmd.args(args);
-        let out = cmd_output(&mut cmd)?;
-        output_to_result(&cmd, out)
-    }
-
-    /// Starts a long-running `command` (from [`Host::command`]); its stdout and stderr go to
-    /// `<log dir>/<label>.log`. The returned guard kills it on drop.
-    pub fn spawn(&self, label: &str, command: Command) -> Result<Process> {
-        spawn_logged(&self.log_dir, label, command)
-    }
-
-    /// Sends `-1` ICMP echo (ping -c1 -W1) to `addr` from this host; true if it answered.
-    pub fn ping(&self, addr: Ipv4Addr) -> Result<bool> {
-        let mut cmd = self.command("ping");
-        cmd.args(["-c", "1", "-W", "1", "-n", "-q"])
-            .arg(addr.to_string());
-        let out = cmd_output(&mut cmd)?;
-        Ok(out.status.success())
     }
 
     /// Runs `nft` with `args` in this host's namespace.
@@ -571,45 +595,9 @@ pub struct Pod {
 }
 
 impl Pod {
-    /// The namespace's name.
-    pub fn netns(&self) -> &str {
-        &self.netns
-    }
-
     /// The address of `eth0`.
     pub fn addr(&self) -> Ipv4Addr {
         self.addr
-    }
-
-    /// A [`Command`] that runs `program` inside the pod.
-    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns]).arg(program);
-        cmd
-    }
-
-    /// Runs `program args` in the pod, returning stdout; a non-zero exit is an error
-    /// carrying stderr.
-    pub fn run<S: AsRef<OsStr>>(&self, program: &str, args: &[S]) -> Result<String> {
-        let mut cmd = self.command(program);
-        cmd.args(args);
-        let out = cmd_output(&mut cmd)?;
-        output_to_result(&cmd, out)
-    }
-
-    /// Starts a long-running `command` (from [`Pod::command`]) logging to
-    /// `<log dir>/<label>.log`, like [`Host::spawn`].
-    pub fn spawn(&self, label: &str, command: Command) -> Result<Process> {
-        spawn_logged(&self.log_dir, label, command)
-    }
-
-    /// Sends one ICMP echo (ping -c1 -W1) to `addr` from the pod; true if it answered.
-    pub fn ping(&self, addr: Ipv4Addr) -> Result<bool> {
-        let mut cmd = self.command("ping");
-        cmd.args(["-c", "1", "-W", "1", "-n", "-q"])
-            .arg(addr.to_string());
-        let out = cmd_output(&mut cmd)?;
-        Ok(out.status.success())
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use weave_perf::router::{self, Router, HTTP_ADDR, MESH_PORT, METRICS_ADDR};
-use weave_perf::testbed::{self, Host, Process, Testbed, TestbedConfig};
+use weave_perf::testbed::{self, Host, InNetns, Process, Testbed, TestbedConfig};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 static NOT_CANCELLED: AtomicBool = AtomicBool::new(false);

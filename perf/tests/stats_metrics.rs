@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use weave_perf::router::{self, Router, HTTP_ADDR, METRICS_ADDR};
-use weave_perf::testbed::{self, Host, Process, Testbed, TestbedConfig};
+use weave_perf::testbed::{self, Host, InNetns, Process, Testbed, TestbedConfig};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 static NOT_CANCELLED: AtomicBool = AtomicBool::new(false);

@@ -26,7 +26,7 @@ use super::result::{
 };
 use crate::load::{self, LoadResult};
 use crate::router::{Router, RouterError, WorkerReport};
-use crate::testbed::{self, Host, Pod, Process, Testbed, TestbedConfig, TestbedError};
+use crate::testbed::{self, Host, InNetns, Pod, Process, Testbed, TestbedConfig, TestbedError};
 
 /// Namespace prefix of the harness's testbeds.
 pub const PREFIX: &str = "wprf";
