@@ -151,7 +151,8 @@ mod tests {
     #[test]
     fn a_file_from_before_the_offered_rate_still_reads_and_renders() {
         // A version-1 run committed before weave-perf recorded the offered UDP rate.
-        let old = Path::new(env!("CARGO_MANIFEST_DIR")).join("results/run-20261125T221731Z.json");
+        let old = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/harness/testdata/run-before-offered-rate.json");
         let text = fs::read_to_string(&old).unwrap_or_else(|e| panic!("{}: {e}", old.display()));
         assert!(!text.contains("offered_packets_per_second"));
 
