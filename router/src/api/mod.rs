@@ -254,11 +254,16 @@ async fn report(State(st): State<ApiState>) -> Response {
         router,
         dataplane,
     };
-    match to_json_pretty(&report) {
+    json_response(&report, "report")
+}
+
+/// `value` as pretty JSON, or a 500 naming `what` could not be encoded.
+fn json_response<T: Serialize>(value: &T, what: &str) -> Response {
+    match to_json_pretty(value) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode report: {e}\n"),
+            format!("cannot encode {what}: {e}\n"),
         )
             .into_response(),
     }
@@ -269,14 +274,7 @@ async fn stats_page(State(st): State<ApiState>) -> Response {
         Ok((_, s)) => s,
         Err(resp) => return resp,
     };
-    match to_json_pretty(&stats) {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode stats: {e}\n"),
-        )
-            .into_response(),
-    }
+    json_response(&stats, "stats")
 }
 
 async fn metrics_page(State(st): State<ApiState>) -> Response {
