@@ -20,24 +20,14 @@ fn headline(workload: WorkloadName) -> &'static [(Metric, &'static str)] {
     }
 }
 
-/// The figures of the absolute table, per workload.
-fn absolute(workload: WorkloadName) -> &'static [Metric] {
-    match workload {
-        WorkloadName::Tcp1 | WorkloadName::Tcp4 => &[Metric::ThroughputGbps],
-        WorkloadName::Udp64 | WorkloadName::Udp1400 => &[
-            Metric::PacketsPerSecond,
-            Metric::OfferedPacketsPerSecond,
-            Metric::ThroughputGbps,
-            Metric::UdpLossPercent,
-        ],
-        WorkloadName::Rr => &[
-            Metric::LatencyP50Us,
-            Metric::LatencyP90Us,
-            Metric::LatencyP99Us,
-            Metric::LatencyP999Us,
-            Metric::RoundTripsPerSecond,
-        ],
-    }
+/// The figures of the absolute table, per workload: what the workload measures, without the
+/// router's costs (those have their own table).
+fn absolute(workload: WorkloadName) -> impl Iterator<Item = Metric> {
+    workload
+        .metrics()
+        .iter()
+        .copied()
+        .filter(|m| !m.router_only())
 }
 
 /// A UDP measurement that lost at most this share of what was sent (median, percent) had
@@ -250,7 +240,7 @@ fn absolutes(md: &mut String, run: &RunResult) {
     let paths = run.measured_paths();
     let counts: Vec<usize> = workloads(run)
         .into_iter()
-        .flat_map(|w| absolute(w).iter().map(move |&m| (w, m)))
+        .flat_map(|w| absolute(w).map(move |m| (w, m)))
         .flat_map(|(w, m)| paths.iter().filter_map(move |p| run.spread(p, w.name(), m)))
         .map(|s| s.n)
         .collect();
@@ -267,7 +257,7 @@ fn absolutes(md: &mut String, run: &RunResult) {
     }
     md.push('\n');
     for w in workloads(run) {
-        for &m in absolute(w) {
+        for m in absolute(w) {
             let _ = write!(md, "| {} | {} |", w.name(), metric_label(m));
             for p in &paths {
                 let cell = run
