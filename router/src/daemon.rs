@@ -277,10 +277,8 @@ async fn start_dataplane(
             cpu: cpus.get(i % cpus.len().max(1)).copied(),
         };
         let worker = match backend {
-            Backend::Epoll => epoll::spawn(i, setup, tap, udp, control.clone()),
-            Backend::IoUring => {
-                crate::dataplane::iouring::spawn(i, setup, tap, udp, control.clone())
-            }
+            Backend::Epoll => epoll::spawn(setup, tap, udp, control.clone()),
+            Backend::IoUring => crate::dataplane::iouring::spawn(setup, tap, udp, control.clone()),
         };
         workers.push(worker.with_context(|| format!("cannot start worker {i}"))?);
     }

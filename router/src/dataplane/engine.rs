@@ -477,11 +477,6 @@ impl Engine {
         self
     }
 
-    /// Whether this engine batches (UDP GSO/GRO, TAP offloads).
-    pub fn offload(&self) -> bool {
-        self.offload
-    }
-
     /// An empty output to fill, batching or not as the engine was set up.
     pub fn output(&self) -> Output {
         Output {

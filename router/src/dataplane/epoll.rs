@@ -153,16 +153,15 @@ pub fn start(
     Ok(Worker::new(tx, wake, counters, thread))
 }
 
-/// Starts epoll worker `index` on its own thread.
+/// Starts epoll worker `setup.index` on its own thread.
 pub fn spawn(
-    index: usize,
     setup: WorkerSetup,
     tap: TapQueue,
     udp: UdpSocket,
     control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
 ) -> io::Result<Worker> {
     start(
-        format!("weave-worker-{index}"),
+        format!("weave-worker-{}", setup.index),
         setup,
         tap,
         udp,

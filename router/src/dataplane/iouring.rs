@@ -40,14 +40,14 @@ pub fn probe() -> Result<(), UringError> {
     Ok(())
 }
 
-/// Starts io_uring worker `index` on its own thread.
+/// Starts io_uring worker `setup.index` on its own thread.
 pub fn spawn(
-    index: usize,
     setup: WorkerSetup,
     tap: TapQueue,
     udp: UdpSocket,
     control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
 ) -> io::Result<Worker> {
+    let index = setup.index;
     start(
         format!("weave-uring-{index}"),
         setup,
