@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod ids;
+pub mod ipam;
 pub mod mesh;
 pub mod switch;
 pub mod sys;

@@ -3,10 +3,13 @@
 //! - [`gob`]: the subset of Go's gob encoding the mesh uses.
 //! - [`mesh`]: the TCP control protocol: protocol header, v2 framing, feature map, messages,
 //!   gossip envelopes and the topology payload.
+//! - [`ipam`]: the `IPallocation` channel's payloads (nicknames, Paxos claims, ring, space
+//!   requests).
 
 pub mod eth;
 pub mod gob;
 pub mod icmp;
+pub mod ipam;
 pub mod mesh;
 pub mod sleeve;
 pub mod vnet;
