@@ -267,7 +267,10 @@ mod tests {
         let c = Cidr::parse_subnet("10.32.0.0/12").unwrap();
         assert_eq!(c.size(), 1 << 20);
         assert_eq!(c.range(), Range::new(a("10.32.0.0"), a("10.48.0.0")));
-        assert_eq!(c.host_range(), Range::new(a("10.32.0.1"), a("10.47.255.255")));
+        assert_eq!(
+            c.host_range(),
+            Range::new(a("10.32.0.1"), a("10.47.255.255"))
+        );
         assert_eq!(c.range().as_cidr_string(), "10.32.0.0/12");
         assert_eq!(c.range().to_string(), "10.32.0.0-10.47.255.255");
     }
@@ -282,8 +285,18 @@ mod tests {
             Cidr::parse_subnet("10.32.0.0/31"),
             Err(AddressError::TooSmall(_))
         ));
-        for bad in ["10.32.0.0", "10.32.0.0/33", "10.32.0/12", "10.32.0.0/-1", "x/1", "1.2.3.4/"] {
-            assert!(matches!(bad.parse::<Cidr>(), Err(AddressError::BadCidr(_))), "{bad}");
+        for bad in [
+            "10.32.0.0",
+            "10.32.0.0/33",
+            "10.32.0/12",
+            "10.32.0.0/-1",
+            "x/1",
+            "1.2.3.4/",
+        ] {
+            assert!(
+                matches!(bad.parse::<Cidr>(), Err(AddressError::BadCidr(_))),
+                "{bad}"
+            );
         }
     }
 

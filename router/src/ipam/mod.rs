@@ -10,3 +10,6 @@
 //! - [`store`]: the on-disk store (redb) the shell saves the allocator's state in.
 
 pub mod address;
+pub mod paxos;
+pub mod ring;
+pub mod space;
