@@ -608,6 +608,11 @@ pub struct StructReader<'r, 'a> {
 }
 
 impl<'r, 'a> StructReader<'r, 'a> {
+    /// The fields the struct's wire type defines, sent or not.
+    pub fn wire_fields(&self) -> &'r [FieldType] {
+        self.fields
+    }
+
     /// The next field that was sent, with its name; `None` at the struct's end marker.
     pub fn next_field(&mut self) -> Result<Option<(&'r str, Slot<'_, 'a>)>, GobError> {
         let delta = self.r.uint()?;
@@ -1179,6 +1184,24 @@ pub enum TypeDesc {
         /// Element type.
         elem: &'static TypeDesc,
     },
+    /// A slice with a Go type name: a named type (`type entries []*entry`), or an unnamed
+    /// one Go first met as a struct field, which Go names by its type string
+    /// (`[]mesh.PeerName`). Go's decoder ignores the name, but it is part of the bytes.
+    NamedSlice {
+        /// Go type name.
+        name: &'static str,
+        /// Element type.
+        elem: &'static TypeDesc,
+    },
+    /// A map with a Go type name (see [`TypeDesc::NamedSlice`]).
+    NamedMap {
+        /// Go type name.
+        name: &'static str,
+        /// Key type.
+        key: &'static TypeDesc,
+        /// Element type.
+        elem: &'static TypeDesc,
+    },
 }
 
 /// A struct field for [`TypeDesc::Struct`].
@@ -1198,7 +1221,27 @@ impl TypeDesc {
             TypeDesc::Uint => Some(TypeId::UINT),
             TypeDesc::Bytes => Some(TypeId::BYTES),
             TypeDesc::String => Some(TypeId::STRING),
-            TypeDesc::Struct { .. } | TypeDesc::Slice { .. } | TypeDesc::Map { .. } => None,
+            TypeDesc::Struct { .. }
+            | TypeDesc::Slice { .. }
+            | TypeDesc::Map { .. }
+            | TypeDesc::NamedSlice { .. }
+            | TypeDesc::NamedMap { .. } => None,
+        }
+    }
+
+    /// The Go type name written in the definition (empty for unnamed types).
+    fn name(&self) -> &'static str {
+        match self {
+            TypeDesc::Struct { name, .. }
+            | TypeDesc::NamedSlice { name, .. }
+            | TypeDesc::NamedMap { name, .. } => name,
+            TypeDesc::Bool
+            | TypeDesc::Int
+            | TypeDesc::Uint
+            | TypeDesc::Bytes
+            | TypeDesc::String
+            | TypeDesc::Slice { .. }
+            | TypeDesc::Map { .. } => "",
         }
     }
 }
@@ -1234,6 +1277,24 @@ impl Encoder {
             next_id: first.0.max(TypeId::FIRST_USER.0),
             ids: Vec::new(),
         }
+    }
+
+    /// Numbers `ty` and the types inside it that have no id yet from `first` up, in Go's
+    /// order, without writing anything; the types encoded later keep the ids they would have
+    /// had. Go numbers types once per process, so a type the process used before others (at
+    /// start-up, say) has ids apart from theirs; this reproduces such a stream byte for byte.
+    /// Call it before encoding, with ids the encoder's own numbering does not reach.
+    pub fn assign_type_ids(&mut self, ty: &'static TypeDesc, first: TypeId) {
+        let resume = self.next_id;
+        self.next_id = first.0.max(TypeId::FIRST_USER.0);
+        self.assign(ty);
+        let end = self.next_id;
+        // Never hand out an id twice, even if the ranges were chosen badly.
+        self.next_id = if (first.0..end).contains(&resume) {
+            end
+        } else {
+            resume
+        };
     }
 
     /// A fresh encoder that appends its stream to `buf` (e.g. after a message tag).
@@ -1312,11 +1373,11 @@ impl Encoder {
                 }
                 id
             }
-            TypeDesc::Slice { elem } => {
+            TypeDesc::Slice { elem } | TypeDesc::NamedSlice { elem, .. } => {
                 self.assign(elem);
                 self.alloc(ty)
             }
-            TypeDesc::Map { key, elem } => {
+            TypeDesc::Map { key, elem } | TypeDesc::NamedMap { key, elem, .. } => {
                 self.assign(key);
                 self.assign(elem);
                 self.alloc(ty)
@@ -1372,8 +1433,10 @@ impl Encoder {
                     self.send_definitions(f.ty);
                 }
             }
-            TypeDesc::Slice { elem } => self.send_definitions(elem),
-            TypeDesc::Map { key, elem } => {
+            TypeDesc::Slice { elem } | TypeDesc::NamedSlice { elem, .. } => {
+                self.send_definitions(elem)
+            }
+            TypeDesc::Map { key, elem } | TypeDesc::NamedMap { key, elem, .. } => {
                 self.send_definitions(key);
                 self.send_definitions(elem);
             }
@@ -1405,15 +1468,15 @@ impl Encoder {
                 }
                 st.end();
             }
-            TypeDesc::Slice { elem } => {
+            TypeDesc::Slice { elem } | TypeDesc::NamedSlice { elem, .. } => {
                 let mut st = wire.struct_field(WT_SLICE);
-                write_common(&mut st, "", id);
+                write_common(&mut st, ty.name(), id);
                 st.int(1, i64::from(self.id_of(elem).0));
                 st.end();
             }
-            TypeDesc::Map { key, elem } => {
+            TypeDesc::Map { key, elem } | TypeDesc::NamedMap { key, elem, .. } => {
                 let mut st = wire.struct_field(WT_MAP);
-                write_common(&mut st, "", id);
+                write_common(&mut st, ty.name(), id);
                 st.int(1, i64::from(self.id_of(key).0));
                 st.int(2, i64::from(self.id_of(elem).0));
                 st.end();
@@ -1896,6 +1959,134 @@ mod tests {
             })
         );
         assert_eq!(Decoder::new(&bytes).string(), Ok("topology"));
+    }
+
+    #[test]
+    fn named_slices_and_maps_carry_their_name_and_differ_from_unnamed_ones() {
+        static NAMED: TypeDesc = TypeDesc::NamedSlice {
+            name: "Value",
+            elem: &TypeDesc::Uint,
+        };
+        static UNNAMED: TypeDesc = TypeDesc::Slice {
+            elem: &TypeDesc::Uint,
+        };
+        static NAMED_MAP: TypeDesc = TypeDesc::NamedMap {
+            name: "map[mesh.PeerName]string",
+            key: &TypeDesc::Uint,
+            elem: &TypeDesc::String,
+        };
+        let mut enc = Encoder::new();
+        enc.encode(&NAMED, |w| {
+            w.seq_len(1);
+            w.uint(7);
+        });
+        enc.encode(&UNNAMED, |w| w.seq_len(0));
+        enc.encode(&NAMED_MAP, |w| {
+            w.seq_len(1);
+            w.uint(1);
+            w.string("a");
+        });
+        let bytes = enc.into_bytes();
+        let mut dec = Decoder::new(&bytes);
+        assert_eq!(
+            dec.next_value(),
+            Ok(Some(Value::Slice(vec![Value::Uint(7)])))
+        );
+        assert_eq!(dec.next_value(), Ok(Some(Value::Slice(vec![]))));
+        assert_eq!(
+            dec.next_value(),
+            Ok(Some(Value::Map(vec![(
+                Value::Uint(1),
+                Value::String("a".into())
+            )])))
+        );
+        assert_eq!(
+            dec.types().get(TypeId(65)),
+            Some(&WireType::Slice {
+                name: "Value".into(),
+                elem: TypeId::UINT
+            })
+        );
+        assert_eq!(
+            dec.types().get(TypeId(66)),
+            Some(&WireType::Slice {
+                name: String::new(),
+                elem: TypeId::UINT
+            })
+        );
+        assert!(matches!(
+            dec.types().get(TypeId(67)),
+            Some(WireType::Map { name, .. }) if name == "map[mesh.PeerName]string"
+        ));
+    }
+
+    #[test]
+    fn pre_assigned_type_ids_are_kept_and_numbering_resumes() {
+        static INNER_FIELDS: [FieldDesc; 1] = [FieldDesc {
+            name: "A",
+            ty: &TypeDesc::Uint,
+        }];
+        static INNER: TypeDesc = TypeDesc::Struct {
+            name: "Inner",
+            fields: &INNER_FIELDS,
+        };
+        static INNERS: TypeDesc = TypeDesc::Slice { elem: &INNER };
+        static OUTER_FIELDS: [FieldDesc; 2] = [
+            FieldDesc {
+                name: "L",
+                ty: &TypeDesc::Slice {
+                    elem: &TypeDesc::String,
+                },
+            },
+            FieldDesc {
+                name: "I",
+                ty: &INNERS,
+            },
+        ];
+        static OUTER: TypeDesc = TypeDesc::Struct {
+            name: "Outer",
+            fields: &OUTER_FIELDS,
+        };
+        let mut enc = Encoder::with_first_type_id(TypeId(80));
+        enc.assign_type_ids(&INNERS, TypeId(65));
+        enc.encode(&OUTER, |w| {
+            let s = w.begin_struct();
+            s.end();
+        });
+        let bytes = enc.into_bytes();
+        let mut dec = Decoder::new(&bytes);
+        assert_eq!(dec.next_value(), Ok(Some(Value::Struct(vec![]))));
+        let types = dec.types();
+        assert!(
+            matches!(types.get(TypeId(65)), Some(WireType::Struct { name, .. }) if name == "Inner")
+        );
+        assert!(matches!(
+            types.get(TypeId(66)),
+            Some(WireType::Slice {
+                elem: TypeId(65),
+                ..
+            })
+        ));
+        assert!(
+            matches!(types.get(TypeId(80)), Some(WireType::Struct { name, .. }) if name == "Outer")
+        );
+        assert!(matches!(
+            types.get(TypeId(81)),
+            Some(WireType::Slice {
+                elem: TypeId::STRING,
+                ..
+            })
+        ));
+        assert_eq!(types.len(), 4);
+
+        // Overlapping ranges still never reuse an id.
+        let mut enc = Encoder::with_first_type_id(TypeId(65));
+        enc.assign_type_ids(&INNERS, TypeId(65));
+        enc.encode(&OUTER, |w| w.begin_struct().end());
+        let bytes = enc.into_bytes();
+        let mut dec = Decoder::new(&bytes);
+        assert!(dec.next_value().is_ok());
+        assert_eq!(dec.types().len(), 4);
     }
 
     #[test]

@@ -48,6 +48,17 @@ pub enum WireError {
     /// A topology `ShortID` did not fit 16 bits.
     #[error("short id {0} does not fit 16 bits")]
     ShortIdTooWide(u64),
+    /// An IPAM address, free count or entry version did not fit the 32 bits of its Go type.
+    #[error("{what} {value:#x} does not fit 32 bits")]
+    Uint32TooWide {
+        /// Which value: "ring token", "free count", ...
+        what: &'static str,
+        /// The value on the wire.
+        value: u64,
+    },
+    /// An `IPallocation` unicast payload started with a message kind other than 0, 1 or 2.
+    #[error("unknown IPAM unicast message kind {0}")]
+    UnknownIpamMessage(u8),
 }
 
 /// Wraps a [`GobError`] with the part of the message it came from.
