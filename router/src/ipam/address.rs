@@ -11,7 +11,7 @@ pub struct Address(pub u32);
 
 impl Address {
     /// The address `n` places after this one (wrapping, as Go's uint32 does).
-    pub fn add(self, n: u32) -> Address {
+    pub fn offset(self, n: u32) -> Address {
         Address(self.0.wrapping_add(n))
     }
 
@@ -90,7 +90,7 @@ impl Range {
     pub fn sized(start: Address, size: u32) -> Range {
         Range {
             start,
-            end: start.add(size),
+            end: start.offset(size),
         }
     }
 
@@ -137,13 +137,13 @@ impl Range {
             return Range::sized(self.start, size_msb);
         }
         if size_msb - masked_start <= masked_size {
-            return Range::sized(self.start.add(size_msb - masked_start), size_msb);
+            return Range::sized(self.start.offset(size_msb - masked_start), size_msb);
         }
         let half = size_msb / 2;
         if half >= masked_start {
-            return Range::sized(self.start.add(half - masked_start), half);
+            return Range::sized(self.start.offset(half - masked_start), half);
         }
-        Range::sized(self.start.add(size_msb - masked_start), half)
+        Range::sized(self.start.offset(size_msb - masked_start), half)
     }
 }
 
@@ -204,7 +204,7 @@ impl Cidr {
     /// The subnet without its first and last addresses (RFC 1122), where hosts go.
     pub fn host_range(&self) -> Range {
         let r = self.range();
-        Range::new(r.start.add(1), Address(r.end.0.saturating_sub(1)))
+        Range::new(r.start.offset(1), Address(r.end.0.saturating_sub(1)))
     }
 
     /// Parses `a.b.c.d/n` as a subnet for allocation: no host bits, at least

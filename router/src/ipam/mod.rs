@@ -10,6 +10,8 @@
 //! - [`store`]: the on-disk store (redb) the shell saves the allocator's state in.
 
 pub mod address;
+pub mod allocator;
 pub mod paxos;
 pub mod ring;
 pub mod space;
+pub mod store;

@@ -224,10 +224,10 @@ impl Ring {
             });
             return;
         }
-        let mid = from.add(share / 2);
+        let mid = from.offset(share / 2);
         let (left, right) = peers.split_at(peers.len() / 2);
         self.subdivide(from, mid, left);
-        self.subdivide(mid.add(share % 2), to, right);
+        self.subdivide(mid.offset(share % 2), to, right);
     }
 
     /// Ranges owned by `peer`, in address order (a range wrapping past the end is split).
@@ -677,21 +677,18 @@ mod tests {
     }
 
     fn entries_strategy() -> impl Strategy<Value = Vec<Entry>> {
-        proptest::collection::btree_map(
-            0u32..1024,
-            (0u64..4, 0u32..4, 0u32..8),
-            0..12,
+        proptest::collection::btree_map(0u32..1024, (0u64..4, 0u32..4, 0u32..8), 0..12).prop_map(
+            |m| {
+                m.into_iter()
+                    .map(|(t, (p, version, free))| Entry {
+                        token: Address(0x0a20_0000 + t),
+                        peer: name(p),
+                        version,
+                        free,
+                    })
+                    .collect()
+            },
         )
-        .prop_map(|m| {
-            m.into_iter()
-                .map(|(t, (p, version, free))| Entry {
-                    token: Address(0x0a20_0000 + t),
-                    peer: name(p),
-                    version,
-                    free,
-                })
-                .collect()
-        })
     }
 
     proptest! {
@@ -735,8 +732,8 @@ mod tests {
                             continue;
                         }
                         let r = owned[at as usize % owned.len()];
-                        let start = r.start.add(at % r.size());
-                        let end = start.add(len.min(r.end.0 - start.0));
+                        let start = r.start.offset(at % r.size());
+                        let end = start.offset(len.min(r.end.0 - start.0));
                         rings[x].grant_range_to_host(start, end, name(y as u64));
                     }
                     1 => {
@@ -788,8 +785,18 @@ mod tests {
         assert_eq!(
             r.entries(),
             &[
-                Entry { token: Address(0x0a20_0000), peer: name(0), version: 0, free: 524_288 },
-                Entry { token: Address(0x0a28_0000), peer: name(1), version: 0, free: 524_288 },
+                Entry {
+                    token: Address(0x0a20_0000),
+                    peer: name(0),
+                    version: 0,
+                    free: 524_288
+                },
+                Entry {
+                    token: Address(0x0a28_0000),
+                    peer: name(1),
+                    version: 0,
+                    free: 524_288
+                },
             ]
         );
         assert_eq!(r.owner(Address(0x0a2f_ffff)), name(1));

@@ -66,8 +66,8 @@ impl Space {
             true
         });
         let addr = found?;
-        self.ours = add(&self.ours, addr, addr.add(1));
-        self.free = subtract(&self.free, addr, addr.add(1));
+        self.ours = add(&self.ours, addr, addr.offset(1));
+        self.free = subtract(&self.free, addr, addr.offset(1));
         Some(addr)
     }
 
@@ -76,8 +76,8 @@ impl Space {
         if !contains(&self.free, addr) {
             return false;
         }
-        self.ours = add(&self.ours, addr, addr.add(1));
-        self.free = subtract(&self.free, addr, addr.add(1));
+        self.ours = add(&self.ours, addr, addr.offset(1));
+        self.free = subtract(&self.free, addr, addr.offset(1));
         true
     }
 
@@ -86,8 +86,8 @@ impl Space {
         if !contains(&self.ours, addr) || contains(&self.free, addr) {
             return false;
         }
-        self.ours = subtract(&self.ours, addr, addr.add(1));
-        self.free = add(&self.free, addr, addr.add(1));
+        self.ours = subtract(&self.ours, addr, addr.offset(1));
+        self.free = add(&self.free, addr, addr.offset(1));
         true
     }
 
@@ -124,7 +124,7 @@ impl Space {
             return None;
         }
         if biggest.size() > self.num_free_in(r) / 2 {
-            biggest.start = biggest.start.add(biggest.size() / 2);
+            biggest.start = biggest.start.offset(biggest.size() / 2);
         }
         self.ours = subtract(&self.ours, biggest.start, biggest.end);
         self.free = subtract(&self.free, biggest.start, biggest.end);
