@@ -11,4 +11,4 @@ pub mod status;
 pub mod topology;
 
 pub use maker::DirectPeer;
-pub use router::{Command, ConnKey, Event, Mesh, MeshConfig};
+pub use router::{ChannelEvent, Command, ConnKey, Event, GossipError, Mesh, MeshConfig};

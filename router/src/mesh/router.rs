@@ -115,6 +115,65 @@ impl fmt::Display for Event {
     }
 }
 
+/// Something for the owner of a gossip channel registered with [`Mesh::register_channel`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelEvent {
+    /// Periodic or relayed gossip (tag 4) on the channel.
+    Gossip {
+        /// The channel.
+        channel: String,
+        /// The peer whose connection it came in on names itself here.
+        src: PeerName,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// A unicast (tag 3) to us on the channel.
+    Unicast {
+        /// The channel.
+        channel: String,
+        /// Its sender.
+        src: PeerName,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// A broadcast (tag 5) on the channel. The mesh does not relay it: the owner relays
+    /// with [`Mesh::relay_broadcast`] and whatever payload its protocol says to carry on.
+    Broadcast {
+        /// The channel.
+        channel: String,
+        /// The broadcast's origin.
+        src: PeerName,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// A connection to `peer` was added: the channel's state should be sent down it.
+    NeighbourUp {
+        /// The neighbour.
+        peer: PeerName,
+    },
+    /// The mesh forgot `peer` (no longer reachable from anyone we know).
+    PeerGone {
+        /// The peer.
+        peer: PeerName,
+    },
+}
+
+/// Why gossip could not be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GossipError {
+    /// No route to the destination.
+    #[error("no route to peer {0}")]
+    NoRoute(PeerName),
+    /// The route's next hop has no connection.
+    #[error("no connection to next hop {hop} towards {dst}")]
+    NoConnection {
+        /// The destination.
+        dst: PeerName,
+        /// The hop.
+        hop: PeerName,
+    },
+}
+
 /// Why a connection ended; decides whether its target is retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ConnError {
@@ -213,6 +272,8 @@ pub struct Mesh {
     termination_count: u64,
     sleeve_mtu: Option<u16>,
     generation: u64,
+    channels: BTreeSet<String>,
+    channel_events: VecDeque<ChannelEvent>,
 }
 
 impl Mesh {
@@ -254,6 +315,8 @@ impl Mesh {
             termination_count: 0,
             sleeve_mtu: None,
             generation: 0,
+            channels: BTreeSet::new(),
+            channel_events: VecDeque::new(),
         };
         let me = mesh.topo.ourself();
         let line = format!("Our name is {}({})", me.name, me.nickname);
@@ -267,6 +330,74 @@ impl Mesh {
     pub fn with_sleeve(mut self, underlay_mtu: u16) -> Self {
         self.sleeve_mtu = Some(sleeve::mtu_for_underlay(underlay_mtu));
         self
+    }
+
+    /// Delivers the gossip channel `channel` to the caller (through
+    /// [`Mesh::poll_channel_event`]) instead of relaying it as a surrogate.
+    pub fn register_channel(&mut self, channel: &str) {
+        self.channels.insert(channel.to_string());
+    }
+
+    /// The next event on a registered channel.
+    pub fn poll_channel_event(&mut self) -> Option<ChannelEvent> {
+        self.channel_events.pop_front()
+    }
+
+    /// Sends a GossipUnicast from us to `dst` along the unicast route.
+    pub fn gossip_unicast(
+        &mut self,
+        channel: &str,
+        dst: PeerName,
+        payload: Vec<u8>,
+    ) -> Result<(), GossipError> {
+        self.ensure_routes();
+        let hop = *self
+            .unicast_all
+            .get(&dst)
+            .filter(|h| **h != UNKNOWN_PEER_NAME)
+            .ok_or(GossipError::NoRoute(dst))?;
+        let key = *self
+            .by_peer
+            .get(&hop)
+            .ok_or(GossipError::NoConnection { dst, hop })?;
+        let msg = Message::GossipUnicast {
+            channel: channel.to_string(),
+            src: self.config.name,
+            dst,
+            payload,
+        };
+        self.send_message(key, &msg);
+        Ok(())
+    }
+
+    /// Broadcasts from us to every reachable peer.
+    pub fn gossip_broadcast(&mut self, channel: &str, payload: Vec<u8>) {
+        self.relay_broadcast(channel, self.config.name, payload);
+    }
+
+    /// Gossips to random neighbours.
+    pub fn gossip(&mut self, channel: &str, payload: Vec<u8>) {
+        self.gossip_to_neighbours(channel, self.config.name, payload);
+    }
+
+    /// Gossips to one neighbour; nothing when there is no connection to it.
+    pub fn gossip_to(&mut self, channel: &str, peer: PeerName, payload: Vec<u8>) {
+        if let Some(&key) = self.by_peer.get(&peer) {
+            self.send_gossip(key, channel, payload);
+        }
+    }
+
+    /// Every peer we have a route to, and ourselves.
+    pub fn reachable_peers(&mut self) -> BTreeSet<PeerName> {
+        self.ensure_routes();
+        let mut peers: BTreeSet<PeerName> = self
+            .unicast_all
+            .iter()
+            .filter(|(_, hop)| **hop != UNKNOWN_PEER_NAME)
+            .map(|(p, _)| *p)
+            .collect();
+        peers.insert(self.config.name);
+        peers
     }
 
     /// A frame with an all-zero Ethernet header (heartbeat, fragmentation test, PMTU probe)
@@ -908,6 +1039,10 @@ impl Mesh {
         };
         let prefix = c.prefix();
         self.by_peer.insert(name, key);
+        if !self.channels.is_empty() {
+            self.channel_events
+                .push_back(ChannelEvent::NeighbourUp { peer: name });
+        }
         let ourself = self.topo.ourself_mut();
         ourself.conns.insert(name, conn);
         ourself.version += 1;
@@ -1059,8 +1194,14 @@ impl Mesh {
                         "unexpected topology gossip unicast from {src}"
                     )));
                 }
-                // A channel this router does not implement: nothing to deliver to.
-                let _ = payload;
+                if self.channels.contains(&channel) {
+                    self.channel_events.push_back(ChannelEvent::Unicast {
+                        channel,
+                        src,
+                        payload,
+                    });
+                }
+                // Otherwise a channel this router does not implement: nothing to deliver to.
                 Ok(())
             }
             Message::GossipBroadcast {
@@ -1068,6 +1209,14 @@ impl Mesh {
                 src,
                 payload,
             } => {
+                if self.channels.contains(&channel) {
+                    self.channel_events.push_back(ChannelEvent::Broadcast {
+                        channel,
+                        src,
+                        payload,
+                    });
+                    return Ok(());
+                }
                 let payload = if channel == TOPOLOGY_CHANNEL {
                     let names = self.apply_topology(&payload, now)?.0;
                     if names.is_empty() {
@@ -1115,6 +1264,14 @@ impl Mesh {
                 let delta = self.topo.encode(&improved);
                 self.gossip_to_neighbours(channel, src, delta);
             }
+            return Ok(());
+        }
+        if self.channels.contains(channel) {
+            self.channel_events.push_back(ChannelEvent::Gossip {
+                channel: channel.to_string(),
+                src,
+                payload: payload.to_vec(),
+            });
             return Ok(());
         }
         // A channel we do not implement: relay each distinct update once per interval.
@@ -1166,6 +1323,10 @@ impl Mesh {
         }
         for peer in &removed {
             self.pending_update.remove(&peer.name);
+            if !self.channels.is_empty() {
+                self.channel_events
+                    .push_back(ChannelEvent::PeerGone { peer: peer.name });
+            }
             self.info(format!(
                 "Removed unreachable peer {}({})",
                 peer.name, peer.nickname
@@ -1245,7 +1406,8 @@ impl Mesh {
         self.send(key, wire::frame(body));
     }
 
-    fn relay_broadcast(&mut self, channel: &str, src: PeerName, payload: Vec<u8>) {
+    /// Relays a broadcast from `src` along its broadcast tree.
+    pub fn relay_broadcast(&mut self, channel: &str, src: PeerName, payload: Vec<u8>) {
         self.ensure_routes();
         let me = self.config.name;
         let topo = &self.topo;
