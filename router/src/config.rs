@@ -7,8 +7,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use crate::ids::PeerName;
+use crate::ipam::address::Cidr;
 
 /// Default TCP/UDP port of the mesh.
 pub const DEFAULT_PORT: u16 = 6783;
@@ -18,6 +20,10 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:6784";
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:6782";
 /// Default most connections kept (Weave's `--conn-limit`).
 pub const DEFAULT_CONN_LIMIT: usize = 200;
+/// Default cluster address range (Weave's).
+pub const DEFAULT_IPALLOC_RANGE: &str = "10.32.0.0/12";
+/// Default directory of the IPAM store (Weave's).
+pub const DEFAULT_DB_DIR: &str = "/var/lib/weave";
 
 /// Flags of `weave-router launch`, as the command line gives them (values still unchecked).
 ///
@@ -64,6 +70,24 @@ pub struct LaunchArgs {
     /// what batching buys). Env: WEAVE_OFFLOAD.
     #[arg(long, value_name = "on|off")]
     pub offload: Option<String>,
+    /// The range pod addresses come from, as a CIDR, or "" for no IPAM
+    /// [default: 10.32.0.0/12]. Every peer must be given the same. Env: IPALLOC_RANGE.
+    #[arg(long, value_name = "CIDR")]
+    pub ipalloc_range: Option<String>,
+    /// The subnet inside the range that `POST /ip/{id}` allocates from when none is given
+    /// [default: the whole range]. Env: IPALLOC_DEFAULT_SUBNET.
+    #[arg(long, value_name = "CIDR")]
+    pub ipalloc_default_subnet: Option<String>,
+    /// How the range is first divided: `consensus` (a majority of the initial peers agree),
+    /// `consensus=N` (N peers, quorum N/2+1), `seed=NAME,...` (these peers split it, no
+    /// election) or `observer` (take no part; get space from others) [default: consensus].
+    /// Env: IPALLOC_INIT.
+    #[arg(long, value_name = "MODE")]
+    pub ipalloc_init: Option<String>,
+    /// Directory of the IPAM store (the ring and every allocation) [default: /var/lib/weave].
+    /// Env: WEAVE_DB_DIR.
+    #[arg(long, value_name = "DIR")]
+    pub db_dir: Option<String>,
 }
 
 /// Facts about the host that feed the defaults.
@@ -195,6 +219,48 @@ pub struct Config {
     pub workers: Option<usize>,
     /// Whether the sleeve batches with UDP GSO/GRO and TAP offloads.
     pub offload: bool,
+    /// Address management; `None` when `--ipalloc-range ""` turned it off.
+    pub ipam: Option<IpamConfig>,
+}
+
+/// Address management settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpamConfig {
+    /// The cluster range.
+    pub range: Cidr,
+    /// Where allocations without a subnet come from.
+    pub default_subnet: Cidr,
+    /// How the ring is first divided.
+    pub init: IpamInit,
+    /// Directory of the store.
+    pub db_dir: PathBuf,
+}
+
+/// `--ipalloc-init`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpamInit {
+    /// Paxos; `Some(n)` for `consensus=n`, `None` to count the initial peers.
+    Consensus(Option<u32>),
+    /// These peers split the range.
+    Seed(Vec<PeerName>),
+    /// No part in the election.
+    Observer,
+}
+
+impl IpamInit {
+    /// The allocator's form: the quorum is `n/2+1` of `consensus=n`, or else a majority of
+    /// the initial peers and ourselves (`peers + 1`), as Weave computes it.
+    pub fn to_allocator(&self, initial_peers: usize) -> crate::ipam::allocator::Init {
+        use crate::ipam::allocator::Init;
+        match self {
+            IpamInit::Consensus(Some(n)) => Init::Consensus { quorum: n / 2 + 1 },
+            IpamInit::Consensus(None) => Init::Consensus {
+                quorum: u32::try_from(initial_peers + 1).unwrap_or(u32::MAX) / 2 + 1,
+            },
+            IpamInit::Seed(names) => Init::Seed(names.clone()),
+            IpamInit::Observer => Init::Observer,
+        }
+    }
 }
 
 /// The data-plane backend.
@@ -401,7 +467,10 @@ impl Config {
             None => true,
         };
 
+        let ipam = resolve_ipam(args, env)?;
+
         Ok(Config {
+            ipam,
             dataplane,
             workers,
             offload,
@@ -414,6 +483,100 @@ impl Config {
             discovery,
             peers,
         })
+    }
+}
+
+/// The `--ipalloc-*` and `--db-dir` settings.
+fn resolve_ipam(
+    args: &LaunchArgs,
+    env: &BTreeMap<String, String>,
+) -> Result<Option<IpamConfig>, ConfigError> {
+    let invalid = |s: &Sourced, reason: String| ConfigError::InvalidValue {
+        source_name: s.source_name.clone(),
+        value: s.value.to_string(),
+        reason,
+    };
+    let range = match pick_source(
+        &args.ipalloc_range,
+        "ipalloc-range",
+        &["IPALLOC_RANGE"],
+        env,
+    ) {
+        Some(s) if s.value.trim().is_empty() => return Ok(None),
+        Some(s) => Cidr::parse_subnet(s.value.trim())
+            .map_err(|e| invalid(&s, format!("expected a CIDR like 10.32.0.0/12: {e}")))?,
+        None => Cidr::parse_subnet(DEFAULT_IPALLOC_RANGE).expect("constant range"),
+    };
+    let default_subnet = match pick_source(
+        &args.ipalloc_default_subnet,
+        "ipalloc-default-subnet",
+        &["IPALLOC_DEFAULT_SUBNET"],
+        env,
+    ) {
+        Some(s) if !s.value.trim().is_empty() => {
+            let subnet = Cidr::parse_subnet(s.value.trim())
+                .map_err(|e| invalid(&s, format!("expected a CIDR: {e}")))?;
+            let (r, sub) = (range.range(), subnet.range());
+            if sub.start < r.start || sub.end > r.end {
+                return Err(invalid(
+                    &s,
+                    format!("the default subnet must lie inside the range {range}"),
+                ));
+            }
+            subnet
+        }
+        Some(_) | None => range,
+    };
+    let init = match pick_source(&args.ipalloc_init, "ipalloc-init", &["IPALLOC_INIT"], env) {
+        Some(s) => parse_ipalloc_init(s.value.trim()).map_err(|reason| invalid(&s, reason))?,
+        None => IpamInit::Consensus(None),
+    };
+    let db_dir = match pick_source(&args.db_dir, "db-dir", &["WEAVE_DB_DIR"], env) {
+        Some(s) if s.value.trim().is_empty() => {
+            return Err(invalid(&s, "expected a directory".to_string()))
+        }
+        Some(s) => PathBuf::from(s.value.trim()),
+        None => PathBuf::from(DEFAULT_DB_DIR),
+    };
+    Ok(Some(IpamConfig {
+        range,
+        default_subnet,
+        init,
+        db_dir,
+    }))
+}
+
+/// Parses `consensus`, `consensus=N`, `seed=NAME,...` or `observer`.
+fn parse_ipalloc_init(v: &str) -> Result<IpamInit, String> {
+    let expected = "expected consensus, consensus=N, seed=NAME,... or observer";
+    let (mode, arg) = match v.split_once('=') {
+        Some((m, a)) => (m, Some(a)),
+        None => (v, None),
+    };
+    match (mode, arg) {
+        ("consensus", None) => Ok(IpamInit::Consensus(None)),
+        ("consensus", Some(n)) => match n.trim().parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(IpamInit::Consensus(Some(n))),
+            _ => Err(format!(
+                "consensus=N needs a number of peers of at least 1; {expected}"
+            )),
+        },
+        ("seed", Some(list)) => {
+            let names = list
+                .split(',')
+                .map(|n| {
+                    n.trim()
+                        .parse::<PeerName>()
+                        .map_err(|_| format!("'{n}' is not a peer name like aa:00:00:00:00:01"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if names.is_empty() {
+                return Err(format!("seed= needs at least one peer name; {expected}"));
+            }
+            Ok(IpamInit::Seed(names))
+        }
+        ("observer", None) => Ok(IpamInit::Observer),
+        _ => Err(expected.to_string()),
     }
 }
 

@@ -26,6 +26,7 @@ use crate::dataplane::epoll::{self, ToWorker};
 use crate::dataplane::learn::LearnBus;
 use crate::dataplane::plumbing;
 use crate::ids::PeerUid;
+use crate::ipam::shell::IpamShell;
 use crate::mesh::{Command, ConnKey, DirectPeer, Event, Mesh, MeshConfig};
 use crate::switch::Routes;
 use crate::sys::socket::{open_udp, UdpOptions};
@@ -48,10 +49,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!("Communication between peers is unencrypted.");
 
     let now = Instant::now();
+    let uid = PeerUid(rand::random());
     let mesh_config = MeshConfig {
         name: config.name,
         nickname: config.nickname.clone(),
-        uid: PeerUid(rand::random()),
+        uid,
         port: config.port,
         conn_limit: config.conn_limit,
         discovery: config.discovery,
@@ -61,6 +63,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     while let Some(ev) = mesh.poll_event() {
         log_event(&ev);
     }
+    // The store is opened before anything listens: a peer whose allocations cannot be
+    // read must not join the mesh and hand out addresses that pods already hold.
+    let ipam = match &config.ipam {
+        Some(settings) => {
+            let alloc_config = IpamShell::config(
+                settings,
+                config.name,
+                uid,
+                &config.nickname,
+                config.peers.len(),
+            );
+            Some(IpamShell::start(
+                alloc_config,
+                &settings.db_dir,
+                &mut mesh,
+                now,
+            )?)
+        }
+        None => {
+            info!("IP address management is off (--ipalloc-range \"\")");
+            None
+        }
+    };
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (workers, dataplane_counters) = match config.dataplane {
         Dataplane::None => {
@@ -133,6 +158,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         port: config.port,
         dataplane: dataplane_counters.clone(),
         started: now,
+        ipam: ipam.is_some(),
     };
     let mut servers = Vec::new();
     if let Some((addr, l)) = http_listener {
@@ -163,6 +189,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         io_tx,
         workers,
         published: None,
+        ipam,
     };
     let signal = shell.run(io_rx, api_rx, control_rx).await?;
     info!("=== received {signal} ===");
@@ -327,6 +354,7 @@ struct Shell {
     io_tx: mpsc::Sender<IoEvent>,
     workers: Vec<epoll::Worker>,
     published: Option<u64>,
+    ipam: Option<IpamShell>,
 }
 
 impl Shell {
@@ -341,8 +369,13 @@ impl Shell {
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         loop {
-            self.drain();
-            let deadline = self.mesh.poll_timeout();
+            self.drain()?;
+            let now = Instant::now();
+            let ipam_deadline = self.ipam.as_ref().map(|i| i.poll_timeout(now));
+            let deadline = [self.mesh.poll_timeout(), ipam_deadline]
+                .into_iter()
+                .flatten()
+                .min();
             let timer = async move {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
@@ -359,7 +392,13 @@ impl Shell {
                 Some(f) = control_rx.recv() => {
                     self.mesh.handle_sleeve_frame(f.from, f.src, &f.frame, Instant::now());
                 }
-                () = timer => self.mesh.handle_timeout(Instant::now()),
+                () = timer => {
+                    let now = Instant::now();
+                    self.mesh.handle_timeout(now);
+                    if let Some(ipam) = &mut self.ipam {
+                        ipam.handle_timeout(now);
+                    }
+                }
                 _ = sigint.recv() => return Ok("SIGINT"),
                 _ = sigterm.recv() => return Ok("SIGTERM"),
             }
@@ -427,11 +466,20 @@ impl Shell {
                 self.mesh.forget(&addrs, now);
                 let _ = reply.send(());
             }
+            ApiRequest::Ipam(req) => match &mut self.ipam {
+                Some(ipam) => ipam.handle_request(req, now),
+                // The handlers check first; a request that slips through gets a 503.
+                None => drop(req),
+            },
         }
     }
 
-    /// Performs every queued command and logs every queued event.
-    fn drain(&mut self) {
+    /// Lets the allocator persist and speak, then performs every queued command and logs
+    /// every queued event. Fails only when the IPAM store cannot be written.
+    fn drain(&mut self) -> anyhow::Result<()> {
+        if let Some(ipam) = &mut self.ipam {
+            ipam.flush(&mut self.mesh, Instant::now())?;
+        }
         while let Some(cmd) = self.mesh.poll_command() {
             self.execute(cmd);
         }
@@ -439,6 +487,7 @@ impl Shell {
             log_event(&ev);
         }
         self.publish();
+        Ok(())
     }
 
     /// Gives the workers a new forwarding snapshot when routes or sleeve paths changed.
@@ -540,7 +589,8 @@ impl Shell {
     }
 }
 
-fn log_event(ev: &Event) {
+/// Logs a sans-IO module's event at its level.
+pub(crate) fn log_event(ev: &Event) {
     if ev.warning {
         warn!("{ev}");
     } else {

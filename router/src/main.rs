@@ -40,6 +40,11 @@ enum Cmd {
     Connect(cli::ConnectArgs),
     /// Ask a running router to stop keeping peers connected.
     Forget(cli::ForgetArgs),
+    /// Take over the IP address space of peers that are gone for good.
+    ///
+    /// Run it on one live peer only, after the named peers have stopped for good: their
+    /// addresses become this peer's to hand out. A peer that is still reachable is refused.
+    Rmpeer(cli::RmpeerArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +93,13 @@ fn run(args: Cli) -> anyhow::Result<()> {
         }
         Cmd::Connect(connect) => Ok(cli::connect(&connect)?),
         Cmd::Forget(forget) => Ok(cli::forget(&forget)?),
+        Cmd::Rmpeer(rmpeer) => {
+            let stdout = std::io::stdout();
+            match cli::rmpeer(&rmpeer, &mut stdout.lock()) {
+                Err(e) if e.is_broken_pipe() => Ok(()),
+                other => Ok(other?),
+            }
+        }
     }
 }
 

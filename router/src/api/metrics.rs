@@ -19,7 +19,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::api::stats::{PeerStats, Stats, WorkerStats};
-use crate::api::text::CONNECTION_STATES;
+use crate::api::text::{ipam_owners, IpamOwner, CONNECTION_STATES};
+use crate::ipam::allocator::IpamStatus;
 use crate::mesh::rtt::RttSummary;
 use crate::mesh::status::{LocalConnectionStatus, RouterStatus};
 
@@ -36,6 +37,8 @@ pub struct Scrape {
     pub router: RouterStatus,
     /// The data-plane and per-peer counters.
     pub stats: Stats,
+    /// Address management, when it runs.
+    pub ipam: Option<IpamStatus>,
 }
 
 /// The `/metrics` page for one scrape.
@@ -81,8 +84,60 @@ impl Collector for Scrape {
             )?;
             encode_workers(&mut encoder, &dp.workers)?;
         }
+        if let Some(ipam) = &self.ipam {
+            encode_ipam(&mut encoder, ipam)?;
+        }
         encode_peers(&mut encoder, &self.stats.peers)
     }
+}
+
+/// Weave's IPAM gauges.
+fn encode_ipam(encoder: &mut DescriptorEncoder, s: &IpamStatus) -> Result<(), std::fmt::Error> {
+    gauges(
+        encoder,
+        "weave_ips",
+        "Number of IP addresses.",
+        &[(vec![("state", "local-used")], s.active_ips)],
+    )?;
+    gauges(
+        encoder,
+        "weave_max_ips",
+        "Size of IP address space used by allocator.",
+        &[(Labels::new(), s.range_num_ips)],
+    )?;
+    let owners = ipam_owners(s);
+    let unreachable: Vec<&IpamOwner> = owners.iter().filter(|o| !o.reachable).collect();
+    gauges(
+        encoder,
+        "weave_ipam_unreachable_count",
+        "Number of unreachable peers.",
+        &[(Labels::new(), unreachable.len() as u64)],
+    )?;
+    let ips: u64 = unreachable.iter().map(|o| o.ips).sum();
+    let percentage = if s.range_num_ips == 0 {
+        0.0
+    } else {
+        ips as f64 * 100.0 / s.range_num_ips as f64
+    };
+    let m = encoder.encode_descriptor(
+        "weave_ipam_unreachable_percentage",
+        "Percentage of IP addresses owned by unreachable peers.",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(percentage).encode(m)?;
+    gauges(
+        encoder,
+        "weave_ipam_pending_allocates",
+        "Number of pending allocates.",
+        &[(Labels::new(), s.pending_allocates.len() as u64)],
+    )?;
+    gauges(
+        encoder,
+        "weave_ipam_pending_claims",
+        "Number of pending claims.",
+        &[(Labels::new(), s.pending_claims.len() as u64)],
+    )
 }
 
 /// `weave_connections` with Weave's labels (`state`, `type` = overlay name or `unknown`,

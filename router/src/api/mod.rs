@@ -4,6 +4,7 @@
 //! wait for the reply, then render with the pure functions in [`text`] and [`metrics`].
 
 pub mod form;
+pub mod ipam;
 pub mod metrics;
 pub mod stats;
 pub mod text;
@@ -59,6 +60,8 @@ pub enum ApiRequest {
         /// Answered once the mesh has dropped them.
         reply: oneshot::Sender<()>,
     },
+    /// Address management.
+    Ipam(ipam::IpamRequest),
 }
 
 /// The mesh owner's answer to [`ApiRequest::Stats`].
@@ -82,6 +85,8 @@ pub struct ApiState {
     pub dataplane: Option<Arc<DataplaneCounters>>,
     /// When the router started: the origin of `/stats` timestamps.
     pub started: Instant,
+    /// Whether address management runs.
+    pub ipam: bool,
 }
 
 /// The routes served on the HTTP address.
@@ -95,6 +100,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/stats", get(stats_page))
         .route("/connect", post(connect))
         .route("/forget", post(forget))
+        .merge(ipam::routes())
         .with_state(state)
 }
 
@@ -215,8 +221,12 @@ fn unavailable() -> Response {
 }
 
 async fn status(State(st): State<ApiState>) -> Response {
-    match st.snapshot().await {
-        Ok(r) => text::render_status(VERSION, &r).into_response(),
+    let router = match st.snapshot().await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match st.ipam_status().await {
+        Ok(ipam) => text::render_status(VERSION, &router, ipam.as_ref()).into_response(),
         Err(resp) => resp,
     }
 }
@@ -247,11 +257,16 @@ async fn report(State(st): State<ApiState>) -> Response {
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    let ipam = match st.ipam_status().await {
+        Ok(i) => i,
+        Err(resp) => return resp,
+    };
     let dataplane = st.dataplane_status();
     let report = Report {
         ready: true,
         version: VERSION.to_string(),
         router,
+        ipam,
         dataplane,
     };
     json_response(&report, "report")
@@ -278,14 +293,23 @@ async fn stats_page(State(st): State<ApiState>) -> Response {
 }
 
 async fn metrics_page(State(st): State<ApiState>) -> Response {
-    match st.stats().await {
-        Ok((router, stats)) => (
-            [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-            metrics::render_metrics(metrics::Scrape { router, stats }),
-        )
-            .into_response(),
-        Err(resp) => resp,
-    }
+    let (router, stats) = match st.stats().await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let ipam = match st.ipam_status().await {
+        Ok(i) => i,
+        Err(resp) => return resp,
+    };
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render_metrics(metrics::Scrape {
+            router,
+            stats,
+            ipam,
+        }),
+    )
+        .into_response()
 }
 
 async fn connect(State(st): State<ApiState>, RawQuery(query): RawQuery, body: String) -> Response {

@@ -1,4 +1,4 @@
-//! Client subcommands: `status`, `stats`, `metrics`, `connect`, `forget`. They talk to a
+//! Client subcommands: `status`, `stats`, `metrics`, `connect`, `forget`, `rmpeer`. They talk to a
 //! running router's HTTP API with a tiny blocking client (no async runtime needed for one
 //! request).
 
@@ -22,6 +22,8 @@ pub enum StatusPage {
     Connections,
     /// Addresses we are asked to keep connected.
     Targets,
+    /// Each peer's share of the IP range.
+    Ipam,
 }
 
 /// Flags of `weave-router status`.
@@ -71,6 +73,17 @@ pub struct ForgetArgs {
     pub peers: Vec<String>,
 }
 
+/// Flags of `weave-router rmpeer`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RmpeerArgs {
+    /// Address of the router's HTTP API.
+    #[arg(long, env = "WEAVE_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: SocketAddr,
+    /// Peers to remove: names (aa:00:00:00:00:01) or nicknames.
+    #[arg(value_name = "PEER", required = true)]
+    pub peers: Vec<String>,
+}
+
 /// Why a client subcommand failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -115,6 +128,7 @@ pub fn status(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliError> {
         Some(StatusPage::Peers) => "/status/peers",
         Some(StatusPage::Connections) => "/status/connections",
         Some(StatusPage::Targets) => "/status/targets",
+        Some(StatusPage::Ipam) => "/status/ipam",
     };
     let resp = http::get(args.http_addr, path, "text/plain")?;
     out.write_all(&resp.body)?;
@@ -143,6 +157,17 @@ pub fn connect(args: &ConnectArgs) -> Result<(), CliError> {
 /// `weave-router forget`: asks the router to stop keeping peers connected.
 pub fn forget(args: &ForgetArgs) -> Result<(), CliError> {
     http::post_form(args.http_addr, "/forget", &peer_form(&args.peers))?;
+    Ok(())
+}
+
+/// `weave-router rmpeer`: the router takes over the address space of dead peers and
+/// prints how much it took, one line per peer.
+pub fn rmpeer(args: &RmpeerArgs, out: &mut impl Write) -> Result<(), CliError> {
+    for peer in &args.peers {
+        let path = format!("/peer/{}", form::encode(peer));
+        let resp = http::request(args.http_addr, "DELETE", &path, &[], b"")?;
+        out.write_all(&resp.body)?;
+    }
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ids::{PeerName, PeerUid, UNKNOWN_PEER_NAME};
 use crate::ipam::address::{Address, Cidr, Range};
@@ -249,7 +249,7 @@ struct PendingPrime {
 }
 
 /// Paxos state in Weave's status shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct PaxosStatus {
     /// Whether we take part in the election.
@@ -261,7 +261,7 @@ pub struct PaxosStatus {
 }
 
 /// One ring range in Weave's status shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct EntryStatus {
     /// First address.
@@ -279,7 +279,7 @@ pub struct EntryStatus {
 }
 
 /// A waiting claim in Weave's status shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ClaimStatus {
     /// The id.
@@ -290,7 +290,7 @@ pub struct ClaimStatus {
 }
 
 /// The allocator's state as Weave's `/report` shows it (its `IPAM` object).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct IpamStatus {
     /// Election progress while awaiting consensus.
@@ -306,14 +306,26 @@ pub struct IpamStatus {
     /// Default subnet.
     pub default_subnet: String,
     /// The ring.
+    #[serde(deserialize_with = "null_as_empty")]
     pub entries: Vec<EntryStatus>,
     /// Waiting claims.
+    #[serde(deserialize_with = "null_as_empty")]
     pub pending_claims: Vec<ClaimStatus>,
     /// Waiting allocations, "id subnet".
+    #[serde(deserialize_with = "null_as_empty")]
     pub pending_allocates: Vec<String>,
     /// The last ring this peer refused and why (weave-router only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflict: Option<String>,
+}
+
+/// Weave writes `null` for an empty list.
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 impl IpamStatus {

@@ -8,11 +8,13 @@
 //! - [`allocator`]: the sans-IO allocator that ties them together: allocations, claims,
 //!   space requests and donations, gossip, persistence commands.
 //! - [`store`]: the on-disk store (redb) the shell saves the allocator's state in.
+//! - [`shell`]: the allocator's I/O side in the daemon: store, HTTP requests, the mesh.
 
 pub mod address;
 pub mod allocator;
 pub mod paxos;
 pub mod ring;
+pub mod shell;
 pub mod space;
 pub mod store;
 

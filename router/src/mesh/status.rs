@@ -142,6 +142,9 @@ pub struct Report {
     pub version: String,
     /// The mesh.
     pub router: RouterStatus,
+    /// Address management, when it runs.
+    #[serde(rename = "IPAM", default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<crate::ipam::allocator::IpamStatus>,
     /// The data plane's counters, when one runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataplane: Option<DataplaneStatus>,
