@@ -127,6 +127,10 @@ impl Router {
             .args(["--port", &MESH_PORT.to_string()])
             .args(["--http-addr", HTTP_ADDR])
             .args(["--metrics-addr", METRICS_ADDR])
+            // Every host's router shares this machine's file system: each gets its own
+            // IPAM store, which a restart of that host's router finds again.
+            .arg("--db-dir")
+            .arg(host.log_dir().join(format!("ipam-{}", host.name())))
             .args(extra)
             .args(peers.iter().map(Ipv4Addr::to_string))
             // The log goes to a file, where colour codes only get in the way.

@@ -77,6 +77,8 @@ async fn start(answering: bool) -> Server {
                         .push(Order::Forget(addrs.iter().map(|d| d.addr).collect()));
                     let _ = reply.send(());
                 }
+                // IPAM is off in this server: its handlers answer without asking.
+                ApiRequest::Ipam(_) => unreachable!("IPAM request with IPAM off"),
             }
         }
     });
@@ -86,6 +88,7 @@ async fn start(answering: bool) -> Server {
         port: 6783,
         dataplane: None,
         started: std::time::Instant::now(),
+        ipam: false,
     };
     let mut addrs = Vec::new();
     for app in [api::router(state.clone()), api::metrics_router(state)] {
@@ -154,7 +157,7 @@ async fn status_pages_show_the_snapshot() {
         .map(|p| status_output(addr, p, false).unwrap())
     })
     .await;
-    assert_eq!(pages[0], text::render_status(api::VERSION, &s.status));
+    assert_eq!(pages[0], text::render_status(api::VERSION, &s.status, None));
     assert!(pages[0].contains("           Name: aa:00:00:00:00:02(host2)\n"));
     assert_eq!(
         pages[1],
@@ -329,6 +332,7 @@ async fn owner_gone_is_503() {
 struct Daemon {
     child: std::process::Child,
     http: SocketAddr,
+    _db: tempfile::TempDir,
 }
 
 impl Drop for Daemon {
@@ -350,8 +354,11 @@ fn free_port() -> u16 {
 fn launch(name: &str, nickname: &str, peers: &[String]) -> (Daemon, u16) {
     let port = free_port();
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let db = tempfile::tempdir().unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_weave-router"))
         .arg("launch")
+        .arg("--db-dir")
+        .arg(db.path())
         .arg(format!("--name={name}"))
         .arg(format!("--nickname={nickname}"))
         .arg(format!("--port={port}"))
@@ -363,7 +370,14 @@ fn launch(name: &str, nickname: &str, peers: &[String]) -> (Daemon, u16) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    (Daemon { child, http }, port)
+    (
+        Daemon {
+            child,
+            http,
+            _db: db,
+        },
+        port,
+    )
 }
 
 /// Polls `/report` until `done` holds; gives up (fails) after a generous bound so a broken

@@ -276,3 +276,95 @@ fn http_api_must_stay_on_loopback() {
         Some(ok)
     );
 }
+
+#[test]
+fn ipam_defaults_flags_and_environment() {
+    use weave_router::config::IpamInit;
+    use weave_router::ipam::allocator::Init;
+    let c = resolve(&["10.0.0.1", "10.0.0.2"], &[]).unwrap();
+    let ipam = c.ipam.expect("IPAM is on by default");
+    assert_eq!(ipam.range.to_string(), "10.32.0.0/12");
+    assert_eq!(ipam.default_subnet, ipam.range);
+    assert_eq!(ipam.init, IpamInit::Consensus(None));
+    assert_eq!(ipam.db_dir, std::path::PathBuf::from("/var/lib/weave"));
+    // Without N, a majority of the initial peers and ourselves, as Weave counts it.
+    assert_eq!(ipam.init.to_allocator(2), Init::Consensus { quorum: 2 });
+    assert_eq!(
+        IpamInit::Consensus(Some(3)).to_allocator(0),
+        Init::Consensus { quorum: 2 }
+    );
+
+    let c = resolve(
+        &[
+            "--ipalloc-range=10.0.0.0/16",
+            "--ipalloc-default-subnet=10.0.1.0/24",
+            "--ipalloc-init=seed=aa:00:00:00:00:01,aa:00:00:00:00:02",
+            "--db-dir=/tmp/x",
+        ],
+        &[
+            ("IPALLOC_RANGE", "10.99.0.0/16"),
+            ("IPALLOC_INIT", "observer"),
+        ],
+    )
+    .unwrap();
+    let ipam = c.ipam.unwrap();
+    assert_eq!(ipam.range.to_string(), "10.0.0.0/16", "flags win");
+    assert_eq!(ipam.default_subnet.to_string(), "10.0.1.0/24");
+    assert_eq!(
+        ipam.init,
+        IpamInit::Seed(vec![
+            "aa:00:00:00:00:01".parse().unwrap(),
+            "aa:00:00:00:00:02".parse().unwrap()
+        ])
+    );
+    assert_eq!(ipam.db_dir, std::path::PathBuf::from("/tmp/x"));
+
+    let c = resolve(
+        &[],
+        &[
+            ("IPALLOC_RANGE", "10.99.0.0/16"),
+            ("IPALLOC_INIT", "consensus=5"),
+            ("WEAVE_DB_DIR", "/data"),
+        ],
+    )
+    .unwrap();
+    let ipam = c.ipam.unwrap();
+    assert_eq!(ipam.range.to_string(), "10.99.0.0/16");
+    assert_eq!(ipam.init, IpamInit::Consensus(Some(5)));
+    assert_eq!(ipam.db_dir, std::path::PathBuf::from("/data"));
+
+    assert!(resolve(&["--ipalloc-range="], &[]).unwrap().ipam.is_none());
+}
+
+#[test]
+fn bad_ipam_settings_are_refused_naming_the_field() {
+    for (argv, env, field) in [
+        (
+            vec!["--ipalloc-range=10.32.0.1/12"],
+            vec![],
+            "--ipalloc-range",
+        ),
+        (vec!["--ipalloc-range=banana"], vec![], "--ipalloc-range"),
+        (
+            vec![],
+            vec![("IPALLOC_RANGE", "10.32.0.0/33")],
+            "IPALLOC_RANGE",
+        ),
+        (
+            vec!["--ipalloc-default-subnet=192.168.0.0/24"],
+            vec![],
+            "--ipalloc-default-subnet",
+        ),
+        (vec!["--ipalloc-init=consensus=0"], vec![], "--ipalloc-init"),
+        (vec!["--ipalloc-init=seed="], vec![], "--ipalloc-init"),
+        (vec!["--ipalloc-init=seed=nobody"], vec![], "--ipalloc-init"),
+        (vec![], vec![("IPALLOC_INIT", "election")], "IPALLOC_INIT"),
+        (vec!["--db-dir="], vec![], "--db-dir"),
+    ] {
+        let err = resolve(&argv, &env).expect_err("refused").to_string();
+        assert!(
+            err.contains(&format!("'{field}'")),
+            "{argv:?} {env:?}: {err}"
+        );
+    }
+}

@@ -647,6 +647,7 @@ mod tests {
             7,
         );
         let page = render_metrics(Scrape {
+            ipam: None,
             router: r,
             stats: stats(None, vec![]),
         });
@@ -714,6 +715,7 @@ mod tests {
             workers: vec![worker(0, 40), worker(1, 41)],
         };
         let page = render_metrics(Scrape {
+            ipam: None,
             router: status(vec![], 0),
             stats: stats(Some(dp), vec![peer]),
         });

@@ -1,5 +1,10 @@
 //! A deterministic network simulator for [`Mesh`]: peers on a virtual clock, TCP-like
 //! links with latency and in-order delivery, message loss and partitions.
+//!
+//! Each peer may run an [`App`] beside its mesh (the IPAM allocator, for instance): the
+//! simulator starts and stops it with the peer's process and steps it after every input to
+//! the mesh and on its own timer, before the mesh's commands go out, as the daemon's shell
+//! does. Mesh-only simulations use `()`, which does nothing.
 
 #![allow(dead_code)]
 
@@ -12,6 +17,23 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use weave_router::ids::{PeerName, PeerUid};
 use weave_router::mesh::{Command, ConnKey, DirectPeer, Mesh, MeshConfig};
+
+/// What runs beside a peer's mesh, in the same process.
+pub trait App {
+    /// The peer's process (re)started with this mesh (nothing has connected yet).
+    fn start(&mut self, _mesh: &mut Mesh, _now: Instant) {}
+    /// The peer's process died.
+    fn stop(&mut self) {}
+    /// After every input to the mesh, and when [`App::poll_timeout`] is due: take the
+    /// mesh's channel events, run timers, hand output to the mesh.
+    fn step(&mut self, _mesh: &mut Mesh, _now: Instant) {}
+    /// When `step` next has work of its own.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+}
+
+impl App for () {}
 
 /// Index of a simulated peer.
 pub type Idx = usize;
@@ -48,8 +70,9 @@ enum Ev {
     },
 }
 
-pub struct SimPeer {
+pub struct SimPeer<A> {
     pub mesh: Option<Mesh>,
+    pub app: A,
     pub addr: SocketAddr,
     pub name: PeerName,
     pub log: Vec<String>,
@@ -57,10 +80,10 @@ pub struct SimPeer {
 }
 
 /// The simulated world.
-pub struct Sim {
+pub struct Sim<A: App = ()> {
     pub base: Instant,
     pub now: Duration,
-    pub peers: Vec<SimPeer>,
+    pub peers: Vec<SimPeer<A>>,
     rng: ChaCha8Rng,
     queue: BinaryHeap<Reverse<(Duration, u64)>>,
     events: BTreeMap<u64, Ev>,
@@ -91,8 +114,35 @@ pub fn peer_addr(i: Idx) -> SocketAddr {
     ))
 }
 
-impl Sim {
+impl Sim<()> {
+    /// A world of mesh-only peers.
     pub fn new(seed: u64) -> Self {
+        Sim::with_apps(seed)
+    }
+
+    pub fn config(i: Idx, discovery: bool) -> MeshConfig {
+        MeshConfig {
+            name: peer_name(i),
+            nickname: format!("peer{i}"),
+            uid: PeerUid(0),
+            port: 6783,
+            conn_limit: 200,
+            discovery,
+            overlays: vec!["sleeve".into()],
+        }
+    }
+}
+
+impl<A: App + Default> Sim<A> {
+    /// Adds a peer running `A::default()` beside its mesh.
+    pub fn add_peer(&mut self, config: MeshConfig) -> Idx {
+        self.add_peer_with(config, A::default())
+    }
+}
+
+impl<A: App> Sim<A> {
+    /// A world whose peers run an `A` each.
+    pub fn with_apps(seed: u64) -> Self {
         Sim {
             base: Instant::now(),
             now: Duration::ZERO,
@@ -114,24 +164,14 @@ impl Sim {
         }
     }
 
-    pub fn config(i: Idx, discovery: bool) -> MeshConfig {
-        MeshConfig {
-            name: peer_name(i),
-            nickname: format!("peer{i}"),
-            uid: PeerUid(0),
-            port: 6783,
-            conn_limit: 200,
-            discovery,
-            overlays: vec!["sleeve".into()],
-        }
-    }
-
-    /// Adds a peer (its UID drawn from the simulator's seed) and returns its index.
-    pub fn add_peer(&mut self, mut config: MeshConfig) -> Idx {
+    /// Adds a peer (its UID drawn from the simulator's seed) running `app`, and returns
+    /// its index.
+    pub fn add_peer_with(&mut self, mut config: MeshConfig, app: A) -> Idx {
         let i = self.peers.len();
         let addr = peer_addr(i);
         self.peers.push(SimPeer {
             mesh: None,
+            app,
             addr,
             name: config.name,
             log: Vec::new(),
@@ -153,13 +193,17 @@ impl Sim {
         if self.sleeve {
             mesh = mesh.with_sleeve(1500);
         }
+        let now = self.instant();
+        self.peers[i].app.start(&mut mesh, now);
         self.peers[i].mesh = Some(mesh);
         self.after_call(i);
     }
 
     /// Kills a peer's process: every link of it closes at once (the kernel resets them).
     pub fn kill_peer(&mut self, i: Idx) {
-        self.peers[i].mesh = None;
+        if self.peers[i].mesh.take().is_some() {
+            self.peers[i].app.stop();
+        }
         let ends: Vec<(End, End)> = self
             .links
             .iter()
@@ -180,6 +224,21 @@ impl Sim {
 
     pub fn mesh(&self, i: Idx) -> &Mesh {
         self.peers[i].mesh.as_ref().expect("peer is running")
+    }
+
+    /// Calls into a running peer's app (a request from outside, say), then lets the app and
+    /// the mesh send what it caused. `None` when the peer is not running.
+    pub fn call<R>(
+        &mut self,
+        i: Idx,
+        f: impl FnOnce(&mut A, &mut Mesh, Instant) -> R,
+    ) -> Option<R> {
+        let now = self.instant();
+        let p = &mut self.peers[i];
+        let mesh = p.mesh.as_mut()?;
+        let out = f(&mut p.app, mesh, now);
+        self.after_call(i);
+        Some(out)
     }
 
     pub fn connect(&mut self, i: Idx, targets: &[Idx]) {
@@ -217,11 +276,15 @@ impl Sim {
         }
     }
 
-    /// Drains a peer's commands and logs, and arms its timer.
+    /// Steps a peer's app, drains its mesh's commands and logs, and arms its timer.
     fn after_call(&mut self, i: Idx) {
-        let Some(m) = self.peers[i].mesh.as_mut() else {
+        let now = self.instant();
+        let p = &mut self.peers[i];
+        let Some(m) = p.mesh.as_mut() else {
             return;
         };
+        p.app.step(m, now);
+        let app_next = p.app.poll_timeout();
         let mut cmds = Vec::new();
         while let Some(c) = m.poll_command() {
             cmds.push(c);
@@ -232,9 +295,11 @@ impl Sim {
                 lines.push(format!("{:.3}s {}", self.now.as_secs_f64(), e));
             }
         }
-        let next = m
-            .poll_timeout()
-            .map(|t| t.saturating_duration_since(self.base).max(self.now));
+        let next = match (m.poll_timeout(), app_next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(|t| t.saturating_duration_since(self.base).max(self.now));
         self.peers[i].log.extend(lines);
         for c in cmds {
             match c {
@@ -339,7 +404,7 @@ impl Sim {
         &mut self,
         step: Duration,
         limit: Duration,
-        mut done: impl FnMut(&Sim) -> bool,
+        mut done: impl FnMut(&Sim<A>) -> bool,
     ) -> Option<Duration> {
         loop {
             if done(self) {
