@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the router.
-    Launch(LaunchArgs),
+    Launch(Box<LaunchArgs>),
     /// Show a running router's status.
     Status(cli::StatusArgs),
     /// Show a running router's traffic rates, drops, batching and peer round-trip times.

@@ -182,34 +182,34 @@ fn bad_request(msg: String) -> Response {
 }
 
 /// `?timeout=SECONDS`; anything else in the query (Weave's `check-alive`) is ignored.
-fn wait_from(query: Option<&str>) -> Result<Duration, Response> {
+fn wait_from(query: Option<&str>) -> Result<Duration, String> {
     let Some(q) = query else {
         return Ok(DEFAULT_WAIT);
     };
-    let pairs = form::parse_urlencoded(q).map_err(|e| bad_request(format!("bad query: {e}")))?;
+    let pairs = form::parse_urlencoded(q).map_err(|e| format!("bad query: {e}"))?;
     let Some((_, v)) = pairs.iter().rev().find(|(k, _)| k == "timeout") else {
         return Ok(DEFAULT_WAIT);
     };
     match v.parse::<u64>() {
         Ok(s) if (1..=MAX_WAIT.as_secs()).contains(&s) => Ok(Duration::from_secs(s)),
-        _ => Err(bad_request(format!(
+        _ => Err(format!(
             "bad timeout '{v}': expected seconds from 1 to {}",
             MAX_WAIT.as_secs()
-        ))),
+        )),
     }
 }
 
 /// A subnet from the path: `ip/plen` with the host bits zero.
-fn subnet_from(ip: &str, plen: &str) -> Result<Cidr, Response> {
+fn subnet_from(ip: &str, plen: &str) -> Result<Cidr, String> {
     Cidr::parse_subnet(&format!("{ip}/{plen}"))
-        .map_err(|e| bad_request(format!("invalid subnet {ip}/{plen}: {e}")))
+        .map_err(|e| format!("invalid subnet {ip}/{plen}: {e}"))
 }
 
 /// An address with its prefix length from the path.
-fn cidr_from(ip: &str, plen: &str) -> Result<Cidr, Response> {
+fn cidr_from(ip: &str, plen: &str) -> Result<Cidr, String> {
     format!("{ip}/{plen}")
         .parse::<Cidr>()
-        .map_err(|e| bad_request(format!("invalid address {ip}/{plen}: {e}")))
+        .map_err(|e| format!("invalid address {ip}/{plen}: {e}"))
 }
 
 /// Addresses separated by spaces, as Weave writes them.
@@ -236,7 +236,7 @@ async fn allocate_in(
 ) -> Response {
     match subnet_from(&ip, &plen) {
         Ok(subnet) => do_allocate(st, id, Some(subnet), q).await,
-        Err(resp) => resp,
+        Err(msg) => bad_request(msg),
     }
 }
 
@@ -248,7 +248,7 @@ async fn do_allocate(
 ) -> Response {
     let wait = match wait_from(q.as_deref()) {
         Ok(w) => w,
-        Err(resp) => return resp,
+        Err(msg) => return bad_request(msg),
     };
     let answer = st
         .ipam(|reply| IpamRequest::Allocate {
@@ -272,11 +272,11 @@ async fn claim(
 ) -> Response {
     let cidr = match cidr_from(&ip, &plen) {
         Ok(c) => c,
-        Err(resp) => return resp,
+        Err(msg) => return bad_request(msg),
     };
     let wait = match wait_from(q.as_deref()) {
         Ok(w) => w,
-        Err(resp) => return resp,
+        Err(msg) => return bad_request(msg),
     };
     let answer = st
         .ipam(|reply| IpamRequest::Claim {
@@ -303,7 +303,7 @@ async fn lookup_in(
 ) -> Response {
     match subnet_from(&ip, &plen) {
         Ok(subnet) => do_lookup(st, ident, Some(subnet)).await,
-        Err(resp) => resp,
+        Err(msg) => bad_request(msg),
     }
 }
 
@@ -351,7 +351,7 @@ async fn free(State(st): State<ApiState>, Path((ident, ip)): Path<(String, Strin
 async fn prime(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
     let wait = match wait_from(q.as_deref()) {
         Ok(w) => w,
-        Err(resp) => return resp,
+        Err(msg) => return bad_request(msg),
     };
     match st.ipam(|reply| IpamRequest::Prime { wait, reply }).await {
         Ok(Ok(())) => StatusCode::OK.into_response(),
