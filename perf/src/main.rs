@@ -348,15 +348,16 @@ fn demo(args: &DemoArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
         let peers = chain_peers(&bed, host.index())?;
         let shown: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
         say!(
-            "{} ({}): weave-router launch --name {} --nickname {} {}",
+            "{} ({}): weave-router launch --name {} --nickname {} --ipalloc-init consensus={HOSTS} {}",
             host.name(),
             host.addr(),
             router::peer_name(host.index()),
             host.name(),
             shown.join(" ")
         );
+        let consensus = format!("consensus={HOSTS}");
         let mut process = router
-            .launch(host, &peers)
+            .launch_with(host, &peers, &["--ipalloc-init", &consensus])
             .with_context(|| format!("launching the router on {}", host.name()))?;
         router
             .wait_ready(host, &mut process, timeout, cancel)
@@ -408,6 +409,34 @@ fn demo(args: &DemoArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
             .with_context(|| format!("status peers on {}", host.name()))?;
         say!(
             "===== {} ({}): weave-router status peers",
+            host.name(),
+            host.addr()
+        );
+        say!("{}", text.trim_end());
+        say!();
+    }
+
+    // Pod addresses: each host's router gives one "pod" an address; the first request
+    // starts the consensus that divides the range among the three.
+    let mut given: Vec<String> = Vec::new();
+    for host in bed.hosts() {
+        let ident = format!("demo-pod-{}", host.name());
+        let cidr = router
+            .allocate(host, &ident, args.timeout)
+            .with_context(|| format!("allocating an address on {}", host.name()))?;
+        say!("{}: POST /ip/{ident} -> {cidr}", host.name());
+        if given.contains(&cidr) {
+            bail!("{cidr} was handed out twice");
+        }
+        given.push(cidr);
+    }
+    say!();
+    for host in bed.hosts() {
+        let text = router
+            .status_text(host, Some("ipam"))
+            .with_context(|| format!("status ipam on {}", host.name()))?;
+        say!(
+            "===== {} ({}): weave-router status ipam",
             host.name(),
             host.addr()
         );

@@ -146,6 +146,30 @@ impl Router {
         Ok(host.run(&self.bin.to_string_lossy(), &args)?)
     }
 
+    /// `POST /ip/{ident}` on `host`'s router: an address for a container, as its CNI plugin
+    /// would ask (waits up to `wait_secs` for the ring).
+    pub fn allocate(
+        &self,
+        host: &Host,
+        ident: &str,
+        wait_secs: u64,
+    ) -> Result<String, RouterError> {
+        let url = format!("http://{HTTP_ADDR}/ip/{ident}?timeout={wait_secs}");
+        let out = host.run(
+            "curl",
+            &[
+                "-sS",
+                "--fail-with-body",
+                "-X",
+                "POST",
+                "--max-time",
+                &(wait_secs + 5).to_string(),
+                &url,
+            ],
+        )?;
+        Ok(out.trim().to_string())
+    }
+
     /// `weave-router status --json` on `host`: the `/report` document.
     pub fn report(&self, host: &Host) -> Result<Report, RouterError> {
         let text = host.run(
