@@ -1071,41 +1071,27 @@ impl Allocator {
 
     fn expire(&mut self, now: Instant) {
         let waiting = self.waiting_for();
-        let (late, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.allocates)
+        let late = take_late(&mut self.allocates, now, |o| o.deadline)
             .into_iter()
-            .partition(|o| o.deadline <= now);
-        self.allocates = keep;
-        for o in late {
+            .map(|o| (o.id, "Allocate", o.ident))
+            .chain(
+                take_late(&mut self.claims, now, |o| o.deadline)
+                    .into_iter()
+                    .map(|o| (o.id, "Claim", o.ident)),
+            )
+            .chain(
+                take_late(&mut self.primes, now, |o| o.deadline)
+                    .into_iter()
+                    .map(|o| (o.id, "Prime", String::new())),
+            )
+            .collect::<Vec<_>>();
+        for (id, kind, ident) in late {
             let err = IpamError::TimedOut {
-                kind: "Allocate",
-                ident: o.ident,
+                kind,
+                ident,
                 waiting: waiting.clone(),
             };
-            self.replies.push_back((o.id, Err(err)));
-        }
-        let (late, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.claims)
-            .into_iter()
-            .partition(|o| o.deadline <= now);
-        self.claims = keep;
-        for o in late {
-            let err = IpamError::TimedOut {
-                kind: "Claim",
-                ident: o.ident,
-                waiting: waiting.clone(),
-            };
-            self.replies.push_back((o.id, Err(err)));
-        }
-        let (late, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.primes)
-            .into_iter()
-            .partition(|o| o.deadline <= now);
-        self.primes = keep;
-        for o in late {
-            let err = IpamError::TimedOut {
-                kind: "Prime",
-                ident: String::new(),
-                waiting: waiting.clone(),
-            };
-            self.replies.push_back((o.id, Err(err)));
+            self.replies.push_back((id, Err(err)));
         }
     }
 
@@ -1405,6 +1391,15 @@ impl Allocator {
             message: format!("[allocator {}] {message}", self.config.name),
         });
     }
+}
+
+/// Removes and returns the requests whose deadline has come.
+fn take_late<T>(ops: &mut Vec<T>, now: Instant, deadline: impl Fn(&T) -> Instant) -> Vec<T> {
+    let (late, keep) = std::mem::take(ops)
+        .into_iter()
+        .partition(|o| deadline(o) <= now);
+    *ops = keep;
+    late
 }
 
 #[cfg(test)]
