@@ -1,0 +1,869 @@
+//! Privileged end-to-end test of IP address management: three `weave-router` processes, each
+//! in its own network namespace and joined by veths to a bridge in a fourth, elect the ring
+//! by consensus, hand out addresses concurrently, keep them across a `kill -9`, and take
+//! over a dead peer's space with `rmpeer`. Every process and namespace is removed even when
+//! the test fails, and the routers' logs are printed then.
+//!
+//! It needs root; without it it prints why it is skipped (and fails under `CI`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weave_router::cli::http::{self, ClientError, Response};
+use weave_router::mesh::status::Report;
+use weave_router::sys::netns;
+
+const PREFIX: &str = "wripam-";
+const BIN: &str = env!("CARGO_BIN_EXE_weave-router");
+/// The HTTP API of every router: the same loopback address, each in its own namespace.
+const API: &str = "127.0.0.1:6784";
+/// The routers' addresses are `<UNDERLAY>.<index>/24`, on the bridge in the hub namespace.
+const UNDERLAY: &str = "192.168.213";
+/// The default allocation range, 10.32.0.0/12.
+const RANGE_START: u32 = 0x0a20_0000;
+const RANGE_SIZE: u32 = 1 << 20;
+/// How long an allocation may wait for the ring; answered (503) well inside the client's
+/// 10 s read timeout, so a stuck allocation fails with the router's reason.
+const ALLOC_WAIT: &str = "timeout=8";
+
+/// A network namespace named `wripam-<pid>-<n>`, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// A fresh namespace with loopback up, or `None` (test skipped) without root.
+    fn new(test: &str) -> Option<Self> {
+        if !privileged_or_skip(test) {
+            return None;
+        }
+        remove_stale();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        run(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    /// `ip -n NS args...`, returning stdout.
+    fn ip(&self, args: &[&str]) -> String {
+        let mut argv = vec!["ip", "-n", &self.name];
+        argv.extend_from_slice(args);
+        run(&argv)
+    }
+
+    /// The ids of the processes inside the namespace.
+    fn pids(&self) -> Vec<String> {
+        run(&["ip", "netns", "pids", &self.name])
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Runs during unwinding too; a failure here must not hide the test's own panic.
+        let status = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("could not delete namespace {}: {status:?}", self.name);
+        }
+    }
+}
+
+fn privileged_or_skip(test: &str) -> bool {
+    // The effective uid, from /proc.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false);
+    if root {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: needs root (network namespaces), and CI must run it"
+    );
+    eprintln!("{test}: skipped, needs root to create network namespaces");
+    false
+}
+
+/// Deletes namespaces of earlier runs of this binary whose process is gone, after killing
+/// the routers such a run left in them (a test binary killed outright drops nothing).
+fn remove_stale() {
+    let list = run(&["ip", "netns", "list"]);
+    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = ns
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for left in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-KILL", left]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn run(argv: &[&str]) -> String {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{argv:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn api() -> SocketAddr {
+    API.parse().expect("API address")
+}
+
+/// One request to the router whose namespace the calling thread is in.
+fn call(method: &str, path: &str) -> Result<Response, ClientError> {
+    http::request(api(), method, path, &[], b"")
+}
+
+/// One `weave-router launch` process, killed (SIGKILL) and reaped on drop.
+struct Router {
+    index: usize,
+    ns: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Router {
+    fn nickname(&self) -> String {
+        format!("n{}", self.index)
+    }
+
+    /// One HTTP request, made from a thread inside the router's namespace.
+    fn call(&self, method: &str, path: &str) -> Result<Response, ClientError> {
+        netns::run_in_netns(&self.ns, || call(method, path)).expect("enter router namespace")
+    }
+
+    /// A request that must succeed; its body as text.
+    fn text(&self, method: &str, path: &str) -> String {
+        let resp = self
+            .call(method, path)
+            .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", self.nickname()));
+        String::from_utf8(resp.body).expect("utf-8 body")
+    }
+
+    fn report(&self) -> Report {
+        serde_json::from_str(&self.text("GET", "/report")).expect("/report JSON")
+    }
+
+    /// The ring as `/report` shows it.
+    fn ring(&self) -> Vec<Entry> {
+        let ipam = self.report().ipam.expect("IPAM in /report");
+        ipam.entries
+            .iter()
+            .map(|e| Entry {
+                start: parse_ip(&e.token),
+                size: e.size,
+                peer: e.peer.clone(),
+                version: e.version,
+                reachable: e.is_known_peer,
+            })
+            .collect()
+    }
+
+    /// Every id the router holds addresses for, from `GET /ip`.
+    fn allocations(&self) -> BTreeMap<String, Vec<u32>> {
+        let v: Value = serde_json::from_str(&self.text("GET", "/ip")).expect("/ip JSON");
+        v["owned"]
+            .as_array()
+            .expect("owned list")
+            .iter()
+            .map(|m| {
+                let id = m["containerid"].as_str().expect("containerid").to_owned();
+                let addrs = m["addrs"]
+                    .as_array()
+                    .expect("addrs")
+                    .iter()
+                    .map(|a| parse_cidr(a.as_str().expect("address")))
+                    .collect();
+                (id, addrs)
+            })
+            .collect()
+    }
+
+    /// `weave-router ARGS... --http-addr API`, run inside the router's namespace.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns, BIN])
+            .args(args)
+            .args(["--http-addr", API])
+            .env_remove("WEAVE_HTTP_ADDR")
+            .output()
+            .expect("run weave-router client")
+    }
+
+    /// Kills the router outright and reaps it.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One range of the ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    start: u32,
+    size: u32,
+    peer: String,
+    version: u32,
+    reachable: bool,
+}
+
+impl Entry {
+    fn contains(&self, addr: u32) -> bool {
+        addr >= self.start && u64::from(addr) < u64::from(self.start) + u64::from(self.size)
+    }
+}
+
+/// Who owns what: the ranges and their owners. A change of owner is broadcast at once.
+fn ownership(ring: &[Entry]) -> Vec<(u32, u32, String)> {
+    ring.iter()
+        .map(|e| (e.start, e.size, e.peer.clone()))
+        .collect()
+}
+
+/// Ownership and each token's version. A version also moves when the owner's free count
+/// changes, and that travels only with the periodic gossip (every 30 s, as in Weave).
+fn versions(ring: &[Entry]) -> Vec<(u32, u32, String, u32)> {
+    ring.iter()
+        .map(|e| (e.start, e.size, e.peer.clone(), e.version))
+        .collect()
+}
+
+fn owner_of(ring: &[Entry], addr: u32) -> &str {
+    ring.iter()
+        .find(|e| e.contains(addr))
+        .map(|e| e.peer.as_str())
+        .unwrap_or_else(|| panic!("{} is in no ring range: {ring:?}", Ipv4Addr::from(addr)))
+}
+
+fn peer_name(index: usize) -> String {
+    format!("aa:00:00:00:00:0{index}")
+}
+
+fn parse_ip(text: &str) -> u32 {
+    u32::from(
+        text.parse::<Ipv4Addr>()
+            .unwrap_or_else(|e| panic!("{text:?}: {e}")),
+    )
+}
+
+/// "10.32.0.5/12" → the address; it must be a host address of the default subnet.
+fn parse_cidr(text: &str) -> u32 {
+    let (ip, plen) = text
+        .trim()
+        .split_once('/')
+        .unwrap_or_else(|| panic!("no prefix length in {text:?}"));
+    assert_eq!(plen, "12", "{text}: not in the default subnet 10.32.0.0/12");
+    let addr = parse_ip(ip);
+    assert!(
+        addr > RANGE_START && addr < RANGE_START + RANGE_SIZE - 1,
+        "{text}: not a host address of 10.32.0.0/12"
+    );
+    addr
+}
+
+/// Polls `probe` until it gives a value; fails after a generous bound so that a broken
+/// build fails instead of hanging. Not a timing assertion.
+fn wait_until<T>(what: &str, probe: impl FnMut() -> Result<T, String>) -> T {
+    wait_longer(what, Duration::from_secs(30), probe)
+}
+
+/// [`wait_until`] with another bound.
+fn wait_longer<T>(what: &str, bound: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let mut last = String::new();
+    let start = Instant::now();
+    while start.elapsed() < bound {
+        match probe() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("gave up waiting for {what}; last: {last}");
+}
+
+/// Three router namespaces on a bridge in a hub namespace, and the routers in them.
+struct Cluster {
+    /// Index 0 is router 1. Dropped (killed) before the namespaces go.
+    routers: Vec<Option<Router>>,
+    hosts: Vec<Netns>,
+    _hub: Netns,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn new(test: &str) -> Option<Self> {
+        let hub = Netns::new(test)?;
+        hub.ip(&["link", "add", "br0", "type", "bridge"]);
+        hub.ip(&["link", "set", "br0", "up"]);
+        let mut hosts = Vec::new();
+        for i in 1..=3 {
+            let ns = Netns::new(test).expect("root was checked");
+            let port = format!("vr{i}");
+            hub.ip(&[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+            ]);
+            hub.ip(&["link", "set", &port, "master", "br0", "up"]);
+            ns.ip(&["addr", "add", &format!("{UNDERLAY}.{i}/24"), "dev", "eth0"]);
+            ns.ip(&["link", "set", "eth0", "up"]);
+            hosts.push(ns);
+        }
+        Some(Self {
+            routers: vec![None, None, None],
+            hosts,
+            _hub: hub,
+            dir: tempfile::tempdir().expect("temp dir"),
+        })
+    }
+
+    fn r(&self, index: usize) -> &Router {
+        self.routers[index - 1]
+            .as_ref()
+            .unwrap_or_else(|| panic!("router {index} is not running"))
+    }
+
+    /// Starts router `index` (1-3) with its store in its own directory (the same one on a
+    /// restart) and waits for its API. Routers 2 and 3 are given router 1 as their peer.
+    fn launch(&mut self, index: usize) {
+        assert!(self.routers[index - 1].is_none(), "router {index} runs");
+        let ns = self.hosts[index - 1].name.clone();
+        let db = self.dir.path().join(format!("db{index}"));
+        std::fs::create_dir_all(&db).expect("db dir");
+        let log_path = self.dir.path().join(format!("router{index}.log"));
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
+        writeln!(log, "=== test: launching router {index} ===").expect("log");
+        let peers: Vec<String> = if index == 1 {
+            Vec::new()
+        } else {
+            vec![format!("{UNDERLAY}.1")]
+        };
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, BIN, "launch"])
+            .args(["--name", &peer_name(index)])
+            .args(["--nickname", &format!("n{index}")])
+            .args(["--port", "6783", "--http-addr", API, "--metrics-addr="])
+            .args(["--dataplane", "none", "--ipalloc-init", "consensus=3"])
+            .arg("--db-dir")
+            .arg(&db)
+            .args(&peers)
+            .env("RUST_LOG", "info")
+            .env_remove("KUBE_PEERS")
+            .env_remove("IPALLOC_RANGE")
+            .env_remove("IPALLOC_DEFAULT_SUBNET")
+            .env_remove("WEAVE_NO_DISCOVERY")
+            .env_remove("CONN_LIMIT")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn weave-router");
+        // `ip netns exec` execs the router in place: the child is the router itself.
+        let mut router = Router {
+            index,
+            ns,
+            child,
+            log: log_path,
+        };
+        wait_until(&format!("router {index}'s API"), || {
+            if let Ok(Some(status)) = router.child.try_wait() {
+                panic!(
+                    "router {index} exited ({status}):\n{}",
+                    std::fs::read_to_string(&router.log).unwrap_or_default()
+                );
+            }
+            router.call("GET", "/status").map_err(|e| e.to_string())
+        });
+        self.routers[index - 1] = Some(router);
+    }
+
+    /// `kill -9` of router `index`; checks that nothing is left running in its namespace.
+    fn kill(&mut self, index: usize) {
+        let mut router = self.routers[index - 1].take().expect("router runs");
+        router.kill();
+        let left = self.hosts[index - 1].pids();
+        assert!(left.is_empty(), "processes left after the kill: {left:?}");
+    }
+
+    fn running(&self) -> Vec<&Router> {
+        self.routers.iter().flatten().collect()
+    }
+
+    /// Waits until every running router sees all the others and has an established
+    /// connection to each.
+    fn wait_for_full_mesh(&self) {
+        let routers = self.running();
+        for r in &routers {
+            wait_until(&format!("{} to see the whole mesh", r.nickname()), || {
+                let report = r.report();
+                let established = report
+                    .router
+                    .connections
+                    .iter()
+                    .filter(|c| c.state == "established")
+                    .count();
+                if report.router.peers.len() == routers.len() && established == routers.len() - 1 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} peers, {established} established connections: {:?}",
+                        report.router.peers.len(),
+                        report.router.connections
+                    ))
+                }
+            });
+        }
+    }
+
+    /// Waits until every running router has the same ring owners, and returns the ring.
+    fn wait_for_agreement(&self) -> Vec<Entry> {
+        self.agree(ownership, Duration::from_secs(30))
+    }
+
+    /// Waits until every running router has the same ring, token versions included, which
+    /// takes a round of periodic gossip; returns the ring.
+    fn wait_for_gossip_to_settle(&self) -> Vec<Entry> {
+        // Three gossip intervals: a generous bound, not a timing assertion.
+        self.agree(versions, Duration::from_secs(90))
+    }
+
+    fn agree<K: PartialEq>(&self, key: fn(&[Entry]) -> Vec<K>, bound: Duration) -> Vec<Entry> {
+        let routers = self.running();
+        wait_longer("the rings to agree", bound, || {
+            let rings: Vec<Vec<Entry>> = routers.iter().map(|r| r.ring()).collect();
+            let first = key(&rings[0]);
+            if !first.is_empty() && rings.iter().all(|ring| key(ring) == first) {
+                Ok(rings[0].clone())
+            } else {
+                Err(format!("{rings:?}"))
+            }
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Kill the routers before their namespaces go; show their logs if the test failed
+        // (or WEAVE_TEST_LOGS is set).
+        let panicking = thread::panicking() || std::env::var_os("WEAVE_TEST_LOGS").is_some();
+        for router in self.routers.iter_mut().flatten() {
+            router.kill();
+        }
+        if panicking {
+            for i in 1..=3 {
+                let path = self.dir.path().join(format!("router{i}.log"));
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(200)..];
+                eprintln!("----- router {i} log (last {} lines) -----", tail.len());
+                for l in tail {
+                    eprintln!("{l}");
+                }
+            }
+        }
+        self.routers.clear();
+    }
+}
+
+/// One answered allocation.
+#[derive(Debug, Clone)]
+struct Allocation {
+    router: usize,
+    id: String,
+    addr: u32,
+}
+
+/// `threads` clients on each router, each allocating `per_thread` addresses in a row,
+/// all at once. Every allocation must succeed.
+fn allocate_concurrently(
+    routers: &[&Router],
+    threads: usize,
+    per_thread: usize,
+    tag: &str,
+) -> Vec<Allocation> {
+    thread::scope(|s| {
+        let mut handles = Vec::new();
+        for r in routers {
+            for t in 0..threads {
+                let (ns, index, nick) = (r.ns.clone(), r.index, r.nickname());
+                handles.push(s.spawn(move || {
+                    netns::enter_netns(&ns).expect("enter router namespace");
+                    (0..per_thread)
+                        .map(|k| {
+                            let id = format!("{tag}-{nick}-{t}-{k}");
+                            let resp = call("POST", &format!("/ip/{id}?{ALLOC_WAIT}"))
+                                .unwrap_or_else(|e| panic!("allocate {id} on {nick}: {e}"));
+                            assert_eq!(resp.status, 200, "allocate {id}");
+                            let body = String::from_utf8(resp.body).expect("utf-8");
+                            Allocation {
+                                router: index,
+                                id,
+                                addr: parse_cidr(&body),
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                }));
+            }
+        }
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("allocating thread"))
+            .collect()
+    })
+}
+
+/// Fails if two of `allocs` share an address.
+fn assert_distinct<'a>(allocs: impl IntoIterator<Item = (&'a str, u32)>) -> usize {
+    let mut seen: HashMap<u32, &str> = HashMap::new();
+    for (id, addr) in allocs {
+        if let Some(other) = seen.insert(addr, id) {
+            panic!(
+                "{} handed out twice: {other} and {id}",
+                Ipv4Addr::from(addr)
+            );
+        }
+    }
+    seen.len()
+}
+
+/// Every allocation the running routers hold, as `GET /ip` lists them.
+fn live_allocations(cluster: &Cluster) -> Vec<(String, u32)> {
+    cluster
+        .running()
+        .iter()
+        .flat_map(|r| {
+            r.allocations().into_iter().flat_map(move |(id, addrs)| {
+                addrs
+                    .into_iter()
+                    .map(move |a| (format!("{}/{id}", r.nickname()), a))
+            })
+        })
+        .collect()
+}
+
+fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn three_routers_elect_allocate_survive_kill_and_take_over_a_dead_peer() {
+    const TEST: &str = "three_routers_elect_allocate";
+    let Some(mut cluster) = Cluster::new(TEST) else {
+        return;
+    };
+    let started = Instant::now();
+
+    // (a) Router 1 alone: consensus=3 needs a quorum of 2, so nothing can be allocated.
+    cluster.launch(1);
+    let r1 = cluster.r(1);
+    let err = r1
+        .call("POST", "/ip/x?timeout=2")
+        .expect_err("no allocation before consensus");
+    match &err {
+        ClientError::Refused {
+            status: 503,
+            message,
+            ..
+        } => assert!(
+            message.contains("awaiting consensus (quorum: 2, known: 1)"),
+            "{message}"
+        ),
+        other => panic!("expected 503, got {other}"),
+    }
+    let status = r1.cli(&["status"]);
+    assert!(status.status.success(), "{}", stderr_of(&status));
+    assert!(
+        stdout_of(&status).contains("         Status: awaiting consensus (quorum: 2, known: 1)\n"),
+        "{}",
+        stdout_of(&status)
+    );
+    let ipam = r1.cli(&["status", "ipam"]);
+    assert!(ipam.status.success(), "{}", stderr_of(&ipam));
+    assert_eq!(
+        stdout_of(&ipam),
+        "awaiting consensus (quorum: 2, known: 1)\n"
+    );
+    assert!(matches!(
+        r1.call("GET", "/ip/x"),
+        Err(ClientError::Refused { status: 404, .. })
+    ));
+    assert!(r1.allocations().is_empty());
+    let ipam = r1.report().ipam.expect("IPAM in /report");
+    assert!(ipam.entries.is_empty(), "{ipam:?}");
+    assert_eq!(ipam.active_ips, 0);
+    assert!(ipam.pending_allocates.is_empty(), "{ipam:?}");
+    eprintln!("(a) done at {:?}", started.elapsed());
+
+    // (b) The others join: the ring is made, and 300 concurrent allocations over the three
+    // routers are all distinct, inside the range, and each in a range its router owns.
+    cluster.launch(2);
+    cluster.launch(3);
+    for r in cluster.running() {
+        wait_until(&format!("{}'s ring", r.nickname()), || {
+            r.call("GET", "/ring?timeout=1").map_err(|e| e.to_string())
+        });
+    }
+    let routers = cluster.running();
+    let allocs = allocate_concurrently(&routers, 4, 25, "b");
+    assert_eq!(allocs.len(), 300);
+    assert_eq!(
+        assert_distinct(allocs.iter().map(|a| (a.id.as_str(), a.addr))),
+        300
+    );
+    for r in &routers {
+        let mine: Vec<&Allocation> = allocs.iter().filter(|a| a.router == r.index).collect();
+        assert_eq!(mine.len(), 100);
+        netns::run_in_netns(&r.ns, || {
+            for a in &mine {
+                let resp = call("GET", &format!("/ip/{}", a.id))
+                    .unwrap_or_else(|e| panic!("look up {}: {e}", a.id));
+                let body = String::from_utf8(resp.body).expect("utf-8");
+                assert_eq!(parse_cidr(&body), a.addr, "{}", a.id);
+            }
+        })
+        .expect("enter router namespace");
+        let ipam = r.report().ipam.expect("IPAM");
+        assert_eq!(ipam.active_ips, 100, "{}", r.nickname());
+    }
+    let ring = cluster.wait_for_agreement();
+    let owners: Vec<&str> = ring.iter().map(|e| e.peer.as_str()).collect();
+    for i in 1..=3 {
+        assert!(owners.contains(&peer_name(i).as_str()), "{ring:?}");
+    }
+    assert_eq!(
+        ring.iter().map(|e| u64::from(e.size)).sum::<u64>(),
+        u64::from(RANGE_SIZE),
+        "{ring:?}"
+    );
+    for a in &allocs {
+        assert_eq!(owner_of(&ring, a.addr), peer_name(a.router), "{a:?}");
+    }
+    drop(routers);
+    cluster.wait_for_full_mesh();
+    let settled = cluster.wait_for_gossip_to_settle();
+    assert_eq!(ownership(&settled), ownership(&ring));
+    eprintln!("(b) done at {:?}", started.elapsed());
+
+    // (c) kill -9 of router 2 while a client is allocating on it: after a restart on the
+    // same store it still holds every address it answered with, and what it hands out next
+    // collides with nothing.
+    let answered = AtomicUsize::new(0);
+    let r2_ns = cluster.r(2).ns.clone();
+    let inflight: Vec<Allocation> = thread::scope(|s| {
+        let worker = s.spawn(|| {
+            netns::enter_netns(&r2_ns).expect("enter router namespace");
+            let mut got = Vec::new();
+            for k in 0.. {
+                let id = format!("c-inflight-{k}");
+                match call("POST", &format!("/ip/{id}?{ALLOC_WAIT}")) {
+                    Ok(resp) => {
+                        let body = String::from_utf8(resp.body).expect("utf-8");
+                        got.push(Allocation {
+                            router: 2,
+                            id,
+                            addr: parse_cidr(&body),
+                        });
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }
+                    // The router died under the request (or before it): the connection
+                    // was refused, reset, or closed with no answer.
+                    Err(
+                        ClientError::Io { .. }
+                        | ClientError::Unreachable { .. }
+                        | ClientError::BadResponse { .. },
+                    ) => break,
+                    Err(e) => panic!("allocate {id}: {e}"),
+                }
+            }
+            got
+        });
+        wait_until("allocations in flight on n2", || {
+            if answered.load(Ordering::SeqCst) >= 20 || worker.is_finished() {
+                Ok(())
+            } else {
+                Err(format!("{} answered", answered.load(Ordering::SeqCst)))
+            }
+        });
+        cluster.kill(2);
+        worker.join().expect("allocating thread")
+    });
+    assert!(inflight.len() >= 20, "{} answered", inflight.len());
+    let ring_before = cluster.r(1).ring();
+    cluster.launch(2);
+    let r2 = cluster.r(2);
+    let held: Vec<&Allocation> = allocs
+        .iter()
+        .filter(|a| a.router == 2)
+        .chain(&inflight)
+        .collect();
+    netns::run_in_netns(&r2.ns, || {
+        for a in &held {
+            let resp = call("GET", &format!("/ip/{}", a.id))
+                .unwrap_or_else(|e| panic!("n2 lost {} after the restart: {e}", a.id));
+            let body = String::from_utf8(resp.body).expect("utf-8");
+            assert_eq!(parse_cidr(&body), a.addr, "{}", a.id);
+        }
+    })
+    .expect("enter router namespace");
+    // An allocation in flight at the kill may have been stored without its answer.
+    let active = r2.report().ipam.expect("IPAM").active_ips;
+    assert!(
+        active == held.len() as u64 || active == held.len() as u64 + 1,
+        "n2 holds {active} addresses, answered {}",
+        held.len()
+    );
+    eprintln!(
+        "(c) n2 answered {} allocations ({} in flight at the kill); it holds {active} after the restart",
+        held.len(),
+        inflight.len()
+    );
+    assert_eq!(ownership(&r2.ring()), ownership(&ring_before));
+    let fresh = allocate_concurrently(&[r2], 3, 10, "c-after");
+    let mut all = live_allocations(&cluster);
+    assert_eq!(
+        all.len(),
+        300 + inflight.len() + fresh.len() + (active as usize - held.len())
+    );
+    assert_distinct(all.iter().map(|(id, a)| (id.as_str(), *a)));
+    for a in &fresh {
+        assert!(all.iter().any(|(_, addr)| *addr == a.addr), "{a:?}");
+        assert_eq!(owner_of(&ring_before, a.addr), peer_name(2), "{a:?}");
+    }
+    cluster.wait_for_full_mesh();
+    cluster.wait_for_agreement();
+    eprintln!("(c) done at {:?}", started.elapsed());
+
+    // (d) Router 3 stops for good: once router 1 sees it gone, rmpeer there takes over its
+    // ranges, the ring everywhere forgets it, and allocations go on.
+    let ring = cluster.r(1).ring();
+    let n3 = peer_name(3);
+    let n3_share: u64 = ring
+        .iter()
+        .filter(|e| e.peer == n3)
+        .map(|e| u64::from(e.size))
+        .sum();
+    let n3_first = ring
+        .iter()
+        .find(|e| e.peer == n3)
+        .expect("n3 owns a range")
+        .clone();
+    assert!(n3_share > 0);
+    cluster.kill(3);
+    let r1 = cluster.r(1);
+    wait_until("n1 to see n3 unreachable", || {
+        let ring = r1.ring();
+        if ring.iter().filter(|e| e.peer == n3).all(|e| !e.reachable) {
+            Ok(())
+        } else {
+            Err(format!("{ring:?}"))
+        }
+    });
+    let ranges = r1.text("GET", "/status/ipam");
+    assert!(
+        ranges.contains("aa:00:00:00:00:03(n3)") && ranges.contains("- unreachable!"),
+        "{ranges}"
+    );
+    let out = r1.cli(&["rmpeer", "n3"]);
+    assert!(out.status.success(), "rmpeer n3: {}", stderr_of(&out));
+    assert_eq!(
+        stdout_of(&out),
+        format!("{n3_share} IPs taken over from n3\n")
+    );
+    let ring1 = r1.ring();
+    assert!(ring1.iter().all(|e| e.peer != n3), "{ring1:?}");
+    assert_eq!(
+        ring1.iter().map(|e| u64::from(e.size)).sum::<u64>(),
+        u64::from(RANGE_SIZE)
+    );
+    let ranges = r1.text("GET", "/status/ipam");
+    assert!(!ranges.contains("(n3)"), "{ranges}");
+    let status = r1.cli(&["status"]);
+    assert!(
+        stdout_of(&status).contains("         Status: ready\n"),
+        "{}",
+        stdout_of(&status)
+    );
+    let ring = cluster.wait_for_agreement();
+    assert!(ring.iter().all(|e| e.peer != n3), "{ring:?}");
+    assert_eq!(owner_of(&ring, n3_first.start), peer_name(1));
+    // n3's former space is n1's to hand out: a claim there succeeds.
+    let taken = Ipv4Addr::from(n3_first.start + 1).to_string();
+    let resp = r1
+        .call("PUT", &format!("/ip/d-claim/{taken}/12?{ALLOC_WAIT}"))
+        .expect("claim in n3's former range");
+    assert_eq!(resp.status, 204);
+    assert_eq!(r1.text("GET", "/ip/d-claim").trim(), format!("{taken}/12"));
+    let more = allocate_concurrently(&cluster.running(), 3, 10, "d");
+    assert_eq!(more.len(), 60);
+    for a in &more {
+        assert_eq!(owner_of(&ring, a.addr), peer_name(a.router), "{a:?}");
+    }
+    all = live_allocations(&cluster);
+    assert_distinct(all.iter().map(|(id, a)| (id.as_str(), *a)));
+    for a in &more {
+        assert!(all.iter().any(|(_, addr)| *addr == a.addr), "{a:?}");
+    }
+    eprintln!("(d) done at {:?}", started.elapsed());
+
+    // (e) A live peer cannot be removed, by nickname or by name; nothing changes.
+    let r1 = cluster.r(1);
+    let r2 = cluster.r(2);
+    for (on, target) in [(r1, "n2".to_owned()), (r2, peer_name(1))] {
+        let out = on.cli(&["rmpeer", &target]);
+        assert!(!out.status.success(), "rmpeer {target} of a live peer");
+        let err = stderr_of(&out);
+        assert!(err.contains("409") && err.contains("is reachable"), "{err}");
+        assert!(stdout_of(&out).is_empty(), "{}", stdout_of(&out));
+    }
+    assert_eq!(ownership(&cluster.wait_for_agreement()), ownership(&ring));
+    eprintln!("(e) done at {:?}", started.elapsed());
+}
