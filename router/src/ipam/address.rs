@@ -70,8 +70,8 @@ pub enum AddressError {
 /// would leave none.
 pub const MIN_SUBNET_SIZE: u64 = 4;
 
-/// Half-open range of addresses `[start, end)`; `end` may be `2^32` only as [`Range::end_u64`]
-/// shows, so ranges here never reach the last IPv4 address (Weave's do not either).
+/// Half-open range of addresses `[start, end)`; `end` is a 32-bit address, so ranges here
+/// never reach the last IPv4 address (Weave's do not either).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Range {
     /// First address in the range.
