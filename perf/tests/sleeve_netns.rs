@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use weave_perf::router::{self, Router, HTTP_ADDR, MESH_PORT, METRICS_ADDR};
+use weave_perf::router::{self, Router, HTTP_ADDR};
 use weave_perf::testbed::{self, Host, InNetns, Process, Testbed, TestbedConfig};
 
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -135,17 +135,8 @@ fn run(cmd: &str, args: &[&str]) {
 }
 
 fn launch(router: &Router, host: &Host, peers: &[Ipv4Addr], backend: &str) -> Process {
-    let mut cmd = host.command(router.bin());
-    cmd.arg("launch")
-        .args(["--name", &router::peer_name(host.index())])
-        .args(["--nickname", &host.name()])
-        .args(["--port", &MESH_PORT.to_string()])
-        .args(["--http-addr", HTTP_ADDR])
-        .args(["--metrics-addr", METRICS_ADDR])
-        .args(["--dataplane", backend, "--workers", "2"])
-        .args(peers.iter().map(Ipv4Addr::to_string))
-        .env("NO_COLOR", "1");
-    host.spawn(&format!("router-{}", host.name()), cmd)
+    router
+        .launch_with(host, peers, &["--dataplane", backend, "--workers", "2"])
         .expect("spawn router")
 }
 
