@@ -6,7 +6,8 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-const CONF: &str = r#"{"cniVersion": "1.0.0", "name": "weave", "type": "weave-net"}"#;
+/// The router API points at a port nothing listens on: no router answers these tests.
+const CONF: &str = r#"{"cniVersion": "1.0.0", "name": "weave", "type": "weave-net", "routerAPI": "127.0.0.1:1", "bridge": "wvtest-none"}"#;
 
 fn run(command: &str, stdin: &str) -> (i32, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weave-cni"))
@@ -46,29 +47,74 @@ fn version_answers_spec_json() {
 }
 
 #[test]
-fn add_exits_1_with_cni_error() {
+fn add_with_a_missing_netns_is_an_unknown_container() {
     let (code, out) = run("ADD", CONF);
 
     assert_eq!(code, 1);
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["code"], 100);
-    assert_eq!(v["msg"], weave_cni::NO_IPAM_MSG);
+    assert_eq!(v["code"], 3);
+    assert!(v["msg"].as_str().unwrap().contains("CNI_NETNS"), "{out}");
     assert_eq!(v["cniVersion"], "1.0.0");
 }
 
 #[test]
-fn check_exits_1_with_cni_error() {
+fn check_without_a_previous_result_is_a_config_error() {
     let (code, out) = run("CHECK", CONF);
 
     assert_eq!(code, 1);
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["code"], 100);
+    assert_eq!(v["code"], 7);
+    assert!(v["msg"].as_str().unwrap().contains("prevResult"), "{out}");
 }
 
 #[test]
-fn del_exits_0_silently() {
+fn del_succeeds_with_nothing_to_remove_and_no_router() {
     let (code, out) = run("DEL", CONF);
 
     assert_eq!(code, 0);
     assert_eq!(out, "");
+}
+
+#[test]
+fn status_without_a_router_is_not_available() {
+    let (code, out) = run("STATUS", CONF);
+
+    assert_eq!(code, 1);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["code"], 50);
+}
+
+#[test]
+fn install_and_uninstall_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, conf) = (dir.path().join("bin"), dir.path().join("conf"));
+    let status = Command::new(env!("CARGO_BIN_EXE_weave-cni"))
+        .args(["install", "--bin-dir"])
+        .arg(&bin)
+        .arg("--conf-dir")
+        .arg(&conf)
+        .env_remove("CNI_COMMAND")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(bin.join("weave-net").exists());
+    assert!(conf.join("10-weave.conflist").exists());
+
+    let status = Command::new(env!("CARGO_BIN_EXE_weave-cni"))
+        .args(["uninstall", "--bin-dir"])
+        .arg(&bin)
+        .env_remove("CNI_COMMAND")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(!bin.join("weave-net").exists());
+    assert!(!conf.join("10-weave.conflist").exists());
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_weave-cni"))
+        .args(["install", "--bin-dir"])
+        .env_remove("CNI_COMMAND")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--bin-dir"));
 }
