@@ -3,7 +3,7 @@
 //! STATUS, GC, VERSION), answering runtimes that speak 0.3.0 to 1.1.0.
 //!
 //! [`run`] is one invocation: the `CNI_*` environment and stdin in, the spec's JSON and an
-//! exit code out. The pure parts ([`env`], [`config`], [`result`]) are unit-tested; the
+//! exit code out. The pure parts ([`mod@env`], [`config`], [`result`]) are unit-tested; the
 //! netlink and router work ([`plugin`], [`link`], [`router_api`]) is tested by running the
 //! binary as a runtime does, on network namespaces (`tests/pods_netns.rs`).
 #![deny(unsafe_code)]
