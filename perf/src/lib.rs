@@ -2,6 +2,7 @@
 //! performance harness of weave-router run on.
 #![deny(unsafe_code)]
 
+pub mod cni;
 pub mod harness;
 pub mod load;
 pub mod router;

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
+use std::net::Ipv4Addr;
 use weave_perf::harness::{self, compare, output, run::Event, HarnessError, NetPath, WorkloadName};
+
+use weave_perf::cni::{self, PodNetns};
 use weave_perf::load;
 use weave_perf::router::{self, Router, ROUTER_BIN_ENV};
 use weave_perf::testbed::{self, Process, Testbed, TestbedConfig, TestbedError};
@@ -315,6 +318,32 @@ fn chain_peers(bed: &Testbed, index: usize) -> anyhow::Result<Vec<std::net::Ipv4
     })
 }
 
+/// Gbit/s of one 3-second TCP stream from pod `from` to pod `to` (address `to_ip`).
+fn pod_throughput(from: &PodNetns, to: &PodNetns, to_ip: Ipv4Addr) -> anyhow::Result<f64> {
+    let mut server = std::process::Command::new("ip")
+        .args(["netns", "exec", &to.name, "iperf3", "-s", "-1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting iperf3 -s")?;
+    let mut last = String::new();
+    for _ in 0..20 {
+        let out = from
+            .exec("iperf3", &["-c", &to_ip.to_string(), "-t", "3", "-J"])
+            .context("running iperf3 -c")?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(bps) = json["end"]["sum_received"]["bits_per_second"].as_f64() {
+            let _ = server.wait();
+            return Ok(bps / 1e9);
+        }
+        last = json["error"].as_str().unwrap_or("no result").to_owned();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    bail!("iperf3: {last}")
+}
+
 fn demo(args: &DemoArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     // Output goes through `say!`, which fails instead of panicking on a closed stdout
     // (`weave-perf demo | head`), so the testbed is still removed by its destructor.
@@ -416,19 +445,52 @@ fn demo(args: &DemoArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
         say!();
     }
 
-    // Pod addresses: each host's router gives one "pod" an address; the first request
-    // starts the consensus that divides the range among the three.
-    let mut given: Vec<String> = Vec::new();
+    // Pods: two per host, attached by weave-cni exactly as a container runtime calls it
+    // (CNI_* variables, the minimal configuration on stdin). The first ADD starts the
+    // consensus that divides the address range among the three routers.
+    let cni_bin = cni::locate_cni_bin(router.bin()).map_err(anyhow::Error::msg)?;
+    say!("weave-cni: {}", cni_bin.display());
+    let mut pods: Vec<(PodNetns, String, Ipv4Addr)> = Vec::new();
     for host in bed.hosts() {
-        let ident = format!("demo-pod-{}", host.name());
-        let cidr = router
-            .allocate(host, &ident, args.timeout)
-            .with_context(|| format!("allocating an address on {}", host.name()))?;
-        say!("{}: POST /ip/{ident} -> {cidr}", host.name());
-        if given.contains(&cidr) {
-            bail!("{cidr} was handed out twice");
+        for i in 1..=2 {
+            let pod = PodNetns::new(&format!("{}-{}-pod{i}", bed.run_id(), host.name()))
+                .map_err(anyhow::Error::msg)?;
+            let (ip, _) = cni::add(&cni_bin, host, &pod).map_err(anyhow::Error::msg)?;
+            say!("{}: weave-cni ADD {} -> {ip}", host.name(), pod.id);
+            if pods.iter().any(|(_, _, other)| *other == ip) {
+                bail!("{ip} was handed out twice");
+            }
+            pods.push((pod, host.name(), ip));
         }
-        given.push(cidr);
+    }
+    for (a, host, _) in &pods {
+        for (_, _, to) in &pods {
+            if a.ping(*to) {
+                continue;
+            }
+            testbed::wait_until(&format!("{} ({host}) to reach {to}", a.id), timeout, || {
+                if a.ping(*to) {
+                    Ok(())
+                } else {
+                    Err("no reply")
+                }
+            })?;
+        }
+    }
+    say!(
+        "every pod reaches every other pod ({} pairs, across the sleeve)",
+        pods.len() * (pods.len() - 1)
+    );
+    let (first, last) = (&pods[0], &pods[pods.len() - 1]);
+    match pod_throughput(&first.0, &last.0, last.2) {
+        Ok(gbps) => say!(
+            "{} ({}) -> {} ({}): {gbps:.2} Gbit/s, one TCP stream for 3 s (iperf3)",
+            first.2,
+            first.1,
+            last.2,
+            last.1
+        ),
+        Err(e) => say!("note: no throughput figure: {e}"),
     }
     say!();
     for host in bed.hosts() {
@@ -444,6 +506,25 @@ fn demo(args: &DemoArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
         say!();
     }
 
+    for (pod, host, ip) in &pods {
+        let host = bed
+            .hosts()
+            .iter()
+            .find(|h| h.name() == *host)
+            .context("pod's host")?;
+        let del = cni::invoke(&cni_bin, host, "DEL", Some(pod), None, cni::MINIMAL_CONF)
+            .context("weave-cni DEL")?;
+        if del.code != 0 {
+            bail!(
+                "weave-cni DEL {} ({ip}): {} {}",
+                pod.id,
+                del.json,
+                del.stderr
+            );
+        }
+    }
+    say!("weave-cni DEL of every pod: addresses returned");
+    drop(pods);
     drop(routers);
     bed.set_keep_logs(false);
     bed.teardown().context("removing the testbed")?;

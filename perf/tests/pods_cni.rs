@@ -5,129 +5,40 @@
 //!
 //! Needs root (network namespaces); skipped otherwise, and never skipped in CI.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use weave_perf::cni::{self, PodNetns as Pod};
 use weave_perf::router::{self, Router, HTTP_ADDR};
 use weave_perf::testbed::{self, Host, InNetns, Testbed, TestbedConfig};
 
-const CONF: &str = r#"{"cniVersion":"1.1.0","name":"weave","type":"weave-net"}"#;
+const CONF: &str = cni::MINIMAL_CONF;
 
-/// A pod: a network namespace, removed on drop.
-struct Pod {
-    netns: String,
-    id: String,
+fn cni_bin() -> PathBuf {
+    let router = router::locate_router_bin(None::<&Path>).expect("weave-router binary");
+    cni::locate_cni_bin(&router).expect("weave-cni binary")
 }
 
-impl Pod {
-    fn new(bed: &Testbed, name: &str) -> Pod {
-        let pod = Pod {
-            netns: format!("{}-{name}", bed.run_id()),
-            id: format!("{}-{name}", bed.run_id()),
-        };
-        let ok = Command::new("ip")
-            .args(["netns", "add", &pod.netns])
-            .status()
-            .expect("ip netns add")
-            .success();
-        assert!(ok, "ip netns add {}", pod.netns);
-        pod
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.netns)
-    }
-
-    fn ping(&self, to: Ipv4Addr) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &self.netns, "ping", "-c", "1", "-W", "2"])
-            .arg(to.to_string())
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    }
+fn pod(bed: &Testbed, name: &str) -> Pod {
+    Pod::new(&format!("{}-{name}", bed.run_id())).expect("pod netns")
 }
 
-impl Drop for Pod {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
-    }
-}
-
-/// What a plugin invocation answered.
-struct Answer {
-    code: i32,
-    json: Value,
-    stderr: String,
-}
-
-/// Runs `weave-cni` on `host` as a runtime would.
-fn cni(
+/// `weave-cni` on `host`, as a runtime calls it.
+fn call(
     bin: &Path,
     host: &Host,
     command: &str,
     pod: Option<&Pod>,
     netns: Option<&str>,
     conf: &str,
-) -> Answer {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", host.netns()])
-        .arg(bin)
-        .env("CNI_COMMAND", command)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(pod) = pod {
-        cmd.env("CNI_CONTAINERID", &pod.id);
-        cmd.env(
-            "CNI_NETNS",
-            netns.map(String::from).unwrap_or_else(|| pod.path()),
-        );
-    }
-    let mut child = cmd.spawn().expect("start weave-cni");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.as_bytes())
-        .expect("write config");
-    let out = child.wait_with_output().expect("weave-cni");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    Answer {
-        code: out.status.code().unwrap_or(-1),
-        json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+) -> cni::CniAnswer {
+    cni::invoke(bin, host, command, pod, netns, conf).expect("run weave-cni")
 }
 
 fn add(bin: &Path, host: &Host, pod: &Pod) -> (Ipv4Addr, Value) {
-    let a = cni(bin, host, "ADD", Some(pod), None, CONF);
-    assert_eq!(a.code, 0, "ADD {}: {} {}", pod.id, a.json, a.stderr);
-    let cidr = a.json["ips"][0]["address"]
-        .as_str()
-        .expect("address")
-        .to_owned();
-    let ip = cidr.split('/').next().unwrap().parse().expect("IPv4");
-    (ip, a.json)
-}
-
-fn cni_bin() -> PathBuf {
-    let router = router::locate_router_bin(None::<&Path>).expect("weave-router binary");
-    let bin = router.with_file_name("weave-cni");
-    assert!(
-        bin.is_file(),
-        "{} not built (cargo build -p weave-cni)",
-        bin.display()
-    );
-    bin
+    cni::add(bin, host, pod).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The router's allocations on `host`: container id -> addresses.
@@ -178,7 +89,7 @@ fn pods_attached_by_weave_cni_reach_each_other_and_leave_nothing_behind() {
     let pods: Vec<(Pod, &Host)> = [&h1, &h1, &h2, &h2, &h3, &h3]
         .iter()
         .enumerate()
-        .map(|(i, h)| (Pod::new(&bed, &format!("p{i}")), *h))
+        .map(|(i, h)| (pod(&bed, &format!("p{i}")), *h))
         .collect();
     let mut ips = Vec::new();
     let mut results = Vec::new();
@@ -228,7 +139,7 @@ fn pods_attached_by_weave_cni_reach_each_other_and_leave_nothing_behind() {
 
     // CHECK accepts what ADD made.
     let (pod0, host0) = &pods[0];
-    let prev = cni(&bin, host0, "ADD", Some(pod0), None, CONF);
+    let prev = call(&bin, host0, "ADD", Some(pod0), None, CONF);
     assert_ne!(
         prev.code, 0,
         "a second ADD of the same attachment is refused"
@@ -236,13 +147,13 @@ fn pods_attached_by_weave_cni_reach_each_other_and_leave_nothing_behind() {
     let mut conf: Value = serde_json::from_str(CONF).unwrap();
     let prev_result = results[0].clone();
     conf["prevResult"] = prev_result;
-    let check = cni(&bin, host0, "CHECK", Some(pod0), None, &conf.to_string());
+    let check = call(&bin, host0, "CHECK", Some(pod0), None, &conf.to_string());
     assert_eq!(check.code, 0, "CHECK: {} {}", check.json, check.stderr);
 
     // Failed ADDs leave nothing behind.
     let veths = host_veths(&h1);
-    let ghost = Pod::new(&bed, "ghost");
-    let missing_ns = cni(
+    let ghost = pod(&bed, "ghost");
+    let missing_ns = call(
         &bin,
         &h1,
         "ADD",
@@ -252,7 +163,7 @@ fn pods_attached_by_weave_cni_reach_each_other_and_leave_nothing_behind() {
     );
     assert_eq!(missing_ns.code, 1);
     assert_eq!(missing_ns.json["code"], 3, "{}", missing_ns.json);
-    let no_router = cni(
+    let no_router = call(
         &bin,
         &h1,
         "ADD",
@@ -261,7 +172,7 @@ fn pods_attached_by_weave_cni_reach_each_other_and_leave_nothing_behind() {
         r#"{"cniVersion":"1.0.0","name":"weave","type":"weave-net","routerAPI":"127.0.0.1:1"}"#,
     );
     assert_eq!(no_router.json["code"], 11, "{}", no_router.json);
-    let broken = cni(
+    let broken = call(
         &bin,
         &h1,
         "ADD",
@@ -270,7 +181,7 @@ fn pods_attached_by_weave_cni_reach_each_other_and_leave_nothing_behind() {
         r#"{"cniVersion":"1.0.0","mtu":"x"}"#,
     );
     assert_eq!(broken.json["code"], 6, "{}", broken.json);
-    let no_bridge = cni(
+    let no_bridge = call(
         &bin,
         &h1,
         "ADD",
@@ -284,7 +195,7 @@ fn pods_attached_by_weave_cni_reach_each_other_and_leave_nothing_behind() {
     println!("failed ADDs: codes 3, 11, 6, 11; nothing left behind");
 
     // GC releases an orphan's address.
-    let orphan = Pod::new(&bed, "orphan");
+    let orphan = pod(&bed, "orphan");
     add(&bin, &h1, &orphan);
     assert!(holds(&h1, &orphan.id));
     let valid: Vec<Value> = pods
@@ -294,7 +205,7 @@ fn pods_attached_by_weave_cni_reach_each_other_and_leave_nothing_behind() {
         .collect();
     let gc_conf = serde_json::json!({"cniVersion": "1.1.0", "name": "weave", "type": "weave-net",
         "cni.dev/valid-attachments": valid});
-    let gc = cni(&bin, &h1, "GC", None, None, &gc_conf.to_string());
+    let gc = call(&bin, &h1, "GC", None, None, &gc_conf.to_string());
     assert_eq!(gc.code, 0, "GC: {} {}", gc.json, gc.stderr);
     assert!(!holds(&h1, &orphan.id), "GC left the orphan's address");
     assert!(holds(&h1, &pods[0].0.id), "GC released a valid attachment");
@@ -303,14 +214,14 @@ fn pods_attached_by_weave_cni_reach_each_other_and_leave_nothing_behind() {
     drop(orphan);
 
     // STATUS: ready.
-    let status = cni(&bin, &h2, "STATUS", None, None, CONF);
+    let status = call(&bin, &h2, "STATUS", None, None, CONF);
     assert_eq!(status.code, 0, "STATUS: {} {}", status.json, status.stderr);
 
     // DEL returns every address; a second DEL succeeds too.
     for (pod, host) in &pods {
-        let del = cni(&bin, host, "DEL", Some(pod), None, CONF);
+        let del = call(&bin, host, "DEL", Some(pod), None, CONF);
         assert_eq!(del.code, 0, "DEL {}: {} {}", pod.id, del.json, del.stderr);
-        let again = cni(&bin, host, "DEL", Some(pod), None, CONF);
+        let again = call(&bin, host, "DEL", Some(pod), None, CONF);
         assert_eq!(again.code, 0, "second DEL {}", pod.id);
         assert!(!holds(host, &pod.id), "{} still holds an address", pod.id);
     }
@@ -319,8 +230,8 @@ fn pods_attached_by_weave_cni_reach_each_other_and_leave_nothing_behind() {
     }
     // DEL while the router is down succeeds (GC reclaims later).
     r3.kill().expect("kill router 3");
-    let late = Pod::new(&bed, "late");
-    let del = cni(&bin, &h3, "DEL", Some(&late), None, CONF);
+    let late = pod(&bed, "late");
+    let del = call(&bin, &h3, "DEL", Some(&late), None, CONF);
     assert_eq!(
         del.code, 0,
         "DEL with the router down: {} {}",
@@ -358,7 +269,7 @@ fn fifty_concurrent_adds_on_one_node_give_fifty_working_pods() {
     let h1 = bed.host(1).expect("host").clone();
     let mut r1 = router.launch_with(&h1, &[], &[]).expect("router");
     await_router(&router, &h1);
-    let pods: Vec<Pod> = (0..50).map(|i| Pod::new(&bed, &format!("c{i}"))).collect();
+    let pods: Vec<Pod> = (0..50).map(|i| pod(&bed, &format!("c{i}"))).collect();
     let ips: Vec<Ipv4Addr> = std::thread::scope(|s| {
         let handles: Vec<_> = pods
             .iter()
@@ -398,7 +309,7 @@ fn fifty_concurrent_adds_on_one_node_give_fifty_working_pods() {
         for p in &pods {
             let (bin, h1) = (&bin, &h1);
             s.spawn(move || {
-                let del = cni(bin, h1, "DEL", Some(p), None, CONF);
+                let del = call(bin, h1, "DEL", Some(p), None, CONF);
                 assert_eq!(del.code, 0, "{}", del.stderr);
             });
         }
