@@ -325,3 +325,143 @@ fn fifty_concurrent_adds_on_one_node_give_fifty_working_pods() {
     assert_eq!(host_veths(&h1), 0);
     drop(r1.kill());
 }
+
+#[test]
+fn portmap_chained_after_weave_net_maps_a_host_port_and_a_chained_ipam_plugin_is_honoured() {
+    if !testbed::privileged_or_skip("portmap_chained") {
+        return;
+    }
+    let plugins = Path::new("/usr/lib/cni");
+    assert!(
+        plugins.join("portmap").is_file(),
+        "Debian's containernetworking-plugins are missing (scripts/setup.sh installs them)"
+    );
+    let bin = cni_bin();
+    let router = Router::new(router::locate_router_bin(None::<&Path>).expect("weave-router"));
+    let bed = Testbed::new(&TestbedConfig::new("wcp", 2).with_subnet(155)).expect("testbed");
+    let [h1, h2] = [1, 2].map(|i| bed.host(i).expect("host").clone());
+    let mut r1 = router.launch_with(&h1, &[], &[]).expect("router 1");
+    let mut r2 = router
+        .launch_with(&h2, &[h1.addr()], &[])
+        .expect("router 2");
+    await_router(&router, &h1);
+    await_router(&router, &h2);
+    // A Kubernetes node forwards (kubelet and kube-proxy need it); portmap's DNAT does too.
+    h1.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]).expect("ip_forward");
+
+    // The conflist's two entries, as a runtime runs them: weave-net, then portmap with
+    // weave-net's result as prevResult and the pod's port mappings as runtimeConfig.
+    let web = pod(&bed, "web");
+    let conf = r#"{"cniVersion":"1.0.0","name":"weave","type":"weave-net","hairpinMode":true}"#;
+    let added = call(&bin, &h1, "ADD", Some(&web), None, conf);
+    assert_eq!(added.code, 0, "{} {}", added.json, added.stderr);
+    let ip = added.json["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let portmap_conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "weave", "type": "portmap",
+        "capabilities": {"portMappings": true}, "snat": true,
+        "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}]},
+        "prevResult": added.json,
+    })
+    .to_string();
+    let mapped = call(
+        &plugins.join("portmap"),
+        &h1,
+        "ADD",
+        Some(&web),
+        None,
+        &portmap_conf,
+    );
+    assert_eq!(
+        mapped.code, 0,
+        "portmap ADD: {} {}",
+        mapped.json, mapped.stderr
+    );
+
+    let mut server = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &web.name,
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            &ip,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("http server in the pod");
+    let url = format!("http://{}:18080/", h1.addr());
+    let served = testbed::wait_until(
+        &format!("GET {url} from host2"),
+        Duration::from_secs(15),
+        || {
+            h2.run(
+                "curl",
+                &[
+                    "-sf",
+                    "-m",
+                    "2",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &url,
+                ],
+            )
+        },
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(served.expect("host port reaches the pod"), "200");
+    println!("host2 -> {}:18080 -> pod {ip}:8080 answered 200", h1.addr());
+
+    let unmapped = call(
+        &plugins.join("portmap"),
+        &h1,
+        "DEL",
+        Some(&web),
+        None,
+        &portmap_conf,
+    );
+    assert_eq!(unmapped.code, 0, "portmap DEL: {}", unmapped.stderr);
+    let del = call(&bin, &h1, "DEL", Some(&web), None, conf);
+    assert_eq!(del.code, 0, "{}", del.stderr);
+    assert!(!holds(&h1, &web.id));
+
+    // An `ipam` section naming another plugin is honoured instead of the router's IPAM.
+    let data = tempfile::tempdir().expect("host-local data dir");
+    let other = pod(&bed, "hl");
+    let hl_conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "weave", "type": "weave-net",
+        "ipam": {"type": "host-local", "subnet": "10.99.0.0/24", "dataDir": data.path()},
+    })
+    .to_string();
+    let added = call(&bin, &h1, "ADD", Some(&other), None, &hl_conf);
+    assert_eq!(added.code, 0, "{} {}", added.json, added.stderr);
+    let addr = added.json["ips"][0]["address"].as_str().unwrap().to_owned();
+    assert!(addr.starts_with("10.99.0."), "{addr}");
+    assert!(!holds(&h1, &other.id), "the router's IPAM was asked too");
+    let del = call(&bin, &h1, "DEL", Some(&other), None, &hl_conf);
+    assert_eq!(del.code, 0, "{}", del.stderr);
+    let leases: Vec<_> = std::fs::read_dir(data.path().join("weave"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        !leases
+            .iter()
+            .any(|n| n.to_string_lossy().starts_with("10.99.")),
+        "host-local kept a lease: {leases:?}"
+    );
+    println!("host-local gave {addr} and took it back");
+    drop(r1.kill());
+    drop(r2.kill());
+}
