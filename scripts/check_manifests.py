@@ -36,13 +36,21 @@ def check_daemonset(ds, known_env):
             fail(f"DaemonSet: env {name} missing")
     if env.get("WEAVE_METRICS_ADDR", {}).get("value") != "0.0.0.0:6782":
         fail("DaemonSet: WEAVE_METRICS_ADDR must be 0.0.0.0:6782")
+    inits = spec.get("initContainers", [])
+    if not any(c.get("command", [])[1:2] == ["install"] for c in inits):
+        fail("DaemonSet: an init container must run `weave-cni install`")
+    mounts = {v["name"]: v.get("hostPath", {}).get("path") for v in spec.get("volumes", [])}
+    if "/var/lib/weave" not in mounts.values():
+        fail("DaemonSet: /var/lib/weave must be a hostPath volume (the IPAM store)")
+    if "livenessProbe" not in container:
+        fail("DaemonSet: liveness probe missing")
     probe = container.get("readinessProbe", {}).get("httpGet", {})
     if (probe.get("host"), probe.get("port"), probe.get("path")) != ("127.0.0.1", 6784, "/status"):
         fail(f"DaemonSet: readiness probe must GET 127.0.0.1:6784/status, is {probe}")
 
 
 def main():
-    known_env = set(re.findall(r"\b(?:WEAVE_[A-Z_]+|CONN_LIMIT|KUBE_PEERS)\b", ROUTER_CONFIG.read_text()))
+    known_env = set(re.findall(r"\b(?:WEAVE_[A-Z_]+|IPALLOC_[A-Z_]+|CONN_LIMIT|KUBE_PEERS)\b", ROUTER_CONFIG.read_text()))
     kinds = {}
     files = sorted(MANIFESTS.glob("*.yaml"))
     if not files:

@@ -12,13 +12,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # iproute2/nftables/iputils-ping/procps: the network-namespace testbed.
-# iperf3/ethtool: the performance harness. python3-yaml: manifest checks.
+# iperf3/ethtool: the performance harness. python3-yaml, python3-pip: manifest checks
+# (kubernetes-validate comes from PyPI).
 # containernetworking-plugins: the reference CNI plugins (portmap, host-local in /usr/lib/cni)
 # that weave-cni is chained with in the tests; iptables: what portmap programs.
 packages=(
     iproute2 nftables iperf3 ethtool procps iputils-ping
     curl ca-certificates build-essential pkg-config python3-yaml
-    containernetworking-plugins iptables
+    containernetworking-plugins iptables python3-pip
 )
 
 missing=()
