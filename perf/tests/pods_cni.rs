@@ -347,7 +347,8 @@ fn portmap_chained_after_weave_net_maps_a_host_port_and_a_chained_ipam_plugin_is
     await_router(&router, &h1);
     await_router(&router, &h2);
     // A Kubernetes node forwards (kubelet and kube-proxy need it); portmap's DNAT does too.
-    h1.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]).expect("ip_forward");
+    h1.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+        .expect("ip_forward");
 
     // The conflist's two entries, as a runtime runs them: weave-net, then portmap with
     // weave-net's result as prevResult and the pod's port mappings as runtimeConfig.
