@@ -12,7 +12,7 @@ use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -34,113 +34,8 @@ const RANGE_SIZE: u32 = 1 << 20;
 /// 10 s read timeout, so a stuck allocation fails with the router's reason.
 const ALLOC_WAIT: &str = "timeout=8";
 
-/// A network namespace named `wripam-<pid>-<n>`, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// A fresh namespace with loopback up, or `None` (test skipped) without root.
-    fn new(test: &str) -> Option<Self> {
-        if !privileged_or_skip(test) {
-            return None;
-        }
-        remove_stale();
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "{PREFIX}{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        run(&["ip", "netns", "add", &name]);
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        Some(ns)
-    }
-
-    /// `ip -n NS args...`, returning stdout.
-    fn ip(&self, args: &[&str]) -> String {
-        let mut argv = vec!["ip", "-n", &self.name];
-        argv.extend_from_slice(args);
-        run(&argv)
-    }
-
-    /// The ids of the processes inside the namespace.
-    fn pids(&self) -> Vec<String> {
-        run(&["ip", "netns", "pids", &self.name])
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Runs during unwinding too; a failure here must not hide the test's own panic.
-        let status = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("could not delete namespace {}: {status:?}", self.name);
-        }
-    }
-}
-
-fn privileged_or_skip(test: &str) -> bool {
-    // The effective uid, from /proc.
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false);
-    if root {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: needs root (network namespaces), and CI must run it"
-    );
-    eprintln!("{test}: skipped, needs root to create network namespaces");
-    false
-}
-
-/// Deletes namespaces of earlier runs of this binary whose process is gone, after killing
-/// the routers such a run left in them (a test binary killed outright drops nothing).
-fn remove_stale() {
-    let list = run(&["ip", "netns", "list"]);
-    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(pid) = ns
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split('-').next())
-        else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                for left in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-KILL", left]).status();
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn run(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
+mod common;
+use common::Netns;
 
 fn api() -> SocketAddr {
     API.parse().expect("API address")
@@ -335,12 +230,12 @@ struct Cluster {
 
 impl Cluster {
     fn new(test: &str) -> Option<Self> {
-        let hub = Netns::new(test)?;
+        let hub = Netns::new(test, PREFIX)?;
         hub.ip(&["link", "add", "br0", "type", "bridge"]);
         hub.ip(&["link", "set", "br0", "up"]);
         let mut hosts = Vec::new();
         for i in 1..=3 {
-            let ns = Netns::new(test).expect("root was checked");
+            let ns = Netns::new(test, PREFIX).expect("root was checked");
             let port = format!("vr{i}");
             hub.ip(&[
                 "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,

@@ -5,8 +5,6 @@
 
 use std::io::{ErrorKind, IoSlice};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -21,50 +19,24 @@ use weave_router::sys::tap::{self, TapOffloads, TapOptions, TapQueue, VNET_HDR_L
 const MTU: u32 = 1376;
 const PREFIX: &str = "wrplumb-";
 
-/// A network namespace named `wrplumb-<pid>-<n>`, deleted on drop.
-struct Netns {
-    name: String,
+mod common;
+use common::Netns;
+
+/// What the plumbing tests do in a namespace beyond the shared helpers.
+trait PlumbingNetns {
+    /// Runs `f` on a thread inside the namespace.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T;
+    /// The `ip -d -j link show` object of one link.
+    fn link(&self, name: &str) -> Value;
+    /// Plumbing as the router does it at start, inside the namespace.
+    fn ensure(&self, desired: &HostPlumbing) -> Vec<PlumbingOp>;
 }
 
-impl Netns {
-    /// A fresh namespace with loopback up, or `None` (test skipped) without root.
-    fn new(test: &str) -> Option<Self> {
-        if !privileged_or_skip(test) {
-            return None;
-        }
-        remove_stale();
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "{PREFIX}{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        run(&["ip", "netns", "add", &name]);
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        Some(ns)
-    }
-
-    /// Runs `f` on a thread inside the namespace.
+impl PlumbingNetns for Netns {
     fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         netns::run_in_netns(&self.name, f).expect("enter test namespace")
     }
 
-    /// `ip -n NS args...`, returning stdout.
-    fn ip(&self, args: &[&str]) -> String {
-        let mut argv = vec!["ip", "-n", &self.name];
-        argv.extend_from_slice(args);
-        run(&argv)
-    }
-
-    /// `ip netns exec NS argv...`, returning stdout.
-    fn exec(&self, argv: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(argv);
-        run(&full)
-    }
-
-    /// The `ip -d -j link show` object of one link.
     fn link(&self, name: &str) -> Value {
         let out = self.ip(&["-d", "-s", "-j", "link", "show", "dev", name]);
         let mut all: Vec<Value> = serde_json::from_str(&out).expect("ip -j output");
@@ -72,73 +44,10 @@ impl Netns {
         all.remove(0)
     }
 
-    /// Plumbing as the router does it at start, inside the namespace.
     fn ensure(&self, desired: &HostPlumbing) -> Vec<PlumbingOp> {
         self.run(|| plumbing::ensure_blocking(desired))
             .unwrap_or_else(|e| panic!("plumbing in {}: {e}", self.name))
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Runs during unwinding too; a failure here must not hide the test's own panic.
-        let status = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("could not delete namespace {}: {status:?}", self.name);
-        }
-    }
-}
-
-fn privileged_or_skip(test: &str) -> bool {
-    // The effective uid, from /proc.
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false);
-    if root {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: needs root (network namespaces), and CI must run it"
-    );
-    eprintln!("{test}: skipped, needs root to create network namespaces");
-    false
-}
-
-/// Deletes namespaces of earlier runs of this binary whose process is gone.
-fn remove_stale() {
-    let list = run(&["ip", "netns", "list"]);
-    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(pid) = ns
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split('-').next())
-        else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn run(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
 fn master_of(link: &Value) -> Option<&str> {
@@ -151,7 +60,7 @@ fn ops_text(ops: &[PlumbingOp]) -> Vec<String> {
 
 #[test]
 fn plumbing_builds_bridge_and_tap_and_a_second_run_does_nothing() {
-    let Some(ns) = Netns::new("plumbing_builds_bridge_and_tap") else {
+    let Some(ns) = Netns::new("plumbing_builds_bridge_and_tap", PREFIX) else {
         return;
     };
     let desired = HostPlumbing::new(MTU);
@@ -188,7 +97,7 @@ fn plumbing_builds_bridge_and_tap_and_a_second_run_does_nothing() {
 
 #[test]
 fn pods_keep_their_port_and_the_bridge_its_mtu_across_reruns() {
-    let Some(ns) = Netns::new("pods_keep_their_port") else {
+    let Some(ns) = Netns::new("pods_keep_their_port", PREFIX) else {
         return;
     };
     let desired = HostPlumbing::new(MTU);
@@ -231,7 +140,7 @@ fn pods_keep_their_port_and_the_bridge_its_mtu_across_reruns() {
 
 #[test]
 fn a_link_of_the_wrong_kind_is_replaced_only_while_nothing_is_attached() {
-    let Some(ns) = Netns::new("a_link_of_the_wrong_kind") else {
+    let Some(ns) = Netns::new("a_link_of_the_wrong_kind", PREFIX) else {
         return;
     };
     // A port-less "weave" of another kind is replaced by the bridge.
@@ -269,7 +178,7 @@ fn a_link_of_the_wrong_kind_is_replaced_only_while_nothing_is_attached() {
 
 #[test]
 fn bridge_address_is_added_once() {
-    let Some(ns) = Netns::new("bridge_address_is_added_once") else {
+    let Some(ns) = Netns::new("bridge_address_is_added_once", PREFIX) else {
         return;
     };
     let desired = HostPlumbing {
@@ -287,7 +196,7 @@ fn bridge_address_is_added_once() {
 
 #[test]
 fn tap_queues_have_vnet_header_offloads_and_follow_the_worker_count() {
-    let Some(ns) = Netns::new("tap_queues") else {
+    let Some(ns) = Netns::new("tap_queues", PREFIX) else {
         return;
     };
     let desired = HostPlumbing::new(MTU);
@@ -409,7 +318,7 @@ fn tap_queues_have_vnet_header_offloads_and_follow_the_worker_count() {
 
 #[test]
 fn tap_open_refuses_a_name_that_is_not_a_multi_queue_tap() {
-    let Some(ns) = Netns::new("tap_open_refuses") else {
+    let Some(ns) = Netns::new("tap_open_refuses", PREFIX) else {
         return;
     };
     ns.ip(&["link", "add", "notatap", "type", "bridge"]);
@@ -439,7 +348,7 @@ fn tap_open_refuses_a_name_that_is_not_a_multi_queue_tap() {
 
 #[test]
 fn gso_send_of_64_segments_arrives_as_one_gro_batch() {
-    let Some(ns) = Netns::new("gso_send_of_64_segments") else {
+    let Some(ns) = Netns::new("gso_send_of_64_segments", PREFIX) else {
         return;
     };
     const SEGMENTS: usize = 64;
@@ -481,7 +390,7 @@ fn gso_send_of_64_segments_arrives_as_one_gro_batch() {
 
 #[test]
 fn df_and_non_df_sockets_share_the_port_and_differ_above_the_path_mtu() {
-    let Some(ns) = Netns::new("df_and_non_df_sockets") else {
+    let Some(ns) = Netns::new("df_and_non_df_sockets", PREFIX) else {
         return;
     };
     // A link with a small MTU stands for a narrow path.
