@@ -154,13 +154,7 @@ fn json(value: &impl Serialize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::env::tests::vars;
 
     fn parse_error(reply: &Reply) -> CniError {
         assert_eq!(reply.exit_code, 1, "{}", reply.stdout);

@@ -77,11 +77,7 @@ pub async fn find(handle: &Handle, name: &str) -> Result<Option<Link>, NlError> 
         .await;
     match found {
         Ok(message) => Ok(message.as_ref().map(link_from)),
-        Err(rtnetlink::Error::NetlinkError(e))
-            if e.code.map(|c| c.get()) == Some(-libc::ENODEV) =>
-        {
-            Ok(None)
-        }
+        Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
         Err(source) => Err(NlError {
             what: format!("look up link {name}"),
             source,
@@ -210,11 +206,7 @@ pub async fn delete(handle: &Handle, name: &str) -> Result<bool, NlError> {
     match handle.link().del(link.index).execute().await {
         Ok(()) => Ok(true),
         // Deleting one end of a pair takes the other with it; a racing DEL may get there first.
-        Err(rtnetlink::Error::NetlinkError(e))
-            if e.code.map(|c| c.get()) == Some(-libc::ENODEV) =>
-        {
-            Ok(false)
-        }
+        Err(e) if is_errno(&e, libc::ENODEV) => Ok(false),
         Err(source) => Err(NlError {
             what: format!("delete link {name}"),
             source,
@@ -258,11 +250,7 @@ pub async fn ensure_address(
         .await;
     match result {
         Ok(()) => Ok(()),
-        Err(rtnetlink::Error::NetlinkError(e))
-            if e.code.map(|c| c.get()) == Some(-libc::EEXIST) =>
-        {
-            Ok(())
-        }
+        Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
         Err(source) => Err(NlError {
             what: format!("add {addr}/{plen} to link {index}"),
             source,
@@ -293,6 +281,11 @@ pub async fn default_gateway(handle: &Handle, index: u32) -> Result<Option<Ipv4A
                 _ => None,
             })
         }))
+}
+
+/// Whether `e` is the kernel's answer `errno`.
+fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.code.map(|c| c.get()) == Some(-errno))
 }
 
 fn nl(what: String) -> impl FnOnce(rtnetlink::Error) -> NlError {

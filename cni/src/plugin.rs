@@ -314,20 +314,7 @@ async fn allocate(env: &CniEnv, att: &Attachment, conf: &NetConf) -> Result<Leas
             routes,
         } => (*subnet, *gateway, routes.clone()),
     };
-    let api = RouterApi::new(conf.router_api);
-    let answer = api
-        .allocate(&att.container_id, subnet)
-        .map_err(router_down)?;
-    if !answer.ok() {
-        return Err(refused("allocate an address", &answer));
-    }
-    let (addr, plen) = parse_cidr(&answer.body).ok_or_else(|| {
-        Failure::new(
-            ErrorCode::IoFailure,
-            "router's answer is not an address",
-            &answer.body,
-        )
-    })?;
+    let (addr, plen) = router_allocate(conf, &att.container_id, subnet, "allocate an address")?;
     let routes = routes
         .unwrap_or_default()
         .iter()
@@ -503,23 +490,38 @@ async fn bridge_gateway(
     {
         return Ok(*ip);
     }
+    let (ip, plen) = router_allocate(
+        conf,
+        EXPOSE_IDENT,
+        Some(subnet),
+        "allocate the bridge's address",
+    )?;
+    link::ensure_address(host, bridge.index, ip, plen)
+        .await
+        .map_err(nl_failure)?;
+    Ok(ip)
+}
+
+/// `POST /ip/{ident}` (in `subnet`): the address and prefix length the router gave.
+fn router_allocate(
+    conf: &NetConf,
+    ident: &str,
+    subnet: Option<(Ipv4Addr, u8)>,
+    what: &str,
+) -> Result<(Ipv4Addr, u8), Failure> {
     let answer = RouterApi::new(conf.router_api)
-        .allocate(EXPOSE_IDENT, Some(subnet))
+        .allocate(ident, subnet)
         .map_err(router_down)?;
     if !answer.ok() {
-        return Err(refused("allocate the bridge's address", &answer));
+        return Err(refused(what, &answer));
     }
-    let (ip, plen) = parse_cidr(&answer.body).ok_or_else(|| {
+    parse_cidr(&answer.body).ok_or_else(|| {
         Failure::new(
             ErrorCode::IoFailure,
             "router's answer is not an address",
             &answer.body,
         )
-    })?;
-    link::ensure_address(host, bridge.index, ip, plen)
-        .await
-        .map_err(nl_failure)?;
-    Ok(ip)
+    })
 }
 
 async fn add_routes(pod: &Handle, index: u32, lease: &Lease) -> Result<(), Failure> {
