@@ -24,6 +24,12 @@ pub const DEFAULT_CONN_LIMIT: usize = 200;
 pub const DEFAULT_IPALLOC_RANGE: &str = "10.32.0.0/12";
 /// Default directory of the IPAM store (Weave's).
 pub const DEFAULT_DB_DIR: &str = "/var/lib/weave";
+/// Default longest random wait before reclaiming a deleted node's addresses (Weave's).
+pub const DEFAULT_RECLAIM_JITTER_SECS: u64 = 5;
+/// Smallest pod MTU accepted (IPv4's minimum datagram size).
+pub const MIN_MTU: u16 = 576;
+/// Largest pod MTU accepted: what leaves room for the sleeve's headers in a 64 KiB datagram.
+pub const MAX_MTU: u16 = 65_000;
 
 /// Flags of `weave-router launch`, as the command line gives them (values still unchecked).
 ///
@@ -88,6 +94,28 @@ pub struct LaunchArgs {
     /// Env: WEAVE_DB_DIR.
     #[arg(long, value_name = "DIR")]
     pub db_dir: Option<String>,
+    /// MTU of the pods' network (the `weave` bridge and TAP); the sleeve's path-MTU search
+    /// starts from it plus the sleeve's overhead [default: 1438, what a 1500-byte underlay
+    /// carries]. Env: WEAVE_MTU.
+    #[arg(long, value_name = "BYTES")]
+    pub mtu: Option<String>,
+    /// Leave the kernel's fast datapath alone. This build carries all traffic in the sleeve,
+    /// so the setting is checked and has no other effect yet. Env: WEAVE_NO_FASTDP.
+    #[arg(long)]
+    pub no_fastdp: bool,
+    /// Kubernetes integration: `auto` (on when running in a cluster, i.e. when
+    /// KUBERNETES_SERVICE_HOST is set), `on` (cluster from KUBECONFIG or the in-cluster
+    /// service account) or `off` [default: auto]. Env: WEAVE_KUBERNETES.
+    #[arg(long, value_name = "auto|on|off")]
+    pub kubernetes: Option<String>,
+    /// This node's Kubernetes name (default: NODE_NAME, else HOSTNAME, else the host name).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Longest random wait, in seconds, before reclaiming a deleted node's addresses, so that
+    /// the routers do not all contend for the ConfigMap at once [default: 5].
+    /// Env: WEAVE_RECLAIM_JITTER.
+    #[arg(long, value_name = "SECONDS")]
+    pub reclaim_jitter: Option<String>,
 }
 
 /// Facts about the host that feed the defaults.
@@ -221,6 +249,24 @@ pub struct Config {
     pub offload: bool,
     /// Address management; `None` when `--ipalloc-range ""` turned it off.
     pub ipam: Option<IpamConfig>,
+    /// The pods' MTU, when set; else what the underlay's 1500 bytes carry.
+    pub mtu: Option<u16>,
+    /// Whether `--no-fastdp` was asked for.
+    pub no_fastdp: bool,
+    /// The Kubernetes integration; `None` outside a cluster.
+    pub kubernetes: Option<KubeSettings>,
+}
+
+/// What the router does in a Kubernetes cluster (see [`crate::kube`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeSettings {
+    /// This node's name.
+    pub node_name: String,
+    /// Whether peers come from the Node objects (no peers were given on the command line or
+    /// in KUBE_PEERS).
+    pub discover_peers: bool,
+    /// Longest random wait before a reclaim.
+    pub reclaim_jitter: std::time::Duration,
 }
 
 /// Address management settings.
@@ -299,6 +345,14 @@ pub enum ConfigError {
         source_name: String,
         /// The address given.
         addr: SocketAddr,
+    },
+    /// A setting asks for something this build cannot do.
+    #[error("refusing '{source_name}': {reason}")]
+    Unsupported {
+        /// The flag or variable that asked for it.
+        source_name: String,
+        /// Why it is refused.
+        reason: String,
     },
     /// A peer address is malformed.
     #[error("{source_name}: {error}")]
@@ -469,7 +523,48 @@ impl Config {
 
         let ipam = resolve_ipam(args, env)?;
 
+        let mtu = match pick(&args.mtu, "mtu", &["WEAVE_MTU"]) {
+            Some(s) if s.value.trim().is_empty() => None,
+            Some(s) => Some(
+                s.value
+                    .trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|m| (MIN_MTU..=MAX_MTU).contains(m))
+                    .ok_or_else(|| ConfigError::InvalidValue {
+                        source_name: s.source_name,
+                        value: s.value.to_string(),
+                        reason: format!("expected an MTU from {MIN_MTU} to {MAX_MTU} bytes"),
+                    })?,
+            ),
+            None => None,
+        };
+
+        let no_fastdp = args.no_fastdp
+            || match env.get("WEAVE_NO_FASTDP") {
+                Some(v) => parse_bool("WEAVE_NO_FASTDP", v)?,
+                None => false,
+            };
+
+        // A password asks for encryption, which this build cannot do; running unencrypted
+        // instead would let unauthenticated peers into the mesh.
+        for var in ["WEAVE_PASSWORD", "WEAVE_PASSWORD_FILE"] {
+            if env.get(var).is_some_and(|v| !v.trim().is_empty()) {
+                return Err(ConfigError::Unsupported {
+                    source_name: var.to_string(),
+                    reason: "this build cannot encrypt the mesh; refusing to run unencrypted \
+                             when a password is set (unset it, or remove the Secret)"
+                        .to_string(),
+                });
+            }
+        }
+
+        let kubernetes = resolve_kubernetes(args, env, host, !peers.is_empty())?;
+
         Ok(Config {
+            mtu,
+            no_fastdp,
+            kubernetes,
             ipam,
             dataplane,
             workers,
@@ -484,6 +579,66 @@ impl Config {
             peers,
         })
     }
+}
+
+/// `--kubernetes`, `--node-name` and `--reclaim-jitter`.
+fn resolve_kubernetes(
+    args: &LaunchArgs,
+    env: &BTreeMap<String, String>,
+    host: &HostInfo,
+    peers_given: bool,
+) -> Result<Option<KubeSettings>, ConfigError> {
+    let in_cluster = env
+        .get("KUBERNETES_SERVICE_HOST")
+        .is_some_and(|v| !v.trim().is_empty());
+    let on = match pick_source(&args.kubernetes, "kubernetes", &["WEAVE_KUBERNETES"], env) {
+        Some(s) => match s.value.trim() {
+            "auto" | "" => in_cluster,
+            "on" => true,
+            "off" => false,
+            other => {
+                return Err(ConfigError::InvalidValue {
+                    source_name: s.source_name,
+                    value: other.to_string(),
+                    reason: "expected auto, on or off".to_string(),
+                })
+            }
+        },
+        None => in_cluster,
+    };
+    if !on {
+        return Ok(None);
+    }
+    let node_name = match pick_source(&args.node_name, "node-name", &["NODE_NAME", "HOSTNAME"], env)
+    {
+        Some(s) if !s.value.trim().is_empty() => s.value.trim().to_string(),
+        _ => host.hostname.clone(),
+    };
+    let reclaim_jitter = match pick_source(
+        &args.reclaim_jitter,
+        "reclaim-jitter",
+        &["WEAVE_RECLAIM_JITTER"],
+        env,
+    ) {
+        Some(s) => s
+            .value
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= 300)
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| ConfigError::InvalidValue {
+                source_name: s.source_name,
+                value: s.value.to_string(),
+                reason: "expected a number of seconds from 0 to 300".to_string(),
+            })?,
+        None => std::time::Duration::from_secs(DEFAULT_RECLAIM_JITTER_SECS),
+    };
+    Ok(Some(KubeSettings {
+        node_name,
+        discover_peers: !peers_given,
+        reclaim_jitter,
+    }))
 }
 
 /// The `--ipalloc-*` and `--db-dir` settings.

@@ -20,13 +20,14 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiRequest, ApiState};
 use crate::cli::http::io_reason;
-use crate::config::{Config, Dataplane};
+use crate::config::{Config, Dataplane, PeerAddr};
 use crate::dataplane::engine::{ControlFrame, DataplaneCounters, PeerPath, Snapshot};
 use crate::dataplane::epoll::{self, ToWorker};
 use crate::dataplane::learn::LearnBus;
 use crate::dataplane::plumbing;
 use crate::ids::PeerUid;
 use crate::ipam::shell::IpamShell;
+use crate::kube::Kube;
 use crate::mesh::{Command, ConnKey, DirectPeer, Event, Mesh, MeshConfig};
 use crate::switch::Routes;
 use crate::sys::socket::{open_udp, UdpOptions};
@@ -43,7 +44,7 @@ const IO_QUEUE: usize = 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the router until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
     info!("weave-router {}", api::VERSION);
     // No password support yet, so say so the way operators are used to reading it.
     info!("Communication between peers is unencrypted.");
@@ -63,6 +64,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     while let Some(ev) = mesh.poll_event() {
         log_event(&ev);
     }
+    // In a cluster, the Nodes give the initial peers (and with them the IPAM quorum), and
+    // the store is checked against the cluster's peer list before it is opened.
+    let kube = match config.kubernetes.clone() {
+        Some(settings) => {
+            let kube = Kube::connect(settings.clone(), config.name, config.port).await?;
+            info!("Kubernetes: Node {}", settings.node_name);
+            if settings.discover_peers {
+                config.peers = kube
+                    .initial_peers()
+                    .await?
+                    .into_iter()
+                    .map(PeerAddr::Ip)
+                    .collect();
+            }
+            if let Some(ipam) = &config.ipam {
+                kube.prepare_store(&ipam.db_dir).await?;
+            }
+            Some(kube)
+        }
+        None => None,
+    };
     // The store is opened before anything listens: a peer whose allocations cannot be
     // read must not join the mesh and hand out addresses that pods already hold.
     let ipam = match &config.ipam {
@@ -95,7 +117,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Dataplane::Epoll | Dataplane::IoUring | Dataplane::Auto => {
             let backend = choose_backend(config.dataplane);
             let workers = start_dataplane(&config, backend, control_tx).await?;
-            mesh = mesh.with_sleeve(UNDERLAY_MTU);
+            mesh = mesh.with_sleeve(underlay_mtu(config.mtu));
             let counters = DataplaneCounters {
                 backend: backend.name(),
                 workers: workers.iter().map(|w| Arc::clone(&w.counters)).collect(),
@@ -179,6 +201,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "metrics",
         )));
     }
+    let kube_task = kube.map(|k| k.spawn(state.requests.clone(), ipam.is_some()));
     // The owner holds no sender of its own API channel, so it ends only on a signal.
     drop(state);
 
@@ -195,6 +218,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!("=== received {signal} ===");
 
     acceptor.abort();
+    if let Some(task) = kube_task {
+        task.abort();
+    }
     let _ = stop_tx.send(true);
     for w in std::mem::take(&mut shell.workers) {
         w.stop();
@@ -215,8 +241,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The underlay MTU the sleeve's path-MTU search starts from.
+/// The underlay MTU the sleeve's path-MTU search starts from, unless `--mtu` says otherwise.
 const UNDERLAY_MTU: u16 = 1500;
+
+/// The underlay MTU that carries pods of MTU `pod_mtu` in the sleeve (1500 by default).
+fn underlay_mtu(pod_mtu: Option<u16>) -> u16 {
+    let overhead = UNDERLAY_MTU - crate::mesh::sleeve::mtu_for_underlay(UNDERLAY_MTU);
+    pod_mtu.map_or(UNDERLAY_MTU, |m| m.saturating_add(overhead))
+}
 
 /// Sets up the bridge and TAP, opens one TAP queue and one UDP socket per worker, and
 /// starts the workers.
@@ -255,7 +287,9 @@ async fn start_dataplane(
     backend: Backend,
     control: mpsc::UnboundedSender<ControlFrame>,
 ) -> anyhow::Result<Vec<epoll::Worker>> {
-    let pod_mtu = u32::from(crate::mesh::sleeve::mtu_for_underlay(UNDERLAY_MTU));
+    let pod_mtu = u32::from(crate::mesh::sleeve::mtu_for_underlay(underlay_mtu(
+        config.mtu,
+    )));
     let desired = plumbing::HostPlumbing::new(pod_mtu);
     let (connection, handle, _) =
         rtnetlink::new_connection().context("cannot open a netlink connection")?;

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod ids;
 pub mod ipam;
+pub mod kube;
 pub mod mesh;
 pub mod switch;
 pub mod sys;

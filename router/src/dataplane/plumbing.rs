@@ -650,20 +650,45 @@ async fn index_of(handle: &Handle, name: &str) -> Result<u32, PlumbingError> {
 }
 
 async fn addresses_of(handle: &Handle, index: u32) -> Result<Vec<IfAddr>, PlumbingError> {
-    let messages: Vec<_> = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
+    Ok(addresses(handle, Some(index))
+        .await?
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect())
+}
+
+/// Every address of this network namespace, on any link.
+pub async fn host_addresses(handle: &Handle) -> Result<Vec<IpAddr>, PlumbingError> {
+    Ok(addresses(handle, None)
+        .await?
+        .into_iter()
+        .map(|(_, a)| a.addr)
+        .collect())
+}
+
+/// The addresses of link `index`, or of every link, with the index of each one's link.
+async fn addresses(
+    handle: &Handle,
+    index: Option<u32>,
+) -> Result<Vec<(u32, IfAddr)>, PlumbingError> {
+    let mut request = handle.address().get();
+    if let Some(index) = index {
+        request = request.set_link_index_filter(index);
+    }
+    let messages: Vec<_> = request
         .execute()
         .try_collect()
         .await
         .map_err(|source| PlumbingError::Netlink {
-            what: format!("list addresses of link {index}"),
+            what: match index {
+                Some(i) => format!("list addresses of link {i}"),
+                None => "list addresses".to_string(),
+            },
             source,
         })?;
     Ok(messages
         .iter()
-        .filter(|m| m.header.index == index)
+        .filter(|m| index.is_none_or(|i| m.header.index == i))
         .filter_map(|m| {
             // IPv4 reports the configured address as IFA_LOCAL (IFA_ADDRESS is the peer on
             // point-to-point links); IPv6 only has IFA_ADDRESS.
@@ -675,9 +700,14 @@ async fn addresses_of(handle: &Handle, index: u32) -> Result<Vec<IfAddr>, Plumbi
                 AddressAttribute::Address(ip) => Some(*ip),
                 _ => None,
             });
-            local.or(address).map(|addr| IfAddr {
-                addr,
-                prefix_len: m.header.prefix_len,
+            local.or(address).map(|addr| {
+                (
+                    m.header.index,
+                    IfAddr {
+                        addr,
+                        prefix_len: m.header.prefix_len,
+                    },
+                )
             })
         })
         .collect())

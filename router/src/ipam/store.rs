@@ -161,6 +161,8 @@ const KEY_FORMAT: &str = "format";
 const KEY_PEER: &str = "peer";
 const KEY_RANGE: &str = "range";
 const KEY_RING: &str = "ring";
+/// Prefix of the markers' keys in the meta table.
+const FLAG_PREFIX: &str = "flag:";
 
 /// The store in a redb file.
 pub struct RedbStore {
@@ -186,6 +188,42 @@ impl RedbStore {
     /// The file's path, for messages.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the marker `key` was set (see [`RedbStore::set_flag`]).
+    pub fn flag(&self, key: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let meta = txn.open_table(META).map_err(|e| self.corrupt(e))?;
+        Ok(meta
+            .get(format!("{FLAG_PREFIX}{key}").as_str())
+            .map_err(|e| self.io(e))?
+            .is_some())
+    }
+
+    /// Sets the marker `key` durably: a fact about the store's history (such as "this peer
+    /// takes part in Kubernetes reclaim"), kept beside the state.
+    pub fn set_flag(&mut self, key: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.io(e))?;
+            meta.insert(format!("{FLAG_PREFIX}{key}").as_str(), [1u8].as_slice())
+                .map_err(|e| self.io(e))?;
+        }
+        txn.commit().map_err(|e| self.io(e))
+    }
+
+    /// Deletes the store of `dir` (which must not be open): for a peer whose space the
+    /// cluster gave to others while it was away, whose ring would clash with theirs.
+    pub fn remove(dir: &Path) -> Result<(), StoreError> {
+        let path = dir.join(FILE_NAME);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Io {
+                path,
+                detail: format!("cannot remove: {e}"),
+            }),
+        }
     }
 
     /// Writes the format version into a new file; refuses a file with another one.
@@ -465,6 +503,28 @@ mod tests {
         assert_eq!(loaded, mem.load().unwrap());
         assert_eq!(loaded.owned.len(), 1);
         assert_eq!(loaded.peer, Some(name(7)));
+    }
+
+    #[test]
+    fn flags_persist_beside_the_state_and_remove_deletes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = RedbStore::open(dir.path()).unwrap();
+            assert!(!store.flag("peer-reclaim").unwrap());
+            store.apply(&sample_ops()).unwrap();
+            store.set_flag("peer-reclaim").unwrap();
+        }
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            assert!(store.flag("peer-reclaim").unwrap());
+            assert!(!store.flag("other").unwrap());
+            assert_eq!(store.load().unwrap().owned.len(), 1, "a flag is not state");
+        }
+        RedbStore::remove(dir.path()).unwrap();
+        RedbStore::remove(dir.path()).unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert!(!store.flag("peer-reclaim").unwrap());
+        assert_eq!(store.load().unwrap(), Persisted::default());
     }
 
     #[test]
