@@ -2,7 +2,7 @@
 # Builds the container image weave-router:VERSION (the name manifests/daemonset.yaml uses) from
 # release binaries built here, checks it, and exports it as an OCI archive:
 #   target/weave-router-image.oci.tar
-# Load that on a node with e.g. `ctr -n k8s.io images import` or `podman load -i`.
+# Load that on a node with `ctr -n k8s.io images import FILE` (containerd) or `podman load -i FILE`.
 #
 # Run as root on a Debian machine set up by scripts/setup.sh. Non-interactive and idempotent: it
 # installs buildah (and binutils, for strip) from Debian's packages only when missing, and adds
@@ -108,32 +108,33 @@ printf 'hosts: files dns\n' >"$ctx/rootfs/etc/nsswitch.conf"
 say "context: weave-router (glibc; $(echo $libs | tr ' ' ',')), weave-cni (static)"
 
 # ---- 4. image ---------------------------------------------------------------------------------
-old_id=$(buildah images --quiet "$image" 2>/dev/null || true)
-# The last commit's time as the creation time, for files and image alike: the same sources
-# and binaries give the same image ID.
-epoch=$(git log -1 --format=%ct 2>/dev/null || echo 0)
-say "buildah bud -t $image"
-buildah bud --quiet --isolation chroot --timestamp "$epoch" --build-arg VERSION="$version" \
-    -f Containerfile -t "$image" "$ctx" >/dev/null || die "buildah bud failed"
-new_id=$(buildah images --quiet "$image") || die "$image is not in buildah's storage after the build"
-if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
-    buildah rmi "$old_id" >/dev/null 2>&1 || say "note: the previous image $old_id is still in use; left in place"
-fi
-
-# ---- 5. checks in the image -------------------------------------------------------------------
+# Built as NAME-unchecked and named NAME only once the checks pass: a failed build leaves the
+# previous image in place.
+candidate="$image-unchecked"
 work=$(mktemp -d)
 ctr=""
+checked=0
 cleanup() {
     if [ -n "$ctr" ]; then buildah rm "$ctr" >/dev/null 2>&1 || true; fi
+    if [ "$checked" -eq 0 ]; then buildah rmi "$candidate" >/dev/null 2>&1 || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-ctr=$(buildah from --pull=never --quiet "$image") || die "buildah from $image failed"
+# The last commit's time as the creation time, for files and image alike: the same sources
+# and binaries give the same image ID.
+epoch=$(git log -1 --format=%ct 2>/dev/null || echo 0)
+say "buildah bud -t $candidate"
+buildah bud --quiet --isolation chroot --timestamp "$epoch" --build-arg VERSION="$version" \
+    -f Containerfile -t "$candidate" "$ctx" >/dev/null || die "buildah bud failed"
+new_id=$(buildah images --quiet "$candidate") || die "$candidate is not in buildah's storage after the build"
+
+# ---- 5. checks in the image -------------------------------------------------------------------
+ctr=$(buildah from --pull=never --quiet "$candidate") || die "buildah from $candidate failed"
 run() { buildah run --isolation chroot "$@"; }
 
-config=$(buildah inspect --type image --format '{{.OCIv1.Config.Entrypoint}} {{.OCIv1.Config.Cmd}}' "$image") ||
-    die "buildah inspect $image failed"
+config=$(buildah inspect --type image --format '{{.OCIv1.Config.Entrypoint}} {{.OCIv1.Config.Cmd}}' "$candidate") ||
+    die "buildah inspect $candidate failed"
 [ "$config" = '[/usr/local/bin/weave-router] [launch]' ] ||
     die "image entrypoint and cmd are $config, not /usr/local/bin/weave-router launch"
 
@@ -163,18 +164,29 @@ say "check: weave-cni install in the image wrote weave-net and 10-weave.conflist
 buildah rm "$ctr" >/dev/null || die "buildah rm $ctr failed"
 ctr=""
 
+old_id=$(buildah images --quiet "$image" 2>/dev/null || true)
+buildah tag "$new_id" "$image" || die "buildah tag $image failed"
+checked=1
+buildah rmi "$candidate" >/dev/null || die "buildah rmi $candidate (the tag) failed"
+if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
+    buildah rmi "$old_id" >/dev/null 2>&1 || say "note: the previous image $old_id is in use or has other names; left in place"
+fi
+
 # ---- 6. OCI archive ---------------------------------------------------------------------------
+# Named in full inside the archive: Kubernetes takes `image: weave-router:0.1.0` to mean
+# docker.io/library/weave-router:0.1.0, and containerd's import keeps the name it finds.
+ref="docker.io/library/$image"
 rm -f "$archive"
-buildah push --quiet "$image" "oci-archive:$archive:$image" >/dev/null || die "buildah push to $archive failed"
+buildah push --quiet "$image" "oci-archive:$archive:$ref" >/dev/null || die "buildah push to $archive failed"
 mkdir "$work/oci"
 tar -xf "$archive" -C "$work/oci" || die "$archive is not a tar archive"
 [ -f "$work/oci/oci-layout" ] && [ -f "$work/oci/index.json" ] || die "$archive has no oci-layout or index.json"
-grep -q "\"org.opencontainers.image.ref.name\":\"$image\"" "$work/oci/index.json" ||
-    die "$archive's index.json does not name $image"
+grep -q "\"org.opencontainers.image.ref.name\":\"$ref\"" "$work/oci/index.json" ||
+    die "$archive's index.json does not name $ref"
 (cd "$work/oci/blobs/sha256" && for b in *; do echo "$b  $b"; done | sha256sum --check --quiet) ||
     die "a blob in $archive does not match its digest"
 
 size=$(stat -c %s "$archive")
 say "image $image ($new_id), $(buildah images --format '{{.Size}}' "$image") unpacked"
-say "archive $archive: $((size / 1024)) KiB ($(ls "$work/oci/blobs/sha256" | wc -l) blobs, digests checked)"
+say "archive $archive ($ref): $((size / 1024)) KiB ($(ls "$work/oci/blobs/sha256" | wc -l) blobs, digests checked)"
 say "done in ${SECONDS}s"

@@ -606,11 +606,12 @@ fn resolve_kubernetes(
         },
         None => in_cluster,
     };
-    if !on {
-        return Ok(None);
-    }
-    let node_name = match pick_source(&args.node_name, "node-name", &["NODE_NAME", "HOSTNAME"], env)
-    {
+    let node_name = match pick_source(
+        &args.node_name,
+        "node-name",
+        &["NODE_NAME", "HOSTNAME"],
+        env,
+    ) {
         Some(s) if !s.value.trim().is_empty() => s.value.trim().to_string(),
         _ => host.hostname.clone(),
     };
@@ -634,6 +635,10 @@ fn resolve_kubernetes(
             })?,
         None => std::time::Duration::from_secs(DEFAULT_RECLAIM_JITTER_SECS),
     };
+    // Checked even when unused, so that a typo shows before it matters.
+    if !on {
+        return Ok(None);
+    }
     Ok(Some(KubeSettings {
         node_name,
         discover_peers: !peers_given,

@@ -368,3 +368,101 @@ fn bad_ipam_settings_are_refused_naming_the_field() {
         );
     }
 }
+
+#[test]
+fn kubernetes_turns_on_in_a_cluster_and_names_the_node() {
+    // Outside a cluster: off.
+    assert_eq!(resolve(&[], &[]).unwrap().kubernetes, None);
+    let in_cluster = [
+        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        ("HOSTNAME", "host-7"),
+    ];
+    let k = resolve(&[], &in_cluster).unwrap().kubernetes.unwrap();
+    assert_eq!(
+        k.node_name, "host-7",
+        "Kubernetes sets HOSTNAME to the node's name"
+    );
+    assert!(k.discover_peers);
+    assert_eq!(k.reclaim_jitter, std::time::Duration::from_secs(5));
+    // The downward API's NODE_NAME wins over HOSTNAME; peers given turn discovery off.
+    let k = resolve(
+        &[],
+        &[
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("HOSTNAME", "host-7"),
+            ("NODE_NAME", "node-7"),
+            ("KUBE_PEERS", "10.0.0.1"),
+            ("WEAVE_RECLAIM_JITTER", "0"),
+        ],
+    )
+    .unwrap()
+    .kubernetes
+    .unwrap();
+    assert_eq!(k.node_name, "node-7");
+    assert!(!k.discover_peers);
+    assert_eq!(k.reclaim_jitter, std::time::Duration::ZERO);
+    // Forced on (KUBECONFIG) with the host name; forced off in a cluster.
+    let k = resolve(&["--kubernetes=on"], &[])
+        .unwrap()
+        .kubernetes
+        .unwrap();
+    assert_eq!(k.node_name, "node-a");
+    assert_eq!(
+        resolve(&["--kubernetes", "off"], &in_cluster)
+            .unwrap()
+            .kubernetes,
+        None
+    );
+    let k = resolve(&["--kubernetes=on", "--node-name=n1"], &[])
+        .unwrap()
+        .kubernetes
+        .unwrap();
+    assert_eq!(k.node_name, "n1");
+}
+
+#[test]
+fn mtu_fastdp_and_password_settings() {
+    let c = resolve(&[], &[]).unwrap();
+    assert_eq!(c.mtu, None);
+    assert!(!c.no_fastdp);
+    let c = resolve(&[], &[("WEAVE_MTU", "8916"), ("WEAVE_NO_FASTDP", "1")]).unwrap();
+    assert_eq!(c.mtu, Some(8916));
+    assert!(c.no_fastdp);
+    assert_eq!(resolve(&["--mtu=1376"], &[]).unwrap().mtu, Some(1376));
+    assert!(resolve(&["--no-fastdp"], &[]).unwrap().no_fastdp);
+    // Weave's manifests leave WEAVE_MTU empty when unset.
+    assert_eq!(resolve(&[], &[("WEAVE_MTU", "")]).unwrap().mtu, None);
+    for (env, want) in [
+        (("WEAVE_MTU", "500"), "invalid value '500' for 'WEAVE_MTU'"),
+        (
+            ("WEAVE_MTU", "jumbo"),
+            "invalid value 'jumbo' for 'WEAVE_MTU'",
+        ),
+        (
+            ("WEAVE_NO_FASTDP", "perhaps"),
+            "invalid value 'perhaps' for 'WEAVE_NO_FASTDP'",
+        ),
+        (
+            ("WEAVE_KUBERNETES", "maybe"),
+            "invalid value 'maybe' for 'WEAVE_KUBERNETES'",
+        ),
+        (
+            ("WEAVE_RECLAIM_JITTER", "1m"),
+            "invalid value '1m' for 'WEAVE_RECLAIM_JITTER'",
+        ),
+        (
+            ("WEAVE_PASSWORD", "s3cret"),
+            "refusing 'WEAVE_PASSWORD': this build cannot encrypt",
+        ),
+        (
+            ("WEAVE_PASSWORD_FILE", "/etc/weave/password"),
+            "refusing 'WEAVE_PASSWORD_FILE'",
+        ),
+    ] {
+        let err = resolve(&[], &[env]).unwrap_err().to_string();
+        assert!(err.starts_with(want), "{env:?}: got {err:?}");
+        assert!(!err.contains("s3cret"), "the password is never printed");
+    }
+    // An empty password (the Secret's key absent) means none.
+    assert!(resolve(&[], &[("WEAVE_PASSWORD", "")]).is_ok());
+}

@@ -7,24 +7,17 @@
 //! It needs root; without it it prints why it is skipped (and fails under `CI`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::OpenOptions;
-use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::net::Ipv4Addr;
+use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
-use weave_router::cli::http::{self, ClientError, Response};
-use weave_router::mesh::status::Report;
+use weave_router::cli::http::ClientError;
 use weave_router::sys::netns;
 
 const PREFIX: &str = "wripam-";
-const BIN: &str = env!("CARGO_BIN_EXE_weave-router");
-/// The HTTP API of every router: the same loopback address, each in its own namespace.
-const API: &str = "127.0.0.1:6784";
 /// The routers' addresses are `<UNDERLAY>.<index>/24`, on the bridge in the hub namespace.
 const UNDERLAY: &str = "192.168.213";
 /// The default allocation range, 10.32.0.0/12.
@@ -35,153 +28,17 @@ const RANGE_SIZE: u32 = 1 << 20;
 const ALLOC_WAIT: &str = "timeout=8";
 
 mod common;
-use common::Netns;
+use common::cluster::{
+    call, owner_of, ownership, parse_ip, peer_name, wait_until, Cluster, Router,
+};
 
-fn api() -> SocketAddr {
-    API.parse().expect("API address")
-}
-
-/// One request to the router whose namespace the calling thread is in.
-fn call(method: &str, path: &str) -> Result<Response, ClientError> {
-    http::request(api(), method, path, &[], b"")
-}
-
-/// One `weave-router launch` process, killed (SIGKILL) and reaped on drop.
-struct Router {
-    index: usize,
-    ns: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Router {
-    fn nickname(&self) -> String {
-        format!("n{}", self.index)
+/// Starts router `index` with consensus=3; routers 2 and 3 are given router 1 as their peer.
+fn launch(cluster: &mut Cluster, index: usize) {
+    let mut args = vec!["--ipalloc-init".to_string(), "consensus=3".to_string()];
+    if index > 1 {
+        args.push(format!("{UNDERLAY}.1"));
     }
-
-    /// One HTTP request, made from a thread inside the router's namespace.
-    fn call(&self, method: &str, path: &str) -> Result<Response, ClientError> {
-        netns::run_in_netns(&self.ns, || call(method, path)).expect("enter router namespace")
-    }
-
-    /// A request that must succeed; its body as text.
-    fn text(&self, method: &str, path: &str) -> String {
-        let resp = self
-            .call(method, path)
-            .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", self.nickname()));
-        String::from_utf8(resp.body).expect("utf-8 body")
-    }
-
-    fn report(&self) -> Report {
-        serde_json::from_str(&self.text("GET", "/report")).expect("/report JSON")
-    }
-
-    /// The ring as `/report` shows it.
-    fn ring(&self) -> Vec<Entry> {
-        let ipam = self.report().ipam.expect("IPAM in /report");
-        ipam.entries
-            .iter()
-            .map(|e| Entry {
-                start: parse_ip(&e.token),
-                size: e.size,
-                peer: e.peer.clone(),
-                version: e.version,
-                reachable: e.is_known_peer,
-            })
-            .collect()
-    }
-
-    /// Every id the router holds addresses for, from `GET /ip`.
-    fn allocations(&self) -> BTreeMap<String, Vec<u32>> {
-        let v: Value = serde_json::from_str(&self.text("GET", "/ip")).expect("/ip JSON");
-        v["owned"]
-            .as_array()
-            .expect("owned list")
-            .iter()
-            .map(|m| {
-                let id = m["containerid"].as_str().expect("containerid").to_owned();
-                let addrs = m["addrs"]
-                    .as_array()
-                    .expect("addrs")
-                    .iter()
-                    .map(|a| parse_cidr(a.as_str().expect("address")))
-                    .collect();
-                (id, addrs)
-            })
-            .collect()
-    }
-
-    /// `weave-router ARGS... --http-addr API`, run inside the router's namespace.
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns, BIN])
-            .args(args)
-            .args(["--http-addr", API])
-            .env_remove("WEAVE_HTTP_ADDR")
-            .output()
-            .expect("run weave-router client")
-    }
-
-    /// Kills the router outright and reaps it.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// One range of the ring.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    start: u32,
-    size: u32,
-    peer: String,
-    version: u32,
-    reachable: bool,
-}
-
-impl Entry {
-    fn contains(&self, addr: u32) -> bool {
-        addr >= self.start && u64::from(addr) < u64::from(self.start) + u64::from(self.size)
-    }
-}
-
-/// Who owns what: the ranges and their owners. A change of owner is broadcast at once.
-fn ownership(ring: &[Entry]) -> Vec<(u32, u32, String)> {
-    ring.iter()
-        .map(|e| (e.start, e.size, e.peer.clone()))
-        .collect()
-}
-
-/// Ownership and each token's version. A version also moves when the owner's free count
-/// changes, and that travels only with the periodic gossip (every 30 s, as in Weave).
-fn versions(ring: &[Entry]) -> Vec<(u32, u32, String, u32)> {
-    ring.iter()
-        .map(|e| (e.start, e.size, e.peer.clone(), e.version))
-        .collect()
-}
-
-fn owner_of(ring: &[Entry], addr: u32) -> &str {
-    ring.iter()
-        .find(|e| e.contains(addr))
-        .map(|e| e.peer.as_str())
-        .unwrap_or_else(|| panic!("{} is in no ring range: {ring:?}", Ipv4Addr::from(addr)))
-}
-
-fn peer_name(index: usize) -> String {
-    format!("aa:00:00:00:00:0{index}")
-}
-
-fn parse_ip(text: &str) -> u32 {
-    u32::from(
-        text.parse::<Ipv4Addr>()
-            .unwrap_or_else(|e| panic!("{text:?}: {e}")),
-    )
+    cluster.launch_with(index, &args, &[]);
 }
 
 /// "10.32.0.5/12" → the address; it must be a host address of the default subnet.
@@ -199,210 +56,24 @@ fn parse_cidr(text: &str) -> u32 {
     addr
 }
 
-/// Polls `probe` until it gives a value; fails after a generous bound so that a broken
-/// build fails instead of hanging. Not a timing assertion.
-fn wait_until<T>(what: &str, probe: impl FnMut() -> Result<T, String>) -> T {
-    wait_longer(what, Duration::from_secs(30), probe)
-}
-
-/// [`wait_until`] with another bound.
-fn wait_longer<T>(what: &str, bound: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let mut last = String::new();
-    let start = Instant::now();
-    while start.elapsed() < bound {
-        match probe() {
-            Ok(v) => return v,
-            Err(e) => last = e,
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("gave up waiting for {what}; last: {last}");
-}
-
-/// Three router namespaces on a bridge in a hub namespace, and the routers in them.
-struct Cluster {
-    /// Index 0 is router 1. Dropped (killed) before the namespaces go.
-    routers: Vec<Option<Router>>,
-    hosts: Vec<Netns>,
-    _hub: Netns,
-    dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn new(test: &str) -> Option<Self> {
-        let hub = Netns::new(test, PREFIX)?;
-        hub.ip(&["link", "add", "br0", "type", "bridge"]);
-        hub.ip(&["link", "set", "br0", "up"]);
-        let mut hosts = Vec::new();
-        for i in 1..=3 {
-            let ns = Netns::new(test, PREFIX).expect("root was checked");
-            let port = format!("vr{i}");
-            hub.ip(&[
-                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-            ]);
-            hub.ip(&["link", "set", &port, "master", "br0", "up"]);
-            ns.ip(&["addr", "add", &format!("{UNDERLAY}.{i}/24"), "dev", "eth0"]);
-            ns.ip(&["link", "set", "eth0", "up"]);
-            hosts.push(ns);
-        }
-        Some(Self {
-            routers: vec![None, None, None],
-            hosts,
-            _hub: hub,
-            dir: tempfile::tempdir().expect("temp dir"),
+/// Every id router `r` holds addresses for, from `GET /ip`.
+fn allocations(r: &Router) -> BTreeMap<String, Vec<u32>> {
+    let v: Value = serde_json::from_str(&r.text("GET", "/ip")).expect("/ip JSON");
+    v["owned"]
+        .as_array()
+        .expect("owned list")
+        .iter()
+        .map(|m| {
+            let id = m["containerid"].as_str().expect("containerid").to_owned();
+            let addrs = m["addrs"]
+                .as_array()
+                .expect("addrs")
+                .iter()
+                .map(|a| parse_cidr(a.as_str().expect("address")))
+                .collect();
+            (id, addrs)
         })
-    }
-
-    fn r(&self, index: usize) -> &Router {
-        self.routers[index - 1]
-            .as_ref()
-            .unwrap_or_else(|| panic!("router {index} is not running"))
-    }
-
-    /// Starts router `index` (1-3) with its store in its own directory (the same one on a
-    /// restart) and waits for its API. Routers 2 and 3 are given router 1 as their peer.
-    fn launch(&mut self, index: usize) {
-        assert!(self.routers[index - 1].is_none(), "router {index} runs");
-        let ns = self.hosts[index - 1].name.clone();
-        let db = self.dir.path().join(format!("db{index}"));
-        std::fs::create_dir_all(&db).expect("db dir");
-        let log_path = self.dir.path().join(format!("router{index}.log"));
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .expect("log file");
-        writeln!(log, "=== test: launching router {index} ===").expect("log");
-        let peers: Vec<String> = if index == 1 {
-            Vec::new()
-        } else {
-            vec![format!("{UNDERLAY}.1")]
-        };
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns, BIN, "launch"])
-            .args(["--name", &peer_name(index)])
-            .args(["--nickname", &format!("n{index}")])
-            .args(["--port", "6783", "--http-addr", API, "--metrics-addr="])
-            .args(["--dataplane", "none", "--ipalloc-init", "consensus=3"])
-            .arg("--db-dir")
-            .arg(&db)
-            .args(&peers)
-            .env("RUST_LOG", "info")
-            .env_remove("KUBE_PEERS")
-            .env_remove("IPALLOC_RANGE")
-            .env_remove("IPALLOC_DEFAULT_SUBNET")
-            .env_remove("WEAVE_NO_DISCOVERY")
-            .env_remove("CONN_LIMIT")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn weave-router");
-        // `ip netns exec` execs the router in place: the child is the router itself.
-        let mut router = Router {
-            index,
-            ns,
-            child,
-            log: log_path,
-        };
-        wait_until(&format!("router {index}'s API"), || {
-            if let Ok(Some(status)) = router.child.try_wait() {
-                panic!(
-                    "router {index} exited ({status}):\n{}",
-                    std::fs::read_to_string(&router.log).unwrap_or_default()
-                );
-            }
-            router.call("GET", "/status").map_err(|e| e.to_string())
-        });
-        self.routers[index - 1] = Some(router);
-    }
-
-    /// `kill -9` of router `index`; checks that nothing is left running in its namespace.
-    fn kill(&mut self, index: usize) {
-        let mut router = self.routers[index - 1].take().expect("router runs");
-        router.kill();
-        let left = self.hosts[index - 1].pids();
-        assert!(left.is_empty(), "processes left after the kill: {left:?}");
-    }
-
-    fn running(&self) -> Vec<&Router> {
-        self.routers.iter().flatten().collect()
-    }
-
-    /// Waits until every running router sees all the others and has an established
-    /// connection to each.
-    fn wait_for_full_mesh(&self) {
-        let routers = self.running();
-        for r in &routers {
-            wait_until(&format!("{} to see the whole mesh", r.nickname()), || {
-                let report = r.report();
-                let established = report
-                    .router
-                    .connections
-                    .iter()
-                    .filter(|c| c.state == "established")
-                    .count();
-                if report.router.peers.len() == routers.len() && established == routers.len() - 1 {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{} peers, {established} established connections: {:?}",
-                        report.router.peers.len(),
-                        report.router.connections
-                    ))
-                }
-            });
-        }
-    }
-
-    /// Waits until every running router has the same ring owners, and returns the ring.
-    fn wait_for_agreement(&self) -> Vec<Entry> {
-        self.agree(ownership, Duration::from_secs(30))
-    }
-
-    /// Waits until every running router has the same ring, token versions included, which
-    /// takes a round of periodic gossip; returns the ring.
-    fn wait_for_gossip_to_settle(&self) -> Vec<Entry> {
-        // Three gossip intervals: a generous bound, not a timing assertion.
-        self.agree(versions, Duration::from_secs(90))
-    }
-
-    fn agree<K: PartialEq>(&self, key: fn(&[Entry]) -> Vec<K>, bound: Duration) -> Vec<Entry> {
-        let routers = self.running();
-        wait_longer("the rings to agree", bound, || {
-            let rings: Vec<Vec<Entry>> = routers.iter().map(|r| r.ring()).collect();
-            let first = key(&rings[0]);
-            if !first.is_empty() && rings.iter().all(|ring| key(ring) == first) {
-                Ok(rings[0].clone())
-            } else {
-                Err(format!("{rings:?}"))
-            }
-        })
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // Kill the routers before their namespaces go; show their logs if the test failed
-        // (or WEAVE_TEST_LOGS is set).
-        let panicking = thread::panicking() || std::env::var_os("WEAVE_TEST_LOGS").is_some();
-        for router in self.routers.iter_mut().flatten() {
-            router.kill();
-        }
-        if panicking {
-            for i in 1..=3 {
-                let path = self.dir.path().join(format!("router{i}.log"));
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(200)..];
-                eprintln!("----- router {i} log (last {} lines) -----", tail.len());
-                for l in tail {
-                    eprintln!("{l}");
-                }
-            }
-        }
-        self.routers.clear();
-    }
+        .collect()
 }
 
 /// One answered allocation.
@@ -472,7 +143,7 @@ fn live_allocations(cluster: &Cluster) -> Vec<(String, u32)> {
         .running()
         .iter()
         .flat_map(|r| {
-            r.allocations().into_iter().flat_map(move |(id, addrs)| {
+            allocations(r).into_iter().flat_map(move |(id, addrs)| {
                 addrs
                     .into_iter()
                     .map(move |a| (format!("{}/{id}", r.nickname()), a))
@@ -492,13 +163,13 @@ fn stderr_of(out: &Output) -> String {
 #[test]
 fn three_routers_elect_allocate_survive_kill_and_take_over_a_dead_peer() {
     const TEST: &str = "three_routers_elect_allocate";
-    let Some(mut cluster) = Cluster::new(TEST) else {
+    let Some(mut cluster) = Cluster::new(TEST, PREFIX, UNDERLAY, 3) else {
         return;
     };
     let started = Instant::now();
 
     // (a) Router 1 alone: consensus=3 needs a quorum of 2, so nothing can be allocated.
-    cluster.launch(1);
+    launch(&mut cluster, 1);
     let r1 = cluster.r(1);
     let err = r1
         .call("POST", "/ip/x?timeout=2")
@@ -531,7 +202,7 @@ fn three_routers_elect_allocate_survive_kill_and_take_over_a_dead_peer() {
         r1.call("GET", "/ip/x"),
         Err(ClientError::Refused { status: 404, .. })
     ));
-    assert!(r1.allocations().is_empty());
+    assert!(allocations(r1).is_empty());
     let ipam = r1.report().ipam.expect("IPAM in /report");
     assert!(ipam.entries.is_empty(), "{ipam:?}");
     assert_eq!(ipam.active_ips, 0);
@@ -540,8 +211,8 @@ fn three_routers_elect_allocate_survive_kill_and_take_over_a_dead_peer() {
 
     // (b) The others join: the ring is made, and 300 concurrent allocations over the three
     // routers are all distinct, inside the range, and each in a range its router owns.
-    cluster.launch(2);
-    cluster.launch(3);
+    launch(&mut cluster, 2);
+    launch(&mut cluster, 3);
     for r in cluster.running() {
         wait_until(&format!("{}'s ring", r.nickname()), || {
             r.call("GET", "/ring?timeout=1").map_err(|e| e.to_string())
@@ -633,7 +304,7 @@ fn three_routers_elect_allocate_survive_kill_and_take_over_a_dead_peer() {
     });
     assert!(inflight.len() >= 20, "{} answered", inflight.len());
     let ring_before = cluster.r(1).ring();
-    cluster.launch(2);
+    launch(&mut cluster, 2);
     let r2 = cluster.r(2);
     let held: Vec<&Allocation> = allocs
         .iter()

@@ -675,17 +675,18 @@ async fn addresses(
     if let Some(index) = index {
         request = request.set_link_index_filter(index);
     }
-    let messages: Vec<_> = request
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|source| PlumbingError::Netlink {
-            what: match index {
-                Some(i) => format!("list addresses of link {i}"),
-                None => "list addresses".to_string(),
-            },
-            source,
-        })?;
+    let messages: Vec<_> =
+        request
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| PlumbingError::Netlink {
+                what: match index {
+                    Some(i) => format!("list addresses of link {i}"),
+                    None => "list addresses".to_string(),
+                },
+                source,
+            })?;
     Ok(messages
         .iter()
         .filter(|m| index.is_none_or(|i| m.header.index == i))

@@ -483,9 +483,8 @@ impl Kube {
 
     /// Sets `NetworkUnavailable=False` on our Node, retrying until it is done.
     async fn set_network_available(&self) {
-        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::chrono::Utc::now(),
-        );
+        let now =
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::chrono::Utc::now());
         let patch = serde_json::json!({"status": {"conditions": [{
             "type": "NetworkUnavailable",
             "status": "False",
@@ -568,7 +567,11 @@ impl Kube {
     }
 
     /// Makes `addrs` the mesh's targets; false when the router is stopping.
-    async fn replace_targets(&self, requests: &mpsc::Sender<ApiRequest>, addrs: &[Ipv4Addr]) -> bool {
+    async fn replace_targets(
+        &self,
+        requests: &mpsc::Sender<ApiRequest>,
+        addrs: &[Ipv4Addr],
+    ) -> bool {
         let addrs = addrs
             .iter()
             .map(|a| DirectPeer::new(a.to_string(), SocketAddr::from((*a, self.port)), self.port))
@@ -777,18 +780,44 @@ mod tests {
             let passes = block_on(futures::future::join_all(routers.iter().map(|r| r.pass())));
             let s = shared.lock().unwrap();
             for (i, p) in passes.iter().enumerate() {
-                let p = p.as_ref().unwrap_or_else(|e| panic!("seed {seed}: router {i}: {e}"));
+                let p = p
+                    .as_ref()
+                    .unwrap_or_else(|e| panic!("seed {seed}: router {i}: {e}"));
                 assert!(p.alive.is_empty(), "seed {seed}");
             }
-            let mut taken: Vec<&str> = s.takeovers.iter().map(|(_, from, _)| from.as_str()).collect();
+            let mut taken: Vec<&str> = s
+                .takeovers
+                .iter()
+                .map(|(_, from, _)| from.as_str())
+                .collect();
             taken.sort_unstable();
-            assert_eq!(taken, vec![peer(5), peer(6)], "seed {seed}: {:?}", s.takeovers);
-            let reported: usize = passes.iter().map(|p| p.as_ref().unwrap().reclaimed.len()).sum();
-            assert_eq!(reported, 2, "seed {seed}: each reclaim is reported by its one router");
-            assert_eq!(s.space.values().sum::<u64>(), 600, "seed {seed}: no space lost");
+            assert_eq!(
+                taken,
+                vec![peer(5), peer(6)],
+                "seed {seed}: {:?}",
+                s.takeovers
+            );
+            let reported: usize = passes
+                .iter()
+                .map(|p| p.as_ref().unwrap().reclaimed.len())
+                .sum();
+            assert_eq!(
+                reported, 2,
+                "seed {seed}: each reclaim is reported by its one router"
+            );
+            assert_eq!(
+                s.space.values().sum::<u64>(),
+                600,
+                "seed {seed}: no space lost"
+            );
             let list = reclaim::peer_list(&s.annotations).unwrap();
             assert_eq!(list.peers.len(), 4, "seed {seed}");
-            assert_eq!(s.annotations.len(), 1, "seed {seed}: no claim left: {:?}", s.annotations);
+            assert_eq!(
+                s.annotations.len(),
+                1,
+                "seed {seed}: no claim left: {:?}",
+                s.annotations
+            );
         }
     }
 
@@ -806,7 +835,11 @@ mod tests {
             reclaim::take(a, &peer(2), &peer(3));
         }
         let pass = block_on(reclaimer(&shared, 1).pass()).unwrap();
-        let got: Vec<&str> = pass.reclaimed.iter().map(|(p, _)| p.peer_name.as_str()).collect();
+        let got: Vec<&str> = pass
+            .reclaimed
+            .iter()
+            .map(|(p, _)| p.peer_name.as_str())
+            .collect();
         assert_eq!(got, vec![peer(3), peer(4)]);
         let s = shared.lock().unwrap();
         assert_eq!(s.space[&peer(1)], 300);
@@ -829,8 +862,15 @@ mod tests {
         {
             let s = shared.lock().unwrap();
             assert!(s.takeovers.is_empty());
-            assert_eq!(s.annotations.len(), 1, "the claim is given up: {:?}", s.annotations);
-            assert!(reclaim::peer_list(&s.annotations).unwrap().contains(&peer(3)));
+            assert_eq!(
+                s.annotations.len(),
+                1,
+                "the claim is given up: {:?}",
+                s.annotations
+            );
+            assert!(reclaim::peer_list(&s.annotations)
+                .unwrap()
+                .contains(&peer(3)));
         }
         shared.lock().unwrap().alive.clear();
         let pass = block_on(r.pass()).unwrap();
@@ -850,6 +890,8 @@ mod tests {
         assert_eq!(pass.reclaimed.len(), 1);
         assert_eq!(pass.reclaimed[0].1, 0);
         let s = shared.lock().unwrap();
-        assert!(!reclaim::peer_list(&s.annotations).unwrap().contains(&peer(3)));
+        assert!(!reclaim::peer_list(&s.annotations)
+            .unwrap()
+            .contains(&peer(3)));
     }
 }

@@ -207,7 +207,10 @@ mod tests {
         let list = peer_list(&a).unwrap();
         assert!(list.contains(A));
         assert!(!add_member(&mut a, A, "node-1").unwrap());
-        assert_eq!(a[PEERS_KEY], weave, "an unchanged list is left byte for byte");
+        assert_eq!(
+            a[PEERS_KEY], weave,
+            "an unchanged list is left byte for byte"
+        );
         assert!(add_member(&mut a, B, "node-2").unwrap());
         assert_eq!(
             a[PEERS_KEY],
@@ -241,7 +244,11 @@ mod tests {
         assert_eq!(gone(&["node-2"], A, "node-1"), vec![C]);
         // Node-1 came back with a new peer name: the old one listed there is gone.
         assert_eq!(
-            gone(&["node-1", "node-2", "node-3"], "aa:00:00:00:00:09", "node-1"),
+            gone(
+                &["node-1", "node-2", "node-3"],
+                "aa:00:00:00:00:09",
+                "node-1"
+            ),
             vec![A]
         );
     }
@@ -288,6 +295,9 @@ mod tests {
         assert!(!a.contains_key(&claim_key(C)));
         assert!(!a.contains_key(&claim_key(B)), "C's own claims go with it");
         assert_eq!(a["other.example/keep"], "x");
-        assert!(!finish(&mut a, C).unwrap(), "a second finish changes nothing");
+        assert!(
+            !finish(&mut a, C).unwrap(),
+            "a second finish changes nothing"
+        );
     }
 }

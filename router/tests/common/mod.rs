@@ -5,6 +5,8 @@
 //! Each test binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
