@@ -31,9 +31,16 @@ def check_daemonset(ds, known_env):
     for name in env:
         if name not in known_env:
             fail(f"DaemonSet: env {name} is not read by weave-router ({ROUTER_CONFIG.name})")
-    for name in ["WEAVE_PORT", "WEAVE_HTTP_ADDR", "WEAVE_METRICS_ADDR", "CONN_LIMIT", "KUBE_PEERS"]:
+    for name in ["WEAVE_PORT", "WEAVE_HTTP_ADDR", "WEAVE_METRICS_ADDR", "CONN_LIMIT", "KUBE_PEERS",
+                 "IPALLOC_RANGE", "IPALLOC_INIT", "WEAVE_MTU", "WEAVE_PASSWORD", "WEAVE_NO_FASTDP"]:
         if name not in env:
             fail(f"DaemonSet: env {name} missing")
+    node = env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+    if node != "spec.nodeName":
+        fail("DaemonSet: NODE_NAME must come from spec.nodeName (the downward API)")
+    secret = env.get("WEAVE_PASSWORD", {}).get("valueFrom", {}).get("secretKeyRef")
+    if not secret or secret.get("optional") is not True:
+        fail("DaemonSet: WEAVE_PASSWORD must come from an optional Secret")
     if env.get("WEAVE_METRICS_ADDR", {}).get("value") != "0.0.0.0:6782":
         fail("DaemonSet: WEAVE_METRICS_ADDR must be 0.0.0.0:6782")
     inits = spec.get("initContainers", [])
@@ -50,7 +57,7 @@ def check_daemonset(ds, known_env):
 
 
 def main():
-    known_env = set(re.findall(r"\b(?:WEAVE_[A-Z_]+|IPALLOC_[A-Z_]+|CONN_LIMIT|KUBE_PEERS)\b", ROUTER_CONFIG.read_text()))
+    known_env = set(re.findall(r"\b(?:WEAVE_[A-Z_]+|IPALLOC_[A-Z_]+|CONN_LIMIT|KUBE_PEERS|NODE_NAME)\b", ROUTER_CONFIG.read_text()))
     kinds = {}
     files = sorted(MANIFESTS.glob("*.yaml"))
     if not files:
@@ -74,10 +81,31 @@ def main():
             fail(f"no {kind} in manifests/")
     for ds in kinds.get("DaemonSet", []):
         check_daemonset(ds, known_env)
+    for kind in ["Role", "RoleBinding"]:
+        if kind not in kinds:
+            fail(f"no {kind} in manifests/")
+
+    def verbs(role, resource, name=None):
+        return {v for r in role.get("rules", []) if resource in r.get("resources", [])
+                and (name in r["resourceNames"] if "resourceNames" in r else name is None)
+                for v in r.get("verbs", [])}
+
+    # Least privilege: exactly what the router calls.
     for role in kinds.get("ClusterRole", []):
-        rules = [r for r in role.get("rules", []) if "nodes" in r.get("resources", [])]
-        if not rules or set(rules[0].get("verbs", [])) != {"get", "list", "watch"}:
-            fail("ClusterRole: must allow get/list/watch on nodes")
+        if verbs(role, "nodes") != {"get", "list", "watch"}:
+            fail("ClusterRole: must allow exactly get/list/watch on nodes")
+        if verbs(role, "nodes/status") != {"patch"}:
+            fail("ClusterRole: must allow exactly patch on nodes/status")
+        extra = {res for r in role.get("rules", []) for res in r.get("resources", [])} - {"nodes", "nodes/status"}
+        if extra:
+            fail(f"ClusterRole: grants more than the router uses: {sorted(extra)}")
+    for role in kinds.get("Role", []):
+        if role["metadata"].get("namespace") != "kube-system":
+            fail("Role: must be in kube-system")
+        if verbs(role, "configmaps", "weave-net") != {"get", "update"}:
+            fail("Role: must allow exactly get/update on the configmap weave-net")
+        if verbs(role, "configmaps") != {"create"}:
+            fail("Role: must allow create on configmaps (the first router creates weave-net)")
     for msg in errors:
         print(f"check_manifests: {msg}", file=sys.stderr)
     count = sum(len(v) for v in kinds.values())
