@@ -11,8 +11,8 @@
 # No Docker daemon and no registry are needed: the image is FROM scratch (see Containerfile), and
 # buildah builds it with chroot isolation, so no OCI runtime (runc, crun) is needed either; the
 # checks run the image's programs the same way. Buildah's storage is the machine's default
-# (/var/lib/containers/storage, overlay where the kernel allows it); STORAGE_DRIVER=vfs picks
-# the driver that works everywhere, for a machine whose storage was already set up with vfs.
+# (/var/lib/containers/storage, overlay where the kernel allows it); for another, point
+# CONTAINERS_STORAGE_CONF at a storage.conf (driver = "vfs" works on any filesystem).
 #
 # Steps: 1. packages  2. weave-router (glibc) and weave-cni (static, musl) in release mode
 # 3. the build context in target/image/context  4. buildah bud  5. checks in the image
