@@ -4,9 +4,9 @@
 #   target/weave-router-image.oci.tar
 # Load that on a node with `ctr -n k8s.io images import FILE` (containerd) or `podman load -i FILE`.
 #
-# Run as root on a Debian machine set up by scripts/setup.sh. Non-interactive and idempotent: it
-# installs buildah (and binutils, for strip) from Debian's packages only when missing, and adds
-# Rust's x86_64-unknown-linux-musl target only when missing.
+# Run as root on a Debian machine. Non-interactive and idempotent: it runs scripts/setup.sh
+# (which installs buildah and binutils with the rest, each only when missing), and adds Rust's
+# x86_64-unknown-linux-musl target only when missing.
 #
 # No Docker daemon and no registry are needed: the image is FROM scratch (see Containerfile), and
 # buildah builds it with chroot isolation, so no OCI runtime (runc, crun) is needed either; the
@@ -34,28 +34,16 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # ---- 1. packages ------------------------------------------------------------------------------
-# buildah: the image builder (it brings uidmap and containers-common with it). No OCI runtime:
-# chroot isolation does without one. binutils: strip and readelf.
-packages=(buildah binutils)
-missing=()
-for p in "${packages[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-        missing+=("$p")
-    fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    say "installing ${missing[*]}"
-    apt-get update -qq || die "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-        die "apt-get install ${missing[*]} failed"
-fi
+# setup.sh installs what is missing, buildah (the image builder; chroot isolation needs no OCI
+# runtime) and binutils (strip, readelf) included, and Rust.
+bash scripts/setup.sh >/dev/null || die "scripts/setup.sh failed"
 say "$(buildah --version)"
 
 # ---- 2. binaries ------------------------------------------------------------------------------
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
-command -v cargo >/dev/null 2>&1 || die "cargo not found: run scripts/setup.sh first"
+command -v cargo >/dev/null 2>&1 || die "cargo not found after scripts/setup.sh"
 
 musl=x86_64-unknown-linux-musl
 if ! rustup target list --installed 2>/dev/null | grep -qx "$musl"; then

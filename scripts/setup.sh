@@ -16,10 +16,11 @@ fi
 # (kubernetes-validate comes from PyPI).
 # containernetworking-plugins: the reference CNI plugins (portmap, host-local in /usr/lib/cni)
 # that weave-cni is chained with in the tests; iptables: what portmap programs.
+# buildah, binutils: the container image (scripts/build-image.sh; strip and readelf).
 packages=(
     iproute2 nftables iperf3 ethtool procps iputils-ping
     curl ca-certificates build-essential pkg-config python3-yaml
-    containernetworking-plugins iptables python3-pip
+    containernetworking-plugins iptables python3-pip buildah binutils
 )
 
 missing=()

@@ -474,19 +474,18 @@ impl Config {
         }
 
         let dataplane = match pick(&args.dataplane, "dataplane", &["WEAVE_DATAPLANE"]) {
-            Some(s) => match s.value.trim() {
-                "none" => Dataplane::None,
-                "epoll" => Dataplane::Epoll,
-                "io-uring" | "io_uring" | "iouring" => Dataplane::IoUring,
-                "auto" => Dataplane::Auto,
-                other => {
-                    return Err(ConfigError::InvalidValue {
-                        source_name: s.source_name,
-                        value: other.to_string(),
-                        reason: "expected auto, io-uring, epoll or none".to_string(),
-                    })
-                }
-            },
+            Some(s) => choose(
+                s,
+                &[
+                    ("none", Dataplane::None),
+                    ("epoll", Dataplane::Epoll),
+                    ("io-uring", Dataplane::IoUring),
+                    ("io_uring", Dataplane::IoUring),
+                    ("iouring", Dataplane::IoUring),
+                    ("auto", Dataplane::Auto),
+                ],
+                "expected auto, io-uring, epoll or none",
+            )?,
             None => Dataplane::Auto,
         };
 
@@ -507,17 +506,7 @@ impl Config {
         };
 
         let offload = match pick(&args.offload, "offload", &["WEAVE_OFFLOAD"]) {
-            Some(s) => match s.value.trim() {
-                "on" => true,
-                "off" => false,
-                other => {
-                    return Err(ConfigError::InvalidValue {
-                        source_name: s.source_name,
-                        value: other.to_string(),
-                        reason: "expected on or off".to_string(),
-                    })
-                }
-            },
+            Some(s) => choose(s, &[("on", true), ("off", false)], "expected on or off")?,
             None => true,
         };
 
@@ -592,18 +581,16 @@ fn resolve_kubernetes(
         .get("KUBERNETES_SERVICE_HOST")
         .is_some_and(|v| !v.trim().is_empty());
     let on = match pick_source(&args.kubernetes, "kubernetes", &["WEAVE_KUBERNETES"], env) {
-        Some(s) => match s.value.trim() {
-            "auto" | "" => in_cluster,
-            "on" => true,
-            "off" => false,
-            other => {
-                return Err(ConfigError::InvalidValue {
-                    source_name: s.source_name,
-                    value: other.to_string(),
-                    reason: "expected auto, on or off".to_string(),
-                })
-            }
-        },
+        Some(s) => choose(
+            s,
+            &[
+                ("auto", in_cluster),
+                ("", in_cluster),
+                ("on", true),
+                ("off", false),
+            ],
+            "expected auto, on or off",
+        )?,
         None => in_cluster,
     };
     let node_name = match pick_source(
@@ -738,6 +725,20 @@ fn parse_ipalloc_init(v: &str) -> Result<IpamInit, String> {
         ("observer", None) => Ok(IpamInit::Observer),
         _ => Err(expected.to_string()),
     }
+}
+
+/// The value of the choice `s` names (trimmed), or an error that lists what was expected.
+fn choose<T: Copy>(s: Sourced, choices: &[(&str, T)], expected: &str) -> Result<T, ConfigError> {
+    let v = s.value.trim();
+    choices
+        .iter()
+        .find(|(name, _)| *name == v)
+        .map(|(_, value)| *value)
+        .ok_or_else(|| ConfigError::InvalidValue {
+            source_name: s.source_name,
+            value: v.to_string(),
+            reason: expected.to_string(),
+        })
 }
 
 /// The flag's value if given, else the first of `vars` that is set.

@@ -750,6 +750,15 @@ mod tests {
         Arc::new(Mutex::new(s))
     }
 
+    /// `n` peers as [`cluster`] makes them, with the Nodes `deleted` gone.
+    fn cluster_without(n: usize, seed: Option<u64>, deleted: &[usize]) -> Arc<Mutex<Shared>> {
+        let shared = cluster(n, seed);
+        for i in deleted {
+            shared.lock().unwrap().nodes.remove(&node(*i));
+        }
+        shared
+    }
+
     fn reclaimer(shared: &Arc<Mutex<Shared>>, i: usize) -> Reclaimer<MemoryIo> {
         let io = MemoryIo {
             shared: Arc::clone(shared),
@@ -770,12 +779,7 @@ mod tests {
     fn racing_routers_reclaim_each_deleted_node_exactly_once() {
         for seed in 0..300u64 {
             // Six peers; Nodes 5 and 6 are deleted, their routers dead; 1-4 all race.
-            let shared = cluster(6, Some(seed));
-            {
-                let mut s = shared.lock().unwrap();
-                s.nodes.remove(&node(5));
-                s.nodes.remove(&node(6));
-            }
+            let shared = cluster_without(6, Some(seed), &[5, 6]);
             let routers: Vec<_> = (1..=4).map(|i| reclaimer(&shared, i)).collect();
             let passes = block_on(futures::future::join_all(routers.iter().map(|r| r.pass())));
             let s = shared.lock().unwrap();
@@ -823,11 +827,9 @@ mod tests {
 
     #[test]
     fn a_claim_of_ours_is_carried_on_and_a_dead_claimants_is_taken_over() {
-        let shared = cluster(4, None);
+        let shared = cluster_without(4, None, &[3, 4]);
         {
             let mut s = shared.lock().unwrap();
-            s.nodes.remove(&node(4));
-            s.nodes.remove(&node(3));
             // Before a restart, peer 1 claimed peer 4. Peer 3 claimed peer 2, whose Node
             // still exists, and then died with its Node.
             let a = &mut s.annotations;
@@ -849,12 +851,8 @@ mod tests {
 
     #[test]
     fn a_reachable_peer_is_left_alone_and_reclaimed_once_it_dies() {
-        let shared = cluster(3, None);
-        {
-            let mut s = shared.lock().unwrap();
-            s.nodes.remove(&node(3));
-            s.alive.insert(peer(3));
-        }
+        let shared = cluster_without(3, None, &[3]);
+        shared.lock().unwrap().alive.insert(peer(3));
         let r = reclaimer(&shared, 1);
         let pass = block_on(r.pass()).unwrap();
         assert_eq!(pass.alive, vec![peer(3)]);
@@ -880,12 +878,8 @@ mod tests {
 
     #[test]
     fn a_peer_that_never_owned_space_is_dropped_from_the_list() {
-        let shared = cluster(3, None);
-        {
-            let mut s = shared.lock().unwrap();
-            s.nodes.remove(&node(3));
-            s.space.remove(&peer(3));
-        }
+        let shared = cluster_without(3, None, &[3]);
+        shared.lock().unwrap().space.remove(&peer(3));
         let pass = block_on(reclaimer(&shared, 2).pass()).unwrap();
         assert_eq!(pass.reclaimed.len(), 1);
         assert_eq!(pass.reclaimed[0].1, 0);

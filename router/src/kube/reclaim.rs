@@ -194,6 +194,15 @@ mod tests {
     const B: &str = "aa:00:00:00:00:02";
     const C: &str = "aa:00:00:00:00:03";
 
+    /// A, B and C on node-1, node-2 and node-3.
+    fn three_members() -> Annotations {
+        let mut a = Annotations::new();
+        for (peer, node) in [(A, "node-1"), (B, "node-2"), (C, "node-3")] {
+            add_member(&mut a, peer, node).unwrap();
+        }
+        a
+    }
+
     fn names(v: &[&str]) -> BTreeSet<String> {
         v.iter().map(|s| s.to_string()).collect()
     }
@@ -227,10 +236,7 @@ mod tests {
 
     #[test]
     fn disappeared_follows_weave() {
-        let mut a = Annotations::new();
-        add_member(&mut a, A, "node-1").unwrap();
-        add_member(&mut a, B, "node-2").unwrap();
-        add_member(&mut a, C, "node-3").unwrap();
+        let a = three_members();
         let list = peer_list(&a).unwrap();
         let gone = |nodes: &[&str], me: &str, my_node: &str| -> Vec<String> {
             disappeared(&list, &names(nodes), me, my_node)
@@ -255,10 +261,7 @@ mod tests {
 
     #[test]
     fn claims() {
-        let mut a = Annotations::new();
-        add_member(&mut a, A, "node-1").unwrap();
-        add_member(&mut a, B, "node-2").unwrap();
-        add_member(&mut a, C, "node-3").unwrap();
+        let mut a = three_members();
         let list = peer_list(&a).unwrap();
         assert_eq!(claim(&a, &list, C, A), Claim::Take);
         take(&mut a, C, A);
@@ -281,10 +284,7 @@ mod tests {
 
     #[test]
     fn finish_clears_the_peer_everywhere() {
-        let mut a = Annotations::new();
-        add_member(&mut a, A, "node-1").unwrap();
-        add_member(&mut a, B, "node-2").unwrap();
-        add_member(&mut a, C, "node-3").unwrap();
+        let mut a = three_members();
         a.insert("other.example/keep".into(), "x".into());
         // C had claimed B, then died; A reclaims C.
         take(&mut a, B, C);
