@@ -10,6 +10,8 @@
 //! - A Node deleted after its router died has its space reclaimed exactly once, with both
 //!   remaining routers racing for it (`--reclaim-jitter 0`): one claim is written, one
 //!   router takes the space over, the peer leaves the list and no claim is left behind.
+//! - When that node comes back with its old store, the router finds itself off the peer list,
+//!   deletes the store rather than clash with the ring, and joins again.
 //!
 //! It needs root; without it it prints why it is skipped (and fails under `CI`).
 
@@ -301,5 +303,47 @@ fn routers_follow_the_nodes_and_reclaim_a_deleted_node_once() {
         held_by_3 > 0 && winners >= held_by_3,
         "router {winner} holds peer 3's {held_by_3} addresses: {ring:?}"
     );
+
+    // (e) The node comes back with the same peer name and its old store, whose ring still
+    // says it owns what was reclaimed: it finds itself off the peer list, deletes the store
+    // instead of clashing with the cluster, joins again and gets space from the others.
+    api.add_node(&node(3), &[("InternalIP", &addr(3))]);
+    launch(&mut cluster, 3);
+    let log3 = std::fs::read_to_string(&cluster.r(3).log).expect("router 3 log");
+    assert!(
+        log3.contains("is no longer in the cluster's peer list")
+            && log3.contains("Deleting its IPAM store"),
+        "router 3 must drop its store on return"
+    );
+    cluster.wait_for_full_mesh();
+    wait_until("peer 3 back in the list", || {
+        let list = peer_list(&api);
+        if list
+            .iter()
+            .any(|(p, n)| *p == peer_name(3) && *n == node(3))
+        {
+            Ok(())
+        } else {
+            Err(format!("{list:?}"))
+        }
+    });
+    let resp = cluster
+        .r(3)
+        .call("POST", "/ip/again?timeout=20")
+        .expect("allocate on router 3");
+    assert_eq!(resp.status, 200, "router 3 allocates after its return");
+    let ring = cluster.wait_for_agreement();
+    assert!(
+        ring.iter().any(|e| e.peer == peer_name(3)),
+        "router 3 got space: {ring:?}"
+    );
+    for r in cluster.running() {
+        let log = std::fs::read_to_string(&r.log).expect("router log");
+        assert!(
+            !log.contains("refused the IP allocation ring"),
+            "router {}: no ring clash after the return",
+            r.index
+        );
+    }
     println!("whole test: {:.1} s", started.elapsed().as_secs_f64());
 }
