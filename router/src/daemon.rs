@@ -20,14 +20,13 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiRequest, ApiState};
 use crate::cli::http::io_reason;
-use crate::config::{Config, Dataplane, PeerAddr};
+use crate::config::{Config, Dataplane};
 use crate::dataplane::engine::{ControlFrame, DataplaneCounters, PeerPath, Snapshot};
 use crate::dataplane::epoll::{self, ToWorker};
 use crate::dataplane::learn::LearnBus;
 use crate::dataplane::plumbing;
 use crate::ids::PeerUid;
 use crate::ipam::shell::IpamShell;
-use crate::kube::Kube;
 use crate::mesh::{Command, ConnKey, DirectPeer, Event, Mesh, MeshConfig};
 use crate::switch::Routes;
 use crate::sys::socket::{open_udp, UdpOptions};
@@ -64,27 +63,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     while let Some(ev) = mesh.poll_event() {
         log_event(&ev);
     }
-    // In a cluster, the Nodes give the initial peers (and with them the IPAM quorum), and
-    // the store is checked against the cluster's peer list before it is opened.
-    let kube = match config.kubernetes.clone() {
-        Some(settings) => {
-            let kube = Kube::connect(settings.clone(), config.name, config.port).await?;
-            info!("Kubernetes: Node {}", settings.node_name);
-            if settings.discover_peers {
-                config.peers = kube
-                    .initial_peers()
-                    .await?
-                    .into_iter()
-                    .map(PeerAddr::Ip)
-                    .collect();
-            }
-            if let Some(ipam) = &config.ipam {
-                kube.prepare_store(&ipam.db_dir).await?;
-            }
-            Some(kube)
-        }
-        None => None,
-    };
+    let kube = connect_kubernetes(&mut config).await?;
     // The store is opened before anything listens: a peer whose allocations cannot be
     // read must not join the mesh and hand out addresses that pods already hold.
     let ipam = match &config.ipam {
@@ -201,7 +180,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             "metrics",
         )));
     }
-    let kube_task = kube.map(|k| k.spawn(state.requests.clone(), ipam.is_some()));
+    let kube_task = kube.map(|k| spawn_kubernetes(k, state.requests.clone(), ipam.is_some()));
     // The owner holds no sender of its own API channel, so it ends only on a signal.
     drop(state);
 
@@ -239,6 +218,61 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     }
     info!("exiting");
     Ok(())
+}
+
+/// In a cluster: connects to the API server, takes the initial peers from the Nodes (they
+/// also set the IPAM quorum) unless peers were given, and checks the IPAM store against the
+/// cluster's peer list before it is opened.
+#[cfg(feature = "kubernetes")]
+async fn connect_kubernetes(config: &mut Config) -> anyhow::Result<Option<crate::kube::Kube>> {
+    let Some(settings) = config.kubernetes.clone() else {
+        return Ok(None);
+    };
+    let kube = crate::kube::Kube::connect(settings.clone(), config.name, config.port).await?;
+    info!("Kubernetes: Node {}", settings.node_name);
+    if settings.discover_peers {
+        config.peers = kube
+            .initial_peers()
+            .await?
+            .into_iter()
+            .map(crate::config::PeerAddr::Ip)
+            .collect();
+    }
+    if let Some(ipam) = &config.ipam {
+        kube.prepare_store(&ipam.db_dir).await?;
+    }
+    Ok(Some(kube))
+}
+
+/// Without the `kubernetes` feature, asking for the integration is an error.
+#[cfg(not(feature = "kubernetes"))]
+async fn connect_kubernetes(
+    config: &mut Config,
+) -> anyhow::Result<Option<std::convert::Infallible>> {
+    if config.kubernetes.is_some() {
+        anyhow::bail!(
+            "this weave-router was built without the `kubernetes` feature; use --kubernetes off"
+        );
+    }
+    Ok(None)
+}
+
+#[cfg(feature = "kubernetes")]
+fn spawn_kubernetes(
+    kube: crate::kube::Kube,
+    requests: mpsc::Sender<ApiRequest>,
+    ipam: bool,
+) -> JoinHandle<()> {
+    kube.spawn(requests, ipam)
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn spawn_kubernetes(
+    kube: std::convert::Infallible,
+    _requests: mpsc::Sender<ApiRequest>,
+    _ipam: bool,
+) -> JoinHandle<()> {
+    match kube {}
 }
 
 /// The underlay MTU the sleeve's path-MTU search starts from, unless `--mtu` says otherwise.

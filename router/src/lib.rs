@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod ids;
 pub mod ipam;
+#[cfg(feature = "kubernetes")]
 pub mod kube;
 pub mod mesh;
 pub mod switch;
