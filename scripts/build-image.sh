@@ -46,19 +46,32 @@ fi
 command -v cargo >/dev/null 2>&1 || die "cargo not found after scripts/setup.sh"
 
 musl=x86_64-unknown-linux-musl
+# weave-cni is built static, so that it runs on any node. Without access to Rust's
+# distribution server the target cannot be added: the image then carries the glibc build,
+# which needs glibc 2.34 or newer on the nodes, and says so.
+cni_static=1
 if ! rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
     say "adding Rust target $musl (weave-cni is built static)"
-    rustup target add "$musl" ||
-        die "rustup target add $musl failed: weave-cni is installed onto nodes and must be static"
+    if ! rustup target add "$musl"; then
+        say "WARNING: cannot add the Rust target $musl; weave-cni in this image is the glibc" \
+            "build, which needs glibc 2.34 or newer on the nodes"
+        cni_static=0
+    fi
 fi
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 say "cargo build --release -p weave-router"
 cargo build --release -p weave-router || die "cargo build of weave-router failed"
-say "cargo build --release --target $musl -p weave-cni"
-cargo build --release --target "$musl" -p weave-cni || die "cargo build of weave-cni ($musl) failed"
 router_bin="$target_dir/release/weave-router"
-cni_bin="$target_dir/$musl/release/weave-cni"
+if [ "$cni_static" -eq 1 ]; then
+    say "cargo build --release --target $musl -p weave-cni"
+    cargo build --release --target "$musl" -p weave-cni || die "cargo build of weave-cni ($musl) failed"
+    cni_bin="$target_dir/$musl/release/weave-cni"
+else
+    say "cargo build --release -p weave-cni"
+    cargo build --release -p weave-cni || die "cargo build of weave-cni failed"
+    cni_bin="$target_dir/release/weave-cni"
+fi
 
 version_line=$("$router_bin" --version) || die "$router_bin --version failed"
 version=${version_line#weave-router }
@@ -76,7 +89,7 @@ cp "$cni_bin" "$ctx/weave-cni"
 # Debug information off, symbols kept (backtraces still name functions).
 strip --strip-debug "$ctx/weave-router" "$ctx/weave-cni" || die "strip failed"
 
-if readelf -l "$ctx/weave-cni" | grep -q INTERP; then
+if [ "$cni_static" -eq 1 ] && readelf -l "$ctx/weave-cni" | grep -q INTERP; then
     die "weave-cni ($cni_bin) is dynamically linked; it must be static to run on any node"
 fi
 
@@ -93,7 +106,7 @@ for lib in $libs; do
     cp -L --parents "$lib" "$ctx/rootfs/" || die "copying $lib failed"
 done
 printf 'hosts: files dns\n' >"$ctx/rootfs/etc/nsswitch.conf"
-say "context: weave-router (glibc; $(echo $libs | tr ' ' ',')), weave-cni (static)"
+say "context: weave-router (glibc; $(echo $libs | tr ' ' ',')), weave-cni ($([ "$cni_static" -eq 1 ] && echo static || echo glibc))"
 
 # ---- 4. image ---------------------------------------------------------------------------------
 # Built as NAME-unchecked and named NAME only once the checks pass: a failed build leaves the
