@@ -2,7 +2,8 @@
 //! condition that says the pod network is up. What Weave Net's `kube-utils` and its launch
 //! script do beside the router, done inside it with the `kube` crate.
 //!
-//! Before the router starts ([`Kube::connect`]):
+//! Before the router starts ([`Kube::connect`], [`Kube::initial_peers`],
+//! [`Kube::prepare_store`]):
 //! - without peers on the command line or in `KUBE_PEERS`, the Nodes' addresses
 //!   ([`nodes::node_address`]) are the initial peers, which also sets the IPAM quorum;
 //! - if this peer's store says it took part in reclaim before but the cluster's peer list no
