@@ -550,7 +550,7 @@ impl Kube {
                     wake.notify_one();
                 }
             }
-            if self.settings.discover_peers {
+            if self.settings.discover_peers && change.addresses {
                 let local = local_addresses().await;
                 let now = nodes::peer_addresses(set.nodes(), &self.settings.node_name, |a| {
                     local.contains(&a)

@@ -54,6 +54,9 @@ pub struct Change {
     pub ready: bool,
     /// Names that are gone.
     pub removed: Vec<String>,
+    /// Whether the addresses the peers come from may have changed (a Node added, gone, or
+    /// given another address, or a new list); a status update alone leaves them.
+    pub addresses: bool,
 }
 
 impl NodeSet {
@@ -77,10 +80,12 @@ impl NodeSet {
         let Some(name) = node.metadata.name.clone() else {
             return Change::default();
         };
+        let addresses = self.nodes.get(&name).map(node_address) != Some(node_address(&node));
         self.nodes.insert(name, node);
         Change {
             ready: self.seen_list,
             removed: Vec::new(),
+            addresses,
         }
     }
 
@@ -95,6 +100,7 @@ impl NodeSet {
             .unwrap_or_default();
         Change {
             ready: self.seen_list,
+            addresses: !removed.is_empty(),
             removed,
         }
     }
@@ -128,6 +134,7 @@ impl NodeSet {
         Change {
             ready: true,
             removed,
+            addresses: true,
         }
     }
 }
@@ -190,13 +197,29 @@ mod tests {
             set.list_done(),
             Change {
                 ready: true,
-                removed: vec![]
+                removed: vec![],
+                addresses: true,
             }
         );
         assert!(set.is_ready());
-        assert_eq!(set.apply(node("c", &[])).removed, Vec::<String>::new());
-        assert_eq!(set.delete(&node("a", &[])).removed, vec!["a".to_string()]);
-        assert_eq!(set.delete(&node("a", &[])).removed, Vec::<String>::new());
+        let added = set.apply(node("c", &[("InternalIP", "10.0.0.3")]));
+        assert_eq!(added.removed, Vec::<String>::new());
+        assert!(added.addresses);
+        // A status update (same address) leaves the peers alone; a new address does not.
+        assert!(
+            !set.apply(node("c", &[("InternalIP", "10.0.0.3")]))
+                .addresses
+        );
+        assert!(
+            set.apply(node("c", &[("InternalIP", "10.0.0.4")]))
+                .addresses
+        );
+        let gone = set.delete(&node("a", &[]));
+        assert_eq!(gone.removed, vec!["a".to_string()]);
+        assert!(gone.addresses);
+        let again = set.delete(&node("a", &[]));
+        assert_eq!(again.removed, Vec::<String>::new());
+        assert!(!again.addresses);
         // The watch broke; b went away meanwhile.
         set.list_started();
         set.listed(node("c", &[]));
