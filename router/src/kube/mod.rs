@@ -438,8 +438,8 @@ impl Kube {
     /// Deletes the IPAM store in `db_dir` if the cluster reclaimed this peer's space while
     /// it was away, then marks the store as taking part in reclaim.
     pub async fn prepare_store(&self, db_dir: &std::path::Path) -> anyhow::Result<()> {
-        let had_flag = RedbStore::open(db_dir)?.flag(RECLAIM_FLAG)?;
-        if had_flag {
+        let mut store = RedbStore::open(db_dir)?;
+        if store.flag(RECLAIM_FLAG)? {
             // The reclaimer needs no allocator for this question.
             let (tx, _rx) = mpsc::channel(1);
             let member = self
@@ -448,17 +448,19 @@ impl Kube {
                 .await
                 .context("cannot read the cluster's peer list")?;
             if !member {
-                let held = RedbStore::open(db_dir)?.load()?.owned.len();
+                let held = store.load()?.owned.len();
                 warn!(
                     "Peer {} is no longer in the cluster's peer list: another node reclaimed \
                      its address space while it was away. Deleting its IPAM store ({held} \
                      allocations) so that its old ring cannot clash with the cluster's.",
                     self.me
                 );
+                drop(store);
                 RedbStore::remove(db_dir)?;
+                store = RedbStore::open(db_dir)?;
             }
         }
-        RedbStore::open(db_dir)?.set_flag(RECLAIM_FLAG)?;
+        store.set_flag(RECLAIM_FLAG)?;
         Ok(())
     }
 
