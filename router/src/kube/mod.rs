@@ -167,9 +167,7 @@ impl<I: ReclaimIo> Reclaimer<I> {
     }
 
     async fn pause(&self) {
-        let max = u64::try_from(self.conflict_wait.as_millis()).unwrap_or(u64::MAX);
-        let ms = rand::thread_rng().gen_range(0..=max);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+        sleep_up_to(self.conflict_wait).await;
     }
 
     /// Whether the cluster's peer list has us.
@@ -604,9 +602,7 @@ async fn reclaim_loop(reclaimer: Reclaimer<ApiIo>, jitter: Duration, wake: Arc<N
             } else {
                 wake.notified().await;
             }
-            let max = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
-            let ms = rand::thread_rng().gen_range(0..=max);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+            sleep_up_to(jitter).await;
         }
         first = false;
         match reclaimer.pass().await {
@@ -628,6 +624,13 @@ async fn reclaim_loop(reclaimer: Reclaimer<ApiIo>, jitter: Duration, wake: Arc<N
             }
         }
     }
+}
+
+/// Sleeps a random time from zero to `max` (millisecond steps).
+async fn sleep_up_to(max: Duration) {
+    let max = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+    let ms = rand::thread_rng().gen_range(0..=max);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
 /// The IPv4 addresses of this host (its network namespace); empty if they cannot be read.
