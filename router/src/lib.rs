@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod fastdp;
 pub mod ids;
 pub mod ipam;
 #[cfg(feature = "kubernetes")]

@@ -3,10 +3,12 @@
 //! - [`gob`]: the subset of Go's gob encoding the mesh uses.
 //! - [`mesh`]: the TCP control protocol: protocol header, v2 framing, feature map, messages,
 //!   gossip envelopes and the topology payload.
+//! - [`fastdp`]: the fast datapath's VXLAN framing (VNI from both short ids) and heartbeats.
 //! - [`ipam`]: the `IPallocation` channel's payloads (nicknames, Paxos claims, ring, space
 //!   requests).
 
 pub mod eth;
+pub mod fastdp;
 pub mod gob;
 pub mod icmp;
 pub mod ipam;
