@@ -25,6 +25,7 @@ use crate::dataplane::engine::{ControlFrame, DataplaneCounters, PeerPath, Snapsh
 use crate::dataplane::epoll::{self, ToWorker};
 use crate::dataplane::learn::LearnBus;
 use crate::dataplane::plumbing;
+use crate::fastdp::shell::FastdpShell;
 use crate::ids::PeerUid;
 use crate::ipam::shell::IpamShell;
 use crate::mesh::{Command, ConnKey, DirectPeer, Event, Mesh, MeshConfig};
@@ -88,6 +89,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         }
     };
     let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let (fastdp_tx, fastdp_rx) = mpsc::channel(crate::fastdp::shell::FRAME_QUEUE);
+    let mut fastdp = None;
     let (workers, dataplane_counters) = match config.dataplane {
         Dataplane::None => {
             info!("No data plane: connections establish on the TCP handshake");
@@ -95,8 +98,26 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         }
         Dataplane::Epoll | Dataplane::IoUring | Dataplane::Auto => {
             let backend = choose_backend(config.dataplane);
-            let workers = start_dataplane(&config, backend, control_tx).await?;
+            let (workers, learned) =
+                start_dataplane(&config, backend, control_tx, !config.no_fastdp).await?;
             mesh = mesh.with_sleeve(underlay_mtu(config.mtu));
+            let pod_mtu = crate::mesh::sleeve::mtu_for_underlay(underlay_mtu(config.mtu));
+            mesh = match learned {
+                None => {
+                    info!("Fast datapath turned off (--no-fastdp): the sleeve carries every peer");
+                    mesh.without_fastdp("turned off (--no-fastdp)")
+                }
+                Some(learned) => match start_fastdp(&config, pod_mtu, learned, fastdp_tx).await {
+                    Ok(f) => {
+                        fastdp = Some(f);
+                        mesh.with_fastdp(pod_mtu)
+                    }
+                    Err(e) => {
+                        warn!("Fast datapath unavailable, the sleeve carries every peer: {e:#}");
+                        mesh.without_fastdp(format!("unavailable on this host: {e:#}"))
+                    }
+                },
+            };
             let counters = DataplaneCounters {
                 backend: backend.name(),
                 workers: workers.iter().map(|w| Arc::clone(&w.counters)).collect(),
@@ -192,8 +213,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         workers,
         published: None,
         ipam,
+        fastdp,
     };
-    let signal = shell.run(io_rx, api_rx, control_rx).await?;
+    let signal = shell.run(io_rx, api_rx, control_rx, fastdp_rx).await?;
     info!("=== received {signal} ===");
 
     acceptor.abort();
@@ -201,6 +223,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         task.abort();
     }
     let _ = stop_tx.send(true);
+    if let Some(f) = shell.fastdp.take() {
+        f.stop();
+    }
     for w in std::mem::take(&mut shell.workers) {
         w.stop();
     }
@@ -316,11 +341,41 @@ fn choose_backend(asked: Dataplane) -> Backend {
     }
 }
 
+/// Starts the Linux VXLAN fast datapath next to the bridge and TAP the data plane set up.
+async fn start_fastdp(
+    config: &Config,
+    pod_mtu: u16,
+    learned: std::sync::mpsc::Receiver<crate::dataplane::learn::Post>,
+    frames: mpsc::Sender<Vec<u8>>,
+) -> anyhow::Result<FastdpShell> {
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("cannot open a netlink connection")?;
+    // The programming task uses this connection for the router's whole life.
+    tokio::spawn(connection);
+    let shell = FastdpShell::start(
+        handle,
+        plumbing::BRIDGE_NAME,
+        plumbing::TAP_NAME,
+        u32::from(pod_mtu),
+        config.name,
+        learned,
+        frames,
+    )
+    .await?;
+    Ok(shell)
+}
+
+/// Sets up the bridge and TAP and starts the workers; with `fastdp`, also returns the
+/// mailbox where the workers post the MACs they learn for the fast datapath.
 async fn start_dataplane(
     config: &Config,
     backend: Backend,
     control: mpsc::UnboundedSender<ControlFrame>,
-) -> anyhow::Result<Vec<epoll::Worker>> {
+    fastdp: bool,
+) -> anyhow::Result<(
+    Vec<epoll::Worker>,
+    Option<std::sync::mpsc::Receiver<crate::dataplane::learn::Post>>,
+)> {
     let pod_mtu = u32::from(crate::mesh::sleeve::mtu_for_underlay(underlay_mtu(
         config.mtu,
     )));
@@ -357,7 +412,13 @@ async fn start_dataplane(
         .with_context(|| format!("cannot open {count} queues of TAP {}", desired.tap))?;
     let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
     let mut workers = Vec::new();
-    let learn = LearnBus::new(queues.len());
+    // With a fast datapath, one mailbox more than workers: its programming task's.
+    let learn = LearnBus::new(queues.len() + usize::from(fastdp));
+    let learned = if fastdp {
+        learn.inbox(queues.len())
+    } else {
+        None
+    };
     for (i, tap) in queues.into_iter().enumerate() {
         let udp = open_udp(&UdpOptions {
             gro: config.offload,
@@ -382,7 +443,7 @@ async fn start_dataplane(
         backend.name(),
         if config.offload { "on" } else { "off" }
     );
-    Ok(workers)
+    Ok((workers, learned))
 }
 
 /// Something an I/O task reports to the owner.
@@ -423,6 +484,7 @@ struct Shell {
     workers: Vec<epoll::Worker>,
     published: Option<u64>,
     ipam: Option<IpamShell>,
+    fastdp: Option<FastdpShell>,
 }
 
 impl Shell {
@@ -432,6 +494,7 @@ impl Shell {
         mut io_rx: mpsc::Receiver<IoEvent>,
         mut api_rx: mpsc::Receiver<ApiRequest>,
         mut control_rx: mpsc::UnboundedReceiver<ControlFrame>,
+        mut fastdp_rx: mpsc::Receiver<Vec<u8>>,
     ) -> anyhow::Result<&'static str> {
         // The signal streams are made once so a signal between two loop turns is not lost.
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -459,6 +522,9 @@ impl Shell {
                 Some(req) = api_rx.recv() => self.handle_api(req),
                 Some(f) = control_rx.recv() => {
                     self.mesh.handle_sleeve_frame(f.from, f.src, &f.frame, Instant::now());
+                }
+                Some(frame) = fastdp_rx.recv() => {
+                    self.mesh.handle_fastdp_frame(&frame, Instant::now());
                 }
                 () = timer => {
                     let now = Instant::now();
@@ -580,6 +646,9 @@ impl Shell {
         for w in &self.workers {
             w.send(ToWorker::Snapshot(Arc::clone(&snapshot)));
         }
+        if let Some(f) = &self.fastdp {
+            f.publish(self.mesh.fastdp_peers());
+        }
     }
 
     fn execute(&mut self, cmd: Command) {
@@ -605,6 +674,11 @@ impl Shell {
                     let _ = io.writer_tx.send(WriterMsg::Close);
                 } else if let Some(task) = self.dialing.remove(&conn) {
                     task.abort();
+                }
+            }
+            Command::SendFastdp { to, datagram } => {
+                if let Some(f) = &self.fastdp {
+                    f.send(to, &datagram);
                 }
             }
             Command::SendUdp(udp) => match self.workers.first() {

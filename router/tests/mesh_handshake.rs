@@ -52,7 +52,8 @@ fn drain(mesh: &mut Mesh, key: ConnKey) -> (Vec<u8>, bool) {
             Command::Send { .. }
             | Command::Close { .. }
             | Command::Dial { .. }
-            | Command::SendUdp(_) => {}
+            | Command::SendUdp(_)
+            | Command::SendFastdp { .. } => {}
         }
     }
     (out, closed)

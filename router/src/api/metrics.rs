@@ -612,6 +612,7 @@ mod tests {
             termination_count: terminations,
             targets: vec![],
             trusted_subnets: vec![],
+            fastdp_moves: 0,
         }
     }
 

@@ -158,7 +158,7 @@ pub fn render_connections(r: &RouterStatus) -> String {
             c.info
         );
         for (key, value) in &c.attrs {
-            if key == "name" {
+            if key == "name" || key == "fastdp_moves" {
                 continue;
             }
             let _ = write!(s, "{key}={}", attr_value(value));

@@ -459,7 +459,10 @@ mod tests {
         let Carrier::Sleeve(reason) = p.a.carrier() else {
             panic!("fastdp over a path that drops full frames");
         };
-        assert_eq!(reason, "frames of 1452 bytes do not reach the peer (MTU 1438)");
+        assert_eq!(
+            reason,
+            "frames of 1452 bytes do not reach the peer (MTU 1438)"
+        );
         assert!(p.moves_a.iter().all(|(_, c)| *c != Carrier::Fastdp));
 
         // The MTU shrinks later: the peer leaves once three full-size heartbeats are lost.

@@ -11,4 +11,6 @@ pub mod status;
 pub mod topology;
 
 pub use maker::DirectPeer;
-pub use router::{ChannelEvent, Command, ConnKey, Event, GossipError, Mesh, MeshConfig};
+pub use router::{
+    ChannelEvent, Command, ConnKey, Event, FastdpPath, GossipError, Mesh, MeshConfig,
+};

@@ -6,13 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::fastdp::health::{self as fastdp, Carrier, FastdpConn};
 use crate::ids::{ConnId, ConnUid, PeerName, PeerUid, ShortId, UNKNOWN_PEER_NAME};
 use crate::mesh::maker::{ConnectionMaker, DirectPeer, OurConn, TargetState, Termination};
 use crate::mesh::routes::{self, UnicastRoutes};
@@ -23,6 +24,7 @@ use crate::mesh::status::{
     UnicastRouteStatus,
 };
 use crate::mesh::topology::{Peer, PeerConn, Topology};
+use crate::wire::fastdp as fastdp_wire;
 use crate::wire::mesh::{self as wire, FrameDecoder, Message, PeerSummary, ProtocolHeader};
 use crate::wire::sleeve::SpecialFrame;
 
@@ -98,6 +100,22 @@ pub enum Command {
     },
     /// Send a sleeve datagram from the mesh port (heartbeats, MTU probes).
     SendUdp(Udp),
+    /// Send a fast-datapath heartbeat (a VXLAN datagram) with DF set.
+    SendFastdp {
+        /// The peer's fast-datapath address.
+        to: SocketAddrV4,
+        /// The UDP payload.
+        datagram: Vec<u8>,
+    },
+}
+
+/// A peer whose unicast the kernel's fast datapath carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastdpPath {
+    /// Its fast-datapath address (UDP 6784).
+    pub addr: SocketAddrV4,
+    /// The VNI of our frames to it.
+    pub vni: u32,
 }
 
 /// Something worth a log line.
@@ -237,6 +255,13 @@ struct Conn {
     deadline: Instant,
     next_heartbeat: Instant,
     sleeve: Option<SleeveConn>,
+    /// The overlays both ends offer, in the dialling side's order: an overlay control
+    /// message names its overlay by its index here.
+    overlays: Vec<String>,
+    /// The fast datapath's health check, when both ends run one.
+    fastdp: Option<FastdpConn>,
+    /// Why there is none, when we run a fast datapath.
+    no_fastdp: Option<String>,
 }
 
 impl Conn {
@@ -271,6 +296,9 @@ pub struct Mesh {
     surrogate_seen: VecDeque<(u64, Instant)>,
     termination_count: u64,
     sleeve_mtu: Option<u16>,
+    fastdp_mtu: Option<u16>,
+    fastdp_off: Option<String>,
+    fastdp_moves: u64,
     generation: u64,
     channels: BTreeSet<String>,
     channel_events: VecDeque<ChannelEvent>,
@@ -314,6 +342,9 @@ impl Mesh {
             surrogate_seen: VecDeque::new(),
             termination_count: 0,
             sleeve_mtu: None,
+            fastdp_mtu: None,
+            fastdp_off: None,
+            fastdp_moves: 0,
             generation: 0,
             channels: BTreeSet::new(),
             channel_events: VecDeque::new(),
@@ -329,6 +360,23 @@ impl Mesh {
     /// `underlay_mtu` carries. Without it, a completed handshake establishes a connection.
     pub fn with_sleeve(mut self, underlay_mtu: u16) -> Self {
         self.sleeve_mtu = Some(sleeve::mtu_for_underlay(underlay_mtu));
+        self
+    }
+
+    /// Runs a fast datapath of MTU `mtu` next to the sleeve: offers `fastdp` first in the
+    /// feature map, and checks the tunnel to every peer that offers it too (see
+    /// [`crate::fastdp::health`]).
+    pub fn with_fastdp(mut self, mtu: u16) -> Self {
+        self.fastdp_mtu = Some(mtu);
+        if !self.config.overlays.iter().any(|o| o == "fastdp") {
+            self.config.overlays.insert(0, "fastdp".to_string());
+        }
+        self
+    }
+
+    /// Runs no fast datapath, for `reason`, which every connection's status then shows.
+    pub fn without_fastdp(mut self, reason: impl Into<String>) -> Self {
+        self.fastdp_off = Some(reason.into());
         self
     }
 
@@ -555,6 +603,7 @@ impl Mesh {
                 c.next_heartbeat = now + HEARTBEAT_INTERVAL;
                 self.send_message(key, &Message::Heartbeat);
             }
+            self.fastdp_timers(key, now);
             let Some(sc) = self.conns.get_mut(&key).and_then(|c| c.sleeve.as_mut()) else {
                 continue;
             };
@@ -587,6 +636,31 @@ impl Mesh {
         self.run_maker(now);
     }
 
+    /// Runs a connection's fast-datapath timers, with the VNI its short ids give now.
+    fn fastdp_timers(&mut self, key: ConnKey, now: Instant) {
+        let our_short = self.topo.ourself().short_id;
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let remote_short = c
+            .remote
+            .as_ref()
+            .and_then(|r| self.topo.get(r.name))
+            .map(|p| p.short_id);
+        let Some(fc) = c.fastdp.as_mut() else {
+            return;
+        };
+        if fc.poll_timeout() > now {
+            return;
+        }
+        if let Some(short) = remote_short {
+            fc.set_vni(fastdp_wire::vni(our_short, short));
+        }
+        let mut out = Vec::new();
+        fc.handle_timeout(now, &mut out);
+        self.apply_fastdp(key, out, now);
+    }
+
     /// When `handle_timeout` should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let conn_times = self
@@ -595,7 +669,9 @@ impl Mesh {
             .filter(|c| c.phase != Phase::Dialing)
             .map(|c| {
                 if c.phase == Phase::Ready {
-                    c.deadline.min(c.next_heartbeat)
+                    let t = c.deadline.min(c.next_heartbeat);
+                    let t = c.sleeve.as_ref().map_or(t, |sc| t.min(sc.poll_timeout()));
+                    c.fastdp.as_ref().map_or(t, |f| t.min(f.poll_timeout()))
                 } else {
                     c.deadline
                 }
@@ -704,6 +780,16 @@ impl Mesh {
             .iter()
             .filter_map(|(name, key)| {
                 let c = self.conns.get(key)?;
+                let (overlay, why_not) = match (&c.fastdp, &c.no_fastdp) {
+                    (Some(fc), _) => match fc.carrier() {
+                        Carrier::Fastdp => ("fastdp", None),
+                        Carrier::Sleeve(reason) => ("sleeve", Some(reason.as_str())),
+                    },
+                    (None, why) => (
+                        if c.sleeve.is_some() { "sleeve" } else { "none" },
+                        why.as_deref(),
+                    ),
+                };
                 Some(LocalConnectionStatus {
                     address: c.addr.to_string(),
                     outbound: c.outbound,
@@ -714,12 +800,15 @@ impl Mesh {
                     }
                     .to_string(),
                     info: format!(
-                        "{:<6} {}({})",
-                        if c.sleeve.is_some() { "sleeve" } else { "none" },
+                        "{:<6} {}({}){}",
+                        overlay,
                         name,
-                        nick(*name)
+                        nick(*name),
+                        why_not
+                            .map(|r| format!(" (not fastdp: {r})"))
+                            .unwrap_or_default()
                     ),
-                    attrs: sleeve_attrs(c.sleeve.as_ref()),
+                    attrs: overlay_attrs(c, overlay),
                 })
             })
             .collect();
@@ -766,6 +855,7 @@ impl Mesh {
             termination_count: self.termination_count,
             targets: self.maker.direct_peers().map(str::to_string).collect(),
             trusted_subnets: Vec::new(),
+            fastdp_moves: self.fastdp_moves,
         }
     }
 
@@ -803,6 +893,9 @@ impl Mesh {
                 deadline: now + HANDSHAKE_TIMEOUT,
                 next_heartbeat: now + HEARTBEAT_INTERVAL,
                 sleeve: None,
+                overlays: Vec::new(),
+                fastdp: None,
+                no_fastdp: None,
             },
         );
         key
@@ -909,6 +1002,9 @@ impl Mesh {
         f.insert("ConnID".into(), conn_id.0.to_string());
         f.insert("Trusted".into(), "false".into());
         f.insert("Overlays".into(), self.config.overlays.join(" "));
+        if self.fastdp_mtu.is_some() {
+            f.insert(fastdp::ACK_FEATURE.into(), fastdp::ACK_VERSION.into());
+        }
         f
     }
 
@@ -966,6 +1062,7 @@ impl Mesh {
         if self.conns.get(&key).is_some_and(|c| c.outbound) {
             self.maker.connection_created(addr);
         }
+        self.start_overlays(key, &features, remote.short_id, now);
         match self.sleeve_mtu {
             Some(max_mtu) => {
                 let c = self.conns.get_mut(&key).expect("registered above");
@@ -983,6 +1080,149 @@ impl Mesh {
             None => self.connection_established(key, now),
         }
         Ok(())
+    }
+
+    /// Records the overlays both ends offer and starts the fast datapath's health check
+    /// when both run one.
+    fn start_overlays(
+        &mut self,
+        key: ConnKey,
+        features: &BTreeMap<String, String>,
+        remote_short: Option<ShortId>,
+        now: Instant,
+    ) {
+        let ours = &self.config.overlays;
+        // A peer without the key is from before overlays could be chosen: sleeve only.
+        let theirs: Vec<String> = features.get("Overlays").map_or_else(
+            || vec!["sleeve".to_string()],
+            |o| o.split_whitespace().map(str::to_string).collect(),
+        );
+        let c = self.conns.get_mut(&key).expect("caller holds the key");
+        let (first, second) = if c.outbound {
+            (ours, &theirs)
+        } else {
+            (&theirs, ours)
+        };
+        c.overlays = first
+            .iter()
+            .filter(|o| second.contains(o))
+            .cloned()
+            .collect();
+        let Some(mtu) = self.fastdp_mtu else {
+            c.no_fastdp = self.fastdp_off.clone();
+            return;
+        };
+        let our_short = self.topo.ourself().short_id;
+        let c = self.conns.get_mut(&key).expect("caller holds the key");
+        let why_not = match (c.addr.ip(), remote_short) {
+            _ if !c.overlays.iter().any(|o| o == "fastdp") => {
+                Some("the peer does not offer fastdp".to_string())
+            }
+            (IpAddr::V6(_), _) => Some("fastdp runs over IPv4 only".to_string()),
+            (_, None) => Some("the peer has no short id".to_string()),
+            (IpAddr::V4(ip), Some(short)) => {
+                let acks = features.get(fastdp::ACK_FEATURE).map(String::as_str)
+                    == Some(fastdp::ACK_VERSION);
+                let vni = fastdp_wire::vni(our_short, short);
+                let mut fc = FastdpConn::new(c.uid, ip, vni, mtu, acks, now);
+                let mut out = Vec::new();
+                fc.handle_timeout(now, &mut out);
+                c.fastdp = Some(fc);
+                self.apply_fastdp(key, out, now);
+                None
+            }
+        };
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.no_fastdp = why_not;
+        }
+    }
+
+    /// Carries out what a connection's fast-datapath state asked for.
+    fn apply_fastdp(&mut self, key: ConnKey, effects: Vec<fastdp::Effect>, _now: Instant) {
+        for effect in effects {
+            match effect {
+                fastdp::Effect::Send { to, datagram } => {
+                    self.commands
+                        .push_back(Command::SendFastdp { to, datagram });
+                }
+                fastdp::Effect::Control(subtag, data) => {
+                    let Some(overlay) = self.overlay_index(key, "fastdp") else {
+                        continue;
+                    };
+                    let msg = Message::OverlayControl {
+                        overlay,
+                        subtag,
+                        data,
+                    };
+                    self.send_message(key, &msg);
+                }
+                fastdp::Effect::Moved(carrier) => {
+                    self.fastdp_moves += 1;
+                    // The data plane's snapshot and the kernel's entries follow.
+                    self.generation += 1;
+                    let prefix = self.conns.get(&key).map(Conn::prefix).unwrap_or_default();
+                    match carrier {
+                        Carrier::Fastdp => {
+                            self.info(format!("fastdp {prefix}: unicast moves to fastdp"))
+                        }
+                        Carrier::Sleeve(reason) => self.warn(format!(
+                            "fastdp {prefix}: unicast moves to the sleeve: {reason}"
+                        )),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The index of overlay `name` on a connection, as its control messages carry it.
+    fn overlay_index(&self, key: ConnKey, name: &str) -> Option<u8> {
+        let c = self.conns.get(&key)?;
+        let i = c.overlays.iter().position(|o| o == name)?;
+        u8::try_from(i).ok()
+    }
+
+    /// A frame with zero addresses arrived through the fast datapath's tunnel: a
+    /// heartbeat, for the connection whose UID it carries.
+    pub fn handle_fastdp_frame(&mut self, frame: &[u8], now: Instant) {
+        let Some(hb) = fastdp_wire::parse_heartbeat(frame) else {
+            return;
+        };
+        let Some((&key, _)) = self
+            .conns
+            .iter()
+            .find(|(_, c)| c.uid == hb.uid && c.fastdp.is_some())
+        else {
+            return;
+        };
+        let mut out = Vec::new();
+        if let Some(fc) = self.conns.get_mut(&key).and_then(|c| c.fastdp.as_mut()) {
+            fc.handle_heartbeat(hb, now, &mut out);
+        }
+        self.apply_fastdp(key, out, now);
+    }
+
+    /// The peers whose unicast the fast datapath carries: established connections whose
+    /// tunnel is healthy.
+    pub fn fastdp_peers(&self) -> BTreeMap<PeerName, FastdpPath> {
+        let our_short = self.topo.ourself().short_id;
+        self.by_peer
+            .iter()
+            .filter_map(|(name, key)| {
+                let c = self.conns.get(key)?;
+                let fc = c.fastdp.as_ref()?;
+                if !c.established || !fc.is_fastdp() {
+                    return None;
+                }
+                let peer = self.topo.get(*name)?;
+                Some((
+                    *name,
+                    FastdpPath {
+                        addr: fc.remote(),
+                        vni: fastdp_wire::vni(our_short, peer.short_id),
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// Weave's `handleAddConnection`: duplicates, the limit, then registration.
@@ -1137,8 +1377,9 @@ impl Mesh {
             match effect {
                 Effect::Udp(udp) => self.commands.push_back(Command::SendUdp(udp)),
                 Effect::Control(subtag, data) => {
+                    let overlay = self.overlay_index(key, "sleeve").unwrap_or(0);
                     let msg = Message::OverlayControl {
-                        overlay: 0,
+                        overlay,
                         subtag,
                         data,
                     };
@@ -1234,12 +1475,27 @@ impl Mesh {
                 subtag,
                 data,
             } => {
-                // Overlay 0 is the sleeve, the only overlay both ends offer here.
-                let sc = self.conns.get_mut(&key).and_then(|c| c.sleeve.as_mut());
-                if let (0, Some(sc)) = (overlay, sc) {
-                    let mut out = Vec::new();
-                    sc.handle_control(subtag, &data, now, &mut out);
-                    self.apply_sleeve(key, out, now);
+                let Some(c) = self.conns.get_mut(&key) else {
+                    return Ok(());
+                };
+                let name = c.overlays.get(usize::from(overlay)).map(String::as_str);
+                match name {
+                    // A peer that offered no overlays speaks the sleeve's messages as 0.
+                    Some("sleeve") | None if overlay == 0 || name.is_some() => {
+                        if let Some(sc) = c.sleeve.as_mut() {
+                            let mut out = Vec::new();
+                            sc.handle_control(subtag, &data, now, &mut out);
+                            self.apply_sleeve(key, out, now);
+                        }
+                    }
+                    Some("fastdp") => {
+                        if let Some(fc) = c.fastdp.as_mut() {
+                            let mut out = Vec::new();
+                            fc.handle_control(subtag, &data, now, &mut out);
+                            self.apply_fastdp(key, out, now);
+                        }
+                    }
+                    _ => {}
                 }
                 Ok(())
             }
@@ -1514,13 +1770,23 @@ impl Mesh {
 }
 
 /// The `Attrs` of a connection in `/report`: the overlay's name and MTU.
-fn sleeve_attrs(sc: Option<&SleeveConn>) -> BTreeMap<String, serde_json::Value> {
+/// The attributes Weave shows for the overlay carrying a connection: its name and MTU.
+fn overlay_attrs(c: &Conn, overlay: &str) -> BTreeMap<String, serde_json::Value> {
     let mut attrs = BTreeMap::new();
-    if let Some(sc) = sc {
-        attrs.insert("name".to_string(), serde_json::Value::from("sleeve"));
-        if let Some(mtu) = sc.mtu() {
-            attrs.insert("mtu".to_string(), serde_json::Value::from(mtu));
-        }
+    let mtu = match (overlay, &c.fastdp, &c.sleeve) {
+        ("fastdp", Some(fc), _) => Some(fc.mtu()),
+        ("sleeve", _, Some(sc)) => sc.mtu(),
+        _ => return attrs,
+    };
+    attrs.insert("name".to_string(), serde_json::Value::from(overlay));
+    if let Some(mtu) = mtu {
+        attrs.insert("mtu".to_string(), serde_json::Value::from(mtu));
+    }
+    if let Some(fc) = &c.fastdp {
+        attrs.insert(
+            "fastdp_moves".to_string(),
+            serde_json::Value::from(fc.moves()),
+        );
     }
     attrs
 }

@@ -53,6 +53,10 @@ pub struct RouterStatus {
     /// Subnets trusted to carry unencrypted traffic.
     #[serde(default, deserialize_with = "null_as_default")]
     pub trusted_subnets: Vec<String>,
+    /// How often a peer's unicast moved between the fast datapath and the sleeve since
+    /// start (not in Weave's report).
+    #[serde(default)]
+    pub fastdp_moves: u64,
 }
 
 /// One peer in the topology.

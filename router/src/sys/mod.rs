@@ -13,6 +13,7 @@ pub mod cmsg;
 pub mod cpu;
 pub mod eventfd;
 pub mod netns;
+pub mod packet;
 pub mod socket;
 pub mod tap;
 

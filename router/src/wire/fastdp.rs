@@ -130,7 +130,10 @@ mod tests {
         assert_eq!(f.len(), 1390);
         assert!(f[..14].iter().all(|b| *b == 0));
         // Weave's sendHeartbeat: uid then uint16(len(buf)).
-        assert_eq!(&f[14..24], &[0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x05, 0x6e]);
+        assert_eq!(
+            &f[14..24],
+            &[0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x05, 0x6e]
+        );
         assert_eq!(&f[24..32], &7u64.to_be_bytes());
         assert!(f[32..].iter().all(|b| *b == 0));
         let hb = parse_heartbeat(&f).unwrap();

@@ -342,6 +342,8 @@ impl<A: App> Sim<A> {
                     self.last_delivery.insert(to, at);
                     self.push(at, Ev::Data { to, bytes });
                 }
+                // The simulated routers run no fast datapath.
+                Command::SendFastdp { .. } => {}
                 Command::SendUdp(udp) => {
                     self.messages += 1;
                     self.bytes += udp.datagram.len() as u64;
