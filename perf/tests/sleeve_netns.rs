@@ -136,7 +136,12 @@ fn run(cmd: &str, args: &[&str]) {
 
 fn launch(router: &Router, host: &Host, peers: &[Ipv4Addr], backend: &str) -> Process {
     router
-        .launch_with(host, peers, &["--dataplane", backend, "--workers", "2"])
+        // The sleeve is under test: no fast datapath.
+        .launch_with(
+            host,
+            peers,
+            &["--dataplane", backend, "--workers", "2", "--no-fastdp"],
+        )
         .expect("spawn router")
 }
 

@@ -32,8 +32,13 @@ fn stats_and_metrics_count_the_traffic_the_test_sent() {
     let router = Router::new(bin);
     let bed = Testbed::new(&TestbedConfig::new("wsm", 2).with_subnet(153)).expect("testbed");
     let [h1, h2] = [1, 2].map(|i| bed.host(i).expect("host").clone());
-    let mut r1 = router.launch(&h1, &[]).expect("launch host1");
-    let mut r2 = router.launch(&h2, &[h1.addr()]).expect("launch host2");
+    // The sleeve's counters are under test: no fast datapath.
+    let mut r1 = router
+        .launch_with(&h1, &[], &["--no-fastdp"])
+        .expect("launch host1");
+    let mut r2 = router
+        .launch_with(&h2, &[h1.addr()], &["--no-fastdp"])
+        .expect("launch host2");
     await_sleeve(&router, &h1, &mut r1);
     await_sleeve(&router, &h2, &mut r2);
 

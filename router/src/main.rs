@@ -45,6 +45,12 @@ enum Cmd {
     /// Run it on one live peer only, after the named peers have stopped for good: their
     /// addresses become this peer's to hand out. A peer that is still reachable is refused.
     Rmpeer(cli::RmpeerArgs),
+    /// Remove what the router made on this host: the weave bridge, its TAP and the fast
+    /// datapath's devices with their forwarding entries; nothing else.
+    ///
+    /// Run it with the router stopped, to take weave-router off a node: pods still
+    /// attached lose their network (their veths are detached, not deleted).
+    Reset(cli::reset::ResetArgs),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +99,13 @@ fn run(args: Cli) -> anyhow::Result<()> {
         }
         Cmd::Connect(connect) => Ok(cli::connect(&connect)?),
         Cmd::Forget(forget) => Ok(cli::forget(&forget)?),
+        Cmd::Reset(reset) => {
+            let stdout = std::io::stdout();
+            match cli::reset::reset(&reset, &mut stdout.lock()) {
+                Err(e) if e.is_broken_pipe() => Ok(()),
+                other => Ok(other?),
+            }
+        }
         Cmd::Rmpeer(rmpeer) => {
             let stdout = std::io::stdout();
             match cli::rmpeer(&rmpeer, &mut stdout.lock()) {

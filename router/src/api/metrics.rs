@@ -67,6 +67,14 @@ impl Collector for Scrape {
             MetricType::Counter,
         )?;
         terminations.encode(m)?;
+        let moves = ConstCounter::new(self.router.fastdp_moves);
+        let m = encoder.encode_descriptor(
+            "weave_router_fastdp_moves",
+            "Times a peer's unicast moved between the fast datapath and the sleeve.",
+            None,
+            MetricType::Counter,
+        )?;
+        moves.encode(m)?;
         if let Some(dp) = &self.stats.dataplane {
             let info = Info::new(vec![("backend", dp.backend.as_str())]);
             let m = encoder.encode_descriptor(
@@ -659,6 +667,7 @@ mod tests {
             "weave_connections{encryption=\"\",state=\"failed\",type=\"unknown\"} 1",
             "weave_connections{encryption=\"\",state=\"connecting\",type=\"sleeve\"} 0",
             "weave_connection_terminations_total 7",
+            "weave_router_fastdp_moves_total 0",
             "# TYPE weave_connection_terminations counter",
             "# TYPE weave_connections gauge",
         ] {

@@ -3,6 +3,7 @@
 //! request).
 
 pub mod http;
+pub mod reset;
 pub mod stats;
 
 use std::io::Write;
@@ -96,6 +97,9 @@ pub enum CliError {
     /// Writing to our output failed.
     #[error("cannot write output")]
     Output(#[from] std::io::Error),
+    /// `reset` could not do (or refused) what was asked.
+    #[error("reset: {0}")]
+    Reset(String),
 }
 
 impl CliError {

@@ -394,6 +394,40 @@ pub async fn observe(handle: &Handle, desired: &HostPlumbing) -> Result<Observed
     })
 }
 
+/// Deletes the TAP and the bridge of `desired` where they are of the kinds the router
+/// makes (a TAP, a bridge); returns the names deleted. Links of another kind under those
+/// names are someone else's and stay. Ports still on the bridge (pods' veths) are
+/// detached, not deleted.
+pub async fn remove(handle: &Handle, desired: &HostPlumbing) -> Result<Vec<String>, PlumbingError> {
+    let observed = observe(handle, desired).await?;
+    let mut removed = Vec::new();
+    for (name, ours) in [
+        (
+            &desired.tap,
+            matches!(observed.link(&desired.tap), Some(l) if matches!(l.kind, LinkKind::Tun(i) if i.tap != Some(false))),
+        ),
+        (
+            &desired.bridge,
+            matches!(observed.link(&desired.bridge), Some(l) if matches!(l.kind, LinkKind::Bridge { .. })),
+        ),
+    ] {
+        match observed.link(name) {
+            None => {}
+            Some(link) if !ours => {
+                tracing::warn!(
+                    "{name} is a {} link, not the router's; left alone",
+                    link.kind
+                );
+            }
+            Some(_) => {
+                execute_one(handle, &PlumbingOp::DeleteLink { name: name.clone() }).await?;
+                removed.push(name.clone());
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Performs `ops` in order, resolving link names when each one runs.
 pub async fn execute(handle: &Handle, ops: &[PlumbingOp]) -> Result<(), PlumbingError> {
     for op in ops {
