@@ -7,3 +7,4 @@ pub mod harness;
 pub mod load;
 pub mod router;
 pub mod testbed;
+pub mod transfer;

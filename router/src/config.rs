@@ -99,8 +99,8 @@ pub struct LaunchArgs {
     /// carries]. Env: WEAVE_MTU.
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<String>,
-    /// Leave the kernel's fast datapath alone. This build carries all traffic in the sleeve,
-    /// so the setting is checked and has no other effect yet. Env: WEAVE_NO_FASTDP.
+    /// Carry every peer's traffic in the sleeve: set up no fast datapath (the kernel's VXLAN
+    /// on UDP 6784) and offer none to peers. Env: WEAVE_NO_FASTDP.
     #[arg(long)]
     pub no_fastdp: bool,
     /// Kubernetes integration: `auto` (on when running in a cluster, i.e. when

@@ -258,9 +258,11 @@ async fn program(
                 if table.entries.contains_key(mac) {
                     continue;
                 }
+                // Our short id is new after a restart, the peer's usually is not: the
+                // peer's address and the VNI's destination half identify it.
                 let owner = peers
                     .iter()
-                    .find(|(_, p)| *p.addr.ip() == remote.ip && p.vni == remote.vni);
+                    .find(|(_, p)| *p.addr.ip() == remote.ip && p.vni >> 12 == remote.vni >> 12);
                 if let Some((peer, _)) = owner {
                     table.entries.insert(*mac, (*peer, now));
                     dirty = true;

@@ -56,7 +56,7 @@ const TX_VNI: u32 = 0xff_ffff;
 /// Outer TTL, as Weave's flows set it.
 const TTL: u8 = 64;
 /// How long entries found at start are kept without a healthy peer to claim them.
-pub const ADOPT_GRACE: Duration = Duration::from_secs(30);
+pub const ADOPT_GRACE: Duration = Duration::from_secs(10);
 
 /// Why the backend could not be set up or programmed.
 #[derive(Debug, thiserror::Error)]
