@@ -49,7 +49,7 @@ enum Cmd {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Paths to measure [default: every available one; fastdp is not available yet].
+    /// Paths to measure [default: all, vxlan (the baseline) first].
     #[arg(long, value_enum, value_delimiter = ',')]
     paths: Vec<NetPath>,
     /// Workloads to run [default: all].

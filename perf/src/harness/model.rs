@@ -31,7 +31,7 @@ pub enum NetPath {
     SleeveEpoll,
     /// weave-router's sleeve on io_uring with GSO/GRO and TAP offloads off.
     SleeveNoGso,
-    /// weave-router's fast datapath (not written yet).
+    /// weave-router's fast datapath: the kernel's VXLAN, programmed by the router.
     Fastdp,
 }
 
@@ -88,7 +88,10 @@ impl NetPath {
             NetPath::SleeveNoGso => {
                 "weave-router sleeve, --dataplane io-uring --offload off (one datagram per system call)"
             }
-            NetPath::Fastdp => "weave-router fast datapath",
+            NetPath::Fastdp => {
+                "weave-router fast datapath (kernel VXLAN on UDP 6784, programmed by the router), \
+                 pod MTU 1438"
+            }
         }
     }
 
@@ -104,15 +107,27 @@ impl NetPath {
         }
     }
 
-    /// `Err(why)` for a path the harness cannot build yet.
+    /// `Err(why)` for a path the harness cannot build; every path it knows can be built now.
+    /// Result files of older runs keep the reason they gave then, in the path's `note`.
     pub fn availability(self) -> Result<(), &'static str> {
         match self {
             NetPath::Vxlan
             | NetPath::Veth
             | NetPath::SleeveIoUring
             | NetPath::SleeveEpoll
-            | NetPath::SleeveNoGso => Ok(()),
-            NetPath::Fastdp => Err("not available: weave-router has no fast datapath yet"),
+            | NetPath::SleeveNoGso
+            | NetPath::Fastdp => Ok(()),
+        }
+    }
+
+    /// What must carry every connection of a router path, as `weave-router status
+    /// connections` names it after `established` (`fastdp` or `sleeve`); `None` for paths
+    /// without routers. A router that fell back to another overlay is not this path.
+    pub fn overlay(self) -> Option<&'static str> {
+        match self {
+            NetPath::Vxlan | NetPath::Veth => None,
+            NetPath::SleeveIoUring | NetPath::SleeveEpoll | NetPath::SleeveNoGso => Some("sleeve"),
+            NetPath::Fastdp => Some("fastdp"),
         }
     }
 
@@ -122,19 +137,24 @@ impl NetPath {
             // 1500 minus the 50 bytes of outer Ethernet, IPv4, UDP and VXLAN headers.
             NetPath::Vxlan => Some(1450),
             NetPath::Veth => None,
-            // What the sleeve carries on a 1500-byte underlay.
-            NetPath::SleeveIoUring | NetPath::SleeveEpoll | NetPath::SleeveNoGso => Some(1438),
-            NetPath::Fastdp => Some(1376),
+            // What the sleeve carries on a 1500-byte underlay; the router's weave bridge has
+            // this MTU whichever overlay carries a peer, so the fast datapath gets it too.
+            NetPath::SleeveIoUring
+            | NetPath::SleeveEpoll
+            | NetPath::SleeveNoGso
+            | NetPath::Fastdp => Some(1438),
         }
     }
 
-    /// The `weave-router launch` flags that select this path; empty for kernel paths.
+    /// The `weave-router launch` flags that select this path; empty for kernel paths. The
+    /// router uses its fast datapath by default, so the sleeve paths turn it off.
     pub fn router_args(self) -> &'static [&'static str] {
         match self {
-            NetPath::Vxlan | NetPath::Veth | NetPath::Fastdp => &[],
-            NetPath::SleeveIoUring => &["--dataplane", "io-uring"],
-            NetPath::SleeveEpoll => &["--dataplane", "epoll"],
-            NetPath::SleeveNoGso => &["--dataplane", "io-uring", "--offload", "off"],
+            NetPath::Vxlan | NetPath::Veth => &[],
+            NetPath::SleeveIoUring => &["--dataplane", "io-uring", "--no-fastdp"],
+            NetPath::SleeveEpoll => &["--dataplane", "epoll", "--no-fastdp"],
+            NetPath::SleeveNoGso => &["--dataplane", "io-uring", "--offload", "off", "--no-fastdp"],
+            NetPath::Fastdp => &["--dataplane", "io-uring"],
         }
     }
 
@@ -494,10 +514,30 @@ mod tests {
     }
 
     #[test]
-    fn fast_datapath_is_listed_but_not_selected_by_default() {
-        assert!(NetPath::Fastdp.availability().is_err());
-        assert!(!NetPath::default_set().contains(&NetPath::Fastdp));
-        assert_eq!(NetPath::default_set().len(), 5);
+    fn fast_datapath_is_selected_by_default_after_the_baseline() {
+        assert_eq!(NetPath::Fastdp.availability(), Ok(()));
+        assert_eq!(NetPath::default_set(), NetPath::ALL.to_vec());
         assert_eq!(NetPath::default_set()[0], NetPath::BASELINE);
+        assert_eq!(NetPath::Fastdp.pod_mtu(), Some(1438));
+        assert_eq!(NetPath::Fastdp.kind(), PathKind::Router);
+    }
+
+    #[test]
+    fn sleeve_paths_turn_the_fast_datapath_off_and_fastdp_keeps_it() {
+        for p in NetPath::ALL {
+            let args = p.router_args();
+            let off = args.contains(&"--no-fastdp");
+            match p.overlay() {
+                Some("sleeve") => assert!(off, "{}: {args:?}", p.name()),
+                Some("fastdp") => assert!(!off && !args.is_empty(), "{}: {args:?}", p.name()),
+                Some(other) => panic!("{}: unknown overlay {other}", p.name()),
+                None => {
+                    assert!(args.is_empty(), "{}: {args:?}", p.name());
+                    assert_ne!(p.kind(), PathKind::Router, "{}", p.name());
+                }
+            }
+            assert_eq!(p.overlay().is_some(), p.kind() == PathKind::Router);
+        }
+        assert_eq!(NetPath::Fastdp.router_args(), ["--dataplane", "io-uring"]);
     }
 }

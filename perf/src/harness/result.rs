@@ -461,8 +461,8 @@ pub(crate) mod tests {
     }
 
     /// A run of every available path and workload, three repeats, with values chosen so that
-    /// medians are round: path factors vxlan 1, veth 2, io-uring 0.9, epoll 0.75, no-gso 0.4
-    /// (inverted for lower-is-better metrics), repeats at -2.5 %, 0, +2.5 %.
+    /// medians are round: path factors vxlan 1, veth 2, io-uring 0.9, epoll 0.75, no-gso 0.4,
+    /// fastdp 1.25 (inverted for lower-is-better metrics), repeats at -2.5 %, 0, +2.5 %.
     pub(crate) fn sample_run() -> RunResult {
         let paths = NetPath::default_set();
         let factor = |p: NetPath| match p {
@@ -471,7 +471,7 @@ pub(crate) mod tests {
             NetPath::SleeveIoUring => 0.9,
             NetPath::SleeveEpoll => 0.75,
             NetPath::SleeveNoGso => 0.4,
-            NetPath::Fastdp => 1.0,
+            NetPath::Fastdp => 1.25,
         };
         let base = |w: WorkloadName, m: Metric| match (w, m) {
             (WorkloadName::Tcp1, Metric::ThroughputGbps) => 4.0,
@@ -530,7 +530,12 @@ pub(crate) mod tests {
             .collect();
         let summary = summarize(&path_names, &workload_names, &samples);
         let mut infos: Vec<PathInfo> = paths.iter().map(|&p| PathInfo::new(p, true)).collect();
-        infos.push(PathInfo::new(NetPath::Fastdp, false));
+        infos.extend(
+            NetPath::ALL
+                .into_iter()
+                .filter(|p| !paths.contains(p))
+                .map(|p| PathInfo::new(p, false)),
+        );
         RunResult {
             schema: SCHEMA.to_owned(),
             schema_version: SCHEMA_VERSION,
@@ -612,6 +617,22 @@ pub(crate) mod tests {
         assert_eq!(
             run.median("sleeve-epoll", "tcp1", Metric::ThroughputGbps),
             Some(3.0)
+        );
+    }
+
+    #[test]
+    fn path_info_says_why_a_path_was_not_measured() {
+        let measured = PathInfo::new(NetPath::Fastdp, true);
+        assert_eq!(measured.note, None);
+        assert_eq!(measured.pod_mtu, Some(1438));
+        assert_eq!(measured.router_args, ["--dataplane", "io-uring"]);
+
+        let left_out = PathInfo::new(NetPath::Fastdp, false);
+        assert!(!left_out.measured);
+        assert_eq!(left_out.note.as_deref(), Some("not selected"));
+        assert_eq!(
+            PathInfo::new(NetPath::SleeveEpoll, true).router_args,
+            ["--dataplane", "epoll", "--no-fastdp"]
         );
     }
 

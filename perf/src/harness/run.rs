@@ -4,7 +4,9 @@
 //! ```text
 //!  underlay br0 ── group vxlan:   h1 h2 h3   kbr + vx0 per host, pods on kbr (MTU 1450)
 //!              ├── group veth:    h4 h5 h6   client in h4, server in h5 (underlay only)
-//!              └── group sleeve-*: ...       weave-router per host, pods on `weave` (MTU 1438)
+//!              ├── group sleeve-*: ...       weave-router per host (--no-fastdp), pods on `weave`
+//!              └── group fastdp:  ...        weave-router per host, its kernel VXLAN carries
+//!                                            the pods' traffic (MTU 1438 for both)
 //! ```
 //!
 //! Traffic always runs from host1's pod (or host1 itself) to host2's of its group; the other
@@ -772,7 +774,9 @@ fn vxlan_overlay(hosts: &[Host]) -> Result<(), TestbedError> {
 }
 
 /// Starts a router on every host (each knows all hosts before it), waits until each has
-/// a sleeve connection with a verified MTU to every other.
+/// a connection with a verified MTU to every other, carried by the path's overlay (the
+/// sleeve, or the fast datapath). A fast-datapath router that stays on the sleeve fails the
+/// path with its status (which says why) rather than being measured as the fast datapath.
 fn start_routers(
     router: &Router,
     opts: &RunOptions,
@@ -792,24 +796,43 @@ fn start_routers(
         router.wait_ready(host, &mut process, CONVERGE, cancel)?;
         routers.push((host.clone(), process));
     }
+    let overlay = path
+        .overlay()
+        .ok_or_else(|| HarnessError::Config(format!("path {} runs no routers", path.name())))?;
     let others = hosts.len() - 1;
     for (host, process) in &mut routers {
-        let what = format!("{}: {others} sleeve connections with an MTU", host.name());
+        let what = format!(
+            "{}: {others} connections established over {overlay} with an MTU",
+            host.name()
+        );
         process.wait_for(&what, CONVERGE, cancel, || {
             let text = router
                 .status_text(host, Some("connections"))
                 .map_err(|e| e.to_string())?;
-            let ready = text
-                .lines()
-                .filter(|l| l.contains("established") && l.contains("mtu="))
-                .count();
+            let ready = connections_over(&text, overlay);
             match ready >= others {
                 true => Ok(()),
-                false => Err(format!("{ready} of {others}:\n{text}")),
+                false => Err(format!("{ready} of {others} over {overlay}:\n{text}")),
             }
         })?;
     }
     Ok(routers)
+}
+
+/// Lines of `weave-router status connections` that are established over `overlay` with an
+/// MTU: `-> 192.168.1.2:6783     established fastdp aa:…(host2) mtu=1438`. The overlay is
+/// the word right after the state, so a sleeve connection's `(not fastdp: …)` note does not
+/// count as the fast datapath.
+fn connections_over(status: &str, overlay: &str) -> usize {
+    status
+        .lines()
+        .filter(|line| {
+            let mut words = line.split_whitespace().skip_while(|w| *w != "established");
+            words.next().is_some()
+                && words.next() == Some(overlay)
+                && line.split_whitespace().any(|w| w.starts_with("mtu="))
+        })
+        .count()
 }
 
 /// Starts the group's load server and waits until it listens.
@@ -906,9 +929,10 @@ mod tests {
     #[test]
     fn options_are_checked() {
         assert!(options().validate().is_ok());
+        assert!(options().paths.contains(&NetPath::Fastdp));
         type Change = fn(&mut RunOptions);
         let cases: [(&str, Change); 6] = [
-            ("fast datapath", |o| o.paths.push(NetPath::Fastdp)),
+            ("one path", |o| o.paths.clear()),
             ("--repeats", |o| o.repeats = 0),
             ("--seconds", |o| o.seconds = f64::NAN),
             ("--warmup", |o| o.warmup = -1.0),
@@ -921,6 +945,21 @@ mod tests {
             let err = o.validate().unwrap_err().to_string();
             assert!(err.contains(needle), "{needle}: {err}");
         }
+    }
+
+    #[test]
+    fn connections_count_only_over_the_paths_overlay() {
+        let status = "\
+-> 192.168.120.1:6783   established fastdp aa:00:00:00:00:01(host1) mtu=1438
+<- 192.168.120.3:41234  established sleeve aa:00:00:00:00:03(host3) (not fastdp: no heartbeat yet) mtu=1438
+-> 192.168.120.4:6783   established fastdp aa:00:00:00:00:04(host4)
+-> 192.168.120.5:6783   pending     fastdp aa:00:00:00:00:05(host5) mtu=1438
+-> 192.168.120.6:6783   retrying    connection refused
+";
+
+        assert_eq!(connections_over(status, "fastdp"), 1);
+        assert_eq!(connections_over(status, "sleeve"), 1);
+        assert_eq!(connections_over("", "sleeve"), 0);
     }
 
     #[test]

@@ -384,12 +384,13 @@ mod tests {
 
         assert!(svg.starts_with("<svg "), "{svg}");
         assert!(svg.trim_end().ends_with("</svg>"));
-        // 5 paths × (2 tcp + 2 udp + 2 latency groups).
-        assert_eq!(svg.matches(r#"class="bar""#).count(), 30);
+        // 6 paths × (2 tcp + 2 udp + 2 latency groups).
+        assert_eq!(run.measured_paths().len(), 6);
+        assert_eq!(svg.matches(r#"class="bar""#).count(), 36);
         for p in run.measured_paths() {
             assert!(svg.contains(&format!(">{p}</text>")), "no legend for {p}");
         }
-        assert!(!svg.contains("fastdp"));
+        assert!(svg.contains(colour("fastdp", 5)));
         assert!(svg.contains("TCP throughput"));
         assert!(svg.contains("4 streams"));
         // udp64 on veth is 800k pps: the axis is in k.
@@ -404,8 +405,21 @@ mod tests {
 
         let svg = render_svg(&run);
 
-        assert_eq!(svg.matches(r#"class="bar""#).count(), 29);
+        assert_eq!(svg.matches(r#"class="bar""#).count(), 35);
         assert!(svg.contains(">n/a</text>"));
+    }
+
+    #[test]
+    fn paths_not_measured_are_not_drawn() {
+        let mut run = sample_run();
+        for p in run.paths.iter_mut().filter(|p| p.name == "fastdp") {
+            p.measured = false;
+        }
+
+        let svg = render_svg(&run);
+
+        assert_eq!(svg.matches(r#"class="bar""#).count(), 30);
+        assert!(!svg.contains("fastdp"), "{svg}");
     }
 
     #[test]
