@@ -107,16 +107,20 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                     info!("Fast datapath turned off (--no-fastdp): the sleeve carries every peer");
                     mesh.without_fastdp("turned off (--no-fastdp)")
                 }
-                Some(learned) => match start_fastdp(&config, pod_mtu, learned, fastdp_tx).await {
-                    Ok(f) => {
-                        fastdp = Some(f);
-                        mesh.with_fastdp(pod_mtu)
+                Some((learned, bus)) => {
+                    match start_fastdp(&config, pod_mtu, learned, bus, fastdp_tx).await {
+                        Ok(f) => {
+                            fastdp = Some(f);
+                            mesh.with_fastdp(pod_mtu)
+                        }
+                        Err(e) => {
+                            warn!(
+                                "Fast datapath unavailable, the sleeve carries every peer: {e:#}"
+                            );
+                            mesh.without_fastdp(format!("unavailable on this host: {e:#}"))
+                        }
                     }
-                    Err(e) => {
-                        warn!("Fast datapath unavailable, the sleeve carries every peer: {e:#}");
-                        mesh.without_fastdp(format!("unavailable on this host: {e:#}"))
-                    }
-                },
+                }
             };
             let counters = DataplaneCounters {
                 backend: backend.name(),
@@ -346,22 +350,21 @@ async fn start_fastdp(
     config: &Config,
     pod_mtu: u16,
     learned: std::sync::mpsc::Receiver<crate::dataplane::learn::Post>,
+    bus: Arc<LearnBus>,
     frames: mpsc::Sender<Vec<u8>>,
 ) -> anyhow::Result<FastdpShell> {
     let (connection, handle, _) =
         rtnetlink::new_connection().context("cannot open a netlink connection")?;
     // The programming task uses this connection for the router's whole life.
     tokio::spawn(connection);
-    let shell = FastdpShell::start(
-        handle,
-        plumbing::BRIDGE_NAME,
-        plumbing::TAP_NAME,
-        u32::from(pod_mtu),
-        config.name,
-        learned,
-        frames,
-    )
-    .await?;
+    let host = crate::fastdp::shell::Host {
+        bridge: plumbing::BRIDGE_NAME,
+        tap: plumbing::TAP_NAME,
+        mtu: u32::from(pod_mtu),
+        ourself: config.name,
+    };
+    let shell = FastdpShell::start(handle, host, learned, bus, frames).await?;
+    info!("Fast datapath backend: {}", shell.backend());
     Ok(shell)
 }
 
@@ -374,7 +377,10 @@ async fn start_dataplane(
     fastdp: bool,
 ) -> anyhow::Result<(
     Vec<epoll::Worker>,
-    Option<std::sync::mpsc::Receiver<crate::dataplane::learn::Post>>,
+    Option<(
+        std::sync::mpsc::Receiver<crate::dataplane::learn::Post>,
+        Arc<LearnBus>,
+    )>,
 )> {
     let pod_mtu = u32::from(crate::mesh::sleeve::mtu_for_underlay(underlay_mtu(
         config.mtu,
@@ -415,7 +421,9 @@ async fn start_dataplane(
     // With a fast datapath, one mailbox more than workers: its programming task's.
     let learn = LearnBus::new(queues.len() + usize::from(fastdp));
     let learned = if fastdp {
-        learn.inbox(queues.len())
+        learn
+            .inbox(queues.len())
+            .map(|inbox| (inbox, Arc::clone(&learn)))
     } else {
         None
     };
@@ -647,7 +655,7 @@ impl Shell {
             w.send(ToWorker::Snapshot(Arc::clone(&snapshot)));
         }
         if let Some(f) = &self.fastdp {
-            f.publish(self.mesh.fastdp_peers());
+            f.publish(self.mesh.fastdp_view());
         }
     }
 

@@ -1,6 +1,7 @@
-//! The fast datapath's I/O around the mesh: sets up the Linux VXLAN backend, hears
-//! heartbeats on its receiving device, sends ours, and keeps the kernel's forwarding
-//! entries in step with the healthy peers and the MACs the sleeve learned.
+//! The fast datapath's I/O around the mesh: sets up a backend (Open vSwitch when the kernel
+//! has it, else the Linux VXLAN device), hears heartbeats (from the VXLAN device's packet
+//! socket, or as Open vSwitch misses), sends ours, and keeps the kernel's forwarding in
+//! step with the healthy peers and the MACs the sleeve learned.
 //!
 //! The programming runs in its own task: the owner of the mesh publishes the peers the
 //! fast datapath carries (a `watch`), the workers post what MACs they learned (the
@@ -9,7 +10,7 @@
 //! still sends to alive after the sleeve stopped seeing it (its traffic no longer passes
 //! the router), by the entry's last use, and forgets it ten minutes after that.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
@@ -19,10 +20,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::dataplane::learn::Post;
-use crate::fastdp::vxlan::{self, Devices, Installed, Remote, VxlanError, ADOPT_GRACE};
+use std::sync::{Arc, RwLock};
+
+use crate::dataplane::learn::{LearnBus, Post};
+use crate::fastdp::ovs::{self, Datapath, Forwarding, OvsError};
+use crate::fastdp::vxlan::{self, Installed, Remote, VxlanError, ADOPT_GRACE};
+use crate::fastdp::View;
 use crate::ids::PeerName;
-use crate::mesh::router::FastdpPath;
 use crate::switch::{Mac, MAC_MAX_AGE};
 use crate::sys::packet::ZeroHeaderSocket;
 use crate::sys::socket::{open_udp, PmtuDiscovery, UdpOptions};
@@ -40,6 +44,9 @@ pub enum FastdpError {
     /// Setting up the devices failed.
     #[error(transparent)]
     Vxlan(#[from] VxlanError),
+    /// Setting up the Open vSwitch datapath failed.
+    #[error(transparent)]
+    Ovs(#[from] OvsError),
     /// A socket could not be opened.
     #[error(transparent)]
     Sys(#[from] crate::sys::SysError),
@@ -48,29 +55,89 @@ pub enum FastdpError {
     Io(#[from] std::io::Error),
 }
 
+/// The host the fast datapath runs on.
+#[derive(Debug, Clone, Copy)]
+pub struct Host<'a> {
+    /// The bridge pods attach to.
+    pub bridge: &'a str,
+    /// The sleeve's TAP on it.
+    pub tap: &'a str,
+    /// The pods' MTU, which the datapath carries.
+    pub mtu: u32,
+    /// Our peer name.
+    pub ourself: PeerName,
+}
+
+/// Where the programming task puts forwarding.
+#[derive(Clone)]
+enum Backend {
+    /// The Linux VXLAN devices: entries on the sending device and the bridge.
+    Vxlan {
+        /// The sending device's index.
+        tx: u32,
+    },
+    /// Open vSwitch: bridge entries towards the datapath; flows on misses.
+    Ovs {
+        /// The datapath.
+        dp: Arc<Datapath>,
+        /// What the miss handler forwards by.
+        fwd: Arc<RwLock<Forwarding>>,
+    },
+}
+
+impl Backend {
+    /// The bridge port the fast datapath's MACs point to.
+    fn port(&self) -> u32 {
+        match self {
+            Backend::Vxlan { tx } => *tx,
+            Backend::Ovs { dp, .. } => dp.bridge_veth,
+        }
+    }
+
+    async fn install(
+        &self,
+        handle: &rtnetlink::Handle,
+        mac: Mac,
+        remote: Remote,
+    ) -> Result<(), VxlanError> {
+        match self {
+            Backend::Vxlan { tx } => vxlan::install(handle, *tx, mac, remote).await,
+            Backend::Ovs { dp, .. } => vxlan::install_bridge(handle, dp.bridge_veth, mac).await,
+        }
+    }
+
+    async fn uninstall(&self, handle: &rtnetlink::Handle, mac: Mac) -> Result<(), VxlanError> {
+        let own = matches!(self, Backend::Vxlan { .. });
+        vxlan::uninstall(handle, self.port(), mac, own).await
+    }
+}
+
 /// The running fast datapath.
 pub struct FastdpShell {
-    peers: watch::Sender<BTreeMap<PeerName, FastdpPath>>,
+    view: watch::Sender<View>,
     socket: UdpSocket,
     tasks: Vec<JoinHandle<()>>,
-    devices: Devices,
+    backend: &'static str,
+    datapath: Option<Arc<Datapath>>,
 }
 
 impl FastdpShell {
-    /// Sets up the devices on `bridge` (next to `tap`) with MTU `mtu` and starts hearing
-    /// heartbeats (sent to `frames`) and programming entries from `learned` mail.
+    /// Sets up a backend on `host`'s bridge, Open vSwitch when the kernel has it, and
+    /// starts hearing heartbeats (sent to `frames`) and programming the kernel from
+    /// `learned` mail. Open vSwitch also posts the MACs it learns to `bus`.
     pub async fn start(
         handle: rtnetlink::Handle,
-        bridge: &str,
-        tap: &str,
-        mtu: u32,
-        ourself: PeerName,
+        host: Host<'_>,
         learned: std_mpsc::Receiver<Post>,
+        bus: Arc<LearnBus>,
         frames: mpsc::Sender<Vec<u8>>,
     ) -> Result<Self, FastdpError> {
-        let devices = vxlan::ensure(&handle, bridge, tap, mtu).await?;
-        let listener = ZeroHeaderSocket::open(devices.rx, vxlan::RX_DEVICE)?;
-        let listener = listener.into_async()?;
+        let Host {
+            bridge,
+            tap,
+            mtu,
+            ourself,
+        } = host;
         let socket = open_udp(&UdpOptions {
             bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             reuse_port: false,
@@ -80,28 +147,74 @@ impl FastdpShell {
             send_buffer: None,
             nonblocking: true,
         })?;
-        let (peers, peers_rx) = watch::channel(BTreeMap::new());
-        let tasks = vec![
-            tokio::spawn(listen(listener, frames)),
-            tokio::spawn(program(handle, devices.tx, ourself, peers_rx, learned)),
-        ];
-        info!(
-            "Fast datapath: {} receives and {} sends on UDP {}, MTU {mtu}",
-            vxlan::RX_DEVICE,
-            vxlan::TX_DEVICE,
-            crate::wire::fastdp::PORT
-        );
+        let (view, view_rx) = watch::channel(View::default());
+        let mut tasks = Vec::new();
+        let (backend, name, datapath) = match start_ovs(&handle, bridge, tap, mtu).await {
+            Ok((dp, upcalls)) => {
+                let dp = Arc::new(dp);
+                let fwd = Arc::new(RwLock::new(Forwarding::default()));
+                let (d, f) = (Arc::clone(&dp), Arc::clone(&fwd));
+                std::thread::Builder::new()
+                    .name("ovs-misses".into())
+                    .spawn(move || ovs::handle_misses(upcalls, d, f, frames, bus))
+                    .map_err(FastdpError::Io)?;
+                info!(
+                    "Fast datapath: Open vSwitch datapath {} with {} and {} on UDP {}, MTU {mtu}",
+                    ovs::DATAPATH,
+                    ovs::DATAPATH_VETH,
+                    ovs::VXLAN_VPORT,
+                    crate::wire::fastdp::PORT
+                );
+                (
+                    Backend::Ovs {
+                        dp: Arc::clone(&dp),
+                        fwd,
+                    },
+                    "ovs",
+                    Some(dp),
+                )
+            }
+            Err(e) => {
+                match &e {
+                    OvsError::Unavailable(why) => {
+                        info!("Open vSwitch datapath not available ({why}); using Linux VXLAN devices")
+                    }
+                    other => warn!(
+                        "Open vSwitch datapath could not be set up ({other}); using Linux VXLAN devices"
+                    ),
+                }
+                let devices = vxlan::ensure(&handle, bridge, tap, mtu).await?;
+                let listener = ZeroHeaderSocket::open(devices.rx, vxlan::RX_DEVICE)?;
+                tasks.push(tokio::spawn(listen(listener.into_async()?, frames)));
+                info!(
+                    "Fast datapath: {} receives and {} sends on UDP {}, MTU {mtu}",
+                    vxlan::RX_DEVICE,
+                    vxlan::TX_DEVICE,
+                    crate::wire::fastdp::PORT
+                );
+                (Backend::Vxlan { tx: devices.tx }, "vxlan", None)
+            }
+        };
+        tasks.push(tokio::spawn(program(
+            handle, backend, ourself, view_rx, learned,
+        )));
         Ok(FastdpShell {
-            peers,
+            view,
             socket,
             tasks,
-            devices,
+            backend: name,
+            datapath,
         })
     }
 
-    /// The devices' interface indexes.
-    pub fn devices(&self) -> Devices {
-        self.devices
+    /// Which backend runs: `ovs` or `vxlan`.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The Open vSwitch datapath, when that backend runs.
+    pub fn datapath(&self) -> Option<&Arc<Datapath>> {
+        self.datapath.as_ref()
     }
 
     /// Sends a heartbeat datagram (DF set); a failure is the path's problem, which the
@@ -112,11 +225,11 @@ impl FastdpShell {
         }
     }
 
-    /// The peers whose unicast the kernel carries now.
-    pub fn publish(&self, peers: BTreeMap<PeerName, FastdpPath>) {
-        self.peers.send_if_modified(|old| {
-            let changed = *old != peers;
-            *old = peers;
+    /// What the kernel should forward by now.
+    pub fn publish(&self, view: View) {
+        self.view.send_if_modified(|old| {
+            let changed = *old != view;
+            *old = view;
             changed
         });
     }
@@ -127,6 +240,18 @@ impl FastdpShell {
             t.abort();
         }
     }
+}
+
+/// Sets up Open vSwitch with a socket for its misses.
+async fn start_ovs(
+    handle: &rtnetlink::Handle,
+    bridge: &str,
+    tap: &str,
+    mtu: u32,
+) -> Result<(Datapath, ovs::genl::Genl), OvsError> {
+    let upcalls = ovs::genl::Genl::open().map_err(|e| OvsError::Unavailable(e.to_string()))?;
+    let dp = ovs::ensure(handle, bridge, tap, mtu, &upcalls).await?;
+    Ok((dp, upcalls))
 }
 
 /// Reads heartbeat frames off the receiving device and hands them on.
@@ -199,17 +324,18 @@ impl MacTable {
 /// Keeps the sending device's entries equal to what the table and the healthy peers say.
 async fn program(
     handle: rtnetlink::Handle,
-    tx: u32,
+    backend: Backend,
     ourself: PeerName,
-    mut peers_rx: watch::Receiver<BTreeMap<PeerName, FastdpPath>>,
+    mut view_rx: watch::Receiver<View>,
     learned: std_mpsc::Receiver<Post>,
 ) {
+    let tx = backend.port();
     let start = Instant::now();
     let mut installed: HashMap<Mac, Remote> = HashMap::new();
     match vxlan::dump(&handle, tx).await {
         Ok((found, orphans)) => {
             for mac in orphans {
-                if let Err(e) = vxlan::uninstall(&handle, tx, mac).await {
+                if let Err(e) = backend.uninstall(&handle, mac).await {
                     warn!("fastdp: {e}");
                 }
             }
@@ -233,7 +359,7 @@ async fn program(
     let mut in_grace = true;
     loop {
         tokio::select! {
-            r = peers_rx.changed() => {
+            r = view_rx.changed() => {
                 if r.is_err() {
                     return;
                 }
@@ -250,7 +376,8 @@ async fn program(
                 Err(std_mpsc::TryRecvError::Disconnected) => return,
             }
         }
-        let peers = peers_rx.borrow_and_update().clone();
+        let view = view_rx.borrow_and_update().clone();
+        let peers = &view.peers;
         let grace = now < adopt_until;
         if grace {
             // Entries from before the restart name their peer by address and VNI.
@@ -271,9 +398,21 @@ async fn program(
         }
         if now >= next_sweep {
             next_sweep = now + SWEEP_INTERVAL;
-            match vxlan::dump(&handle, tx).await {
-                Ok((found, _)) => refresh(&mut table, &found, now),
-                Err(e) => warn!("fastdp: reading the forwarding entries: {e}"),
+            match &backend {
+                Backend::Vxlan { .. } => match vxlan::dump(&handle, tx).await {
+                    Ok((found, _)) => refresh(&mut table, &found, now),
+                    Err(e) => warn!("fastdp: reading the forwarding entries: {e}"),
+                },
+                Backend::Ovs { dp, .. } => {
+                    // Misses of flows in use learn their MACs again; idle flows go.
+                    let dp = Arc::clone(dp);
+                    let expired = tokio::task::spawn_blocking(move || dp.expire())
+                        .await
+                        .unwrap_or(0);
+                    if expired > 0 {
+                        debug!("ovs: {expired} idle flows expired");
+                    }
+                }
             }
             let before = table.entries.len();
             table
@@ -290,13 +429,13 @@ async fn program(
             continue;
         }
         dirty = false;
-        let want = vxlan::desired(&table.owners(), &peers);
+        let want = vxlan::desired(&table.owners(), peers);
         let (mut added, mut removed) = (0, 0);
         for (mac, remote) in &want {
             if installed.get(mac) == Some(remote) {
                 continue;
             }
-            match vxlan::install(&handle, tx, *mac, *remote).await {
+            match backend.install(&handle, *mac, *remote).await {
                 Ok(()) => {
                     installed.insert(*mac, *remote);
                     added += 1;
@@ -313,7 +452,7 @@ async fn program(
             .copied()
             .collect();
         for mac in stale {
-            match vxlan::uninstall(&handle, tx, mac).await {
+            match backend.uninstall(&handle, mac).await {
                 Ok(()) => {
                     installed.remove(&mac);
                     removed += 1;
@@ -322,6 +461,20 @@ async fn program(
                     warn!("fastdp: {e}");
                     dirty = true;
                 }
+            }
+        }
+        if let Backend::Ovs { dp, fwd } = &backend {
+            let changed = {
+                let mut f = fwd.write().unwrap_or_else(|e| e.into_inner());
+                let changed = f.view != view || f.macs != installed;
+                f.view = view.clone();
+                f.macs = installed.clone();
+                changed
+            };
+            if changed {
+                // Flows made on the old forwarding would outlive it: decide afresh.
+                let dp = Arc::clone(dp);
+                let _ = tokio::task::spawn_blocking(move || dp.flush()).await;
             }
         }
         if added + removed > 0 {

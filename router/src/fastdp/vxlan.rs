@@ -315,7 +315,8 @@ pub struct Installed {
     pub idle: Duration,
 }
 
-/// The sending device's entries, and the MACs the bridge sends to it without one.
+/// The entries of bridge port `tx` (a sending device's own entries with their remotes),
+/// and the MACs the bridge sends to the port without such an entry.
 pub async fn dump(
     handle: &Handle,
     tx: u32,
@@ -391,24 +392,36 @@ pub async fn install(handle: &Handle, tx: u32, mac: Mac, remote: Remote) -> Resu
     own.execute()
         .await
         .map_err(netlink(format!("add vxlan entry {mac} -> {}", remote.ip)))?;
+    install_bridge(handle, tx, mac).await
+}
+
+/// Makes the bridge send frames for `mac` to its port `port`: a static entry, sticky so
+/// that a copy of the MAC arriving through another port does not move it.
+pub async fn install_bridge(handle: &Handle, port: u32, mac: Mac) -> Result<(), VxlanError> {
     handle
         .neighbours()
-        .add_bridge(tx, &mac.0)
+        .add_bridge(port, &mac.0)
         .flags(NeighbourFlags::Controller | NeighbourFlags::Sticky)
         .state(NeighbourState::Noarp)
         .replace()
         .execute()
         .await
-        .map_err(netlink(format!("add bridge entry {mac} -> {TX_DEVICE}")))
+        .map_err(netlink(format!("add bridge entry {mac} -> port {port}")))
 }
 
-/// Removes both entries of `mac` (missing ones are fine).
-pub async fn uninstall(handle: &Handle, tx: u32, mac: Mac) -> Result<(), VxlanError> {
-    for flags in [NeighbourFlags::Controller, NeighbourFlags::Own] {
+/// Removes the bridge's entry of `mac` on `port` and, with `own`, the port's own entry
+/// (a VXLAN device's); missing ones are fine.
+pub async fn uninstall(handle: &Handle, port: u32, mac: Mac, own: bool) -> Result<(), VxlanError> {
+    let flags: &[NeighbourFlags] = if own {
+        &[NeighbourFlags::Controller, NeighbourFlags::Own]
+    } else {
+        &[NeighbourFlags::Controller]
+    };
+    for flags in flags {
         let mut message = NeighbourMessage::default();
         message.header.family = AddressFamily::Bridge;
-        message.header.ifindex = tx;
-        message.header.flags = flags;
+        message.header.ifindex = port;
+        message.header.flags = *flags;
         message
             .attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));

@@ -1225,6 +1225,21 @@ impl Mesh {
             .collect()
     }
 
+    /// What the fast datapath forwards by: healthy peers, short ids and routes.
+    pub fn fastdp_view(&self) -> crate::fastdp::View {
+        crate::fastdp::View {
+            our_short: self.topo.ourself().short_id,
+            peers: self.fastdp_peers(),
+            shorts: self
+                .topo
+                .peers()
+                .filter(|p| p.has_short_id)
+                .map(|p| (p.short_id, p.name))
+                .collect(),
+            unicast: self.unicast_routes(),
+        }
+    }
+
     /// Weave's `handleAddConnection`: duplicates, the limit, then registration.
     fn add_connection(
         &mut self,
