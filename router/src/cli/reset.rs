@@ -1,6 +1,6 @@
 //! `weave-router reset`: removes what the router made on this host — the fast datapath's
-//! devices (and with them their forwarding entries), the TAP and the `weave` bridge — and
-//! nothing else. The IPAM store is data, not plumbing, and stays unless asked.
+//! devices or Open vSwitch datapath (and with them their forwarding entries and flows),
+//! the TAP and the `weave` bridge — and nothing else. The IPAM store is data, not plumbing, and stays unless asked.
 //!
 //! It refuses while a router answers on the HTTP API: a running router would only make it
 //! all again.
@@ -45,9 +45,12 @@ pub fn reset(args: &ResetArgs, out: &mut impl Write) -> Result<(), CliError> {
         let (connection, handle, _) = rtnetlink::new_connection()
             .map_err(|e| CliError::Reset(format!("cannot open a netlink connection: {e}")))?;
         let driver = tokio::spawn(connection);
-        let mut removed = vxlan::remove(&handle)
-            .await
-            .map_err(|e| CliError::Reset(e.to_string()))?;
+        let mut removed = crate::fastdp::ovs::remove(&handle).await;
+        removed.extend(
+            vxlan::remove(&handle)
+                .await
+                .map_err(|e| CliError::Reset(e.to_string()))?,
+        );
         // The bridge's MTU is irrelevant to removing it.
         let desired = HostPlumbing::new(1500);
         removed.extend(

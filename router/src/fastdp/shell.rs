@@ -33,6 +33,8 @@ use crate::sys::socket::{open_udp, PmtuDiscovery, UdpOptions};
 
 /// How often learned MACs are taken from the workers' mail.
 const LEARN_POLL: Duration = Duration::from_millis(200);
+/// How often Open vSwitch vports are checked to still send their misses here.
+const UPCALL_CHECK: Duration = Duration::from_secs(1);
 /// How often the entries' last use is read back.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Heartbeat frames queued from the listener to the mesh's owner.
@@ -357,6 +359,7 @@ async fn program(
     let mut next_sweep = start + SWEEP_INTERVAL;
     let mut dirty = true;
     let mut in_grace = true;
+    let mut next_upcall_check = start + UPCALL_CHECK;
     loop {
         tokio::select! {
             r = view_rx.changed() => {
@@ -368,6 +371,13 @@ async fn program(
             _ = tick.tick() => {}
         }
         let now = Instant::now();
+        if let Backend::Ovs { dp, .. } = &backend {
+            if now >= next_upcall_check {
+                next_upcall_check = now + UPCALL_CHECK;
+                let dp = Arc::clone(dp);
+                let _ = tokio::task::spawn_blocking(move || dp.reclaim_upcalls()).await;
+            }
+        }
         loop {
             match learned.try_recv() {
                 Ok(post) => dirty |= table.take(&post, ourself),

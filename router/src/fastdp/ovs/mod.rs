@@ -82,8 +82,9 @@ pub struct Families {
     pub packet: u16,
 }
 
-/// Resolves the families; when they are missing, loads the module once and tries again.
-pub fn families(genl: &mut Genl) -> Result<Families, OvsError> {
+/// Resolves the families; when they are missing and `load` says so, loads the module once
+/// and tries again.
+pub fn families(genl: &mut Genl, load: bool) -> Result<Families, OvsError> {
     let resolve = |g: &mut Genl| -> Result<Families, GenlError> {
         Ok(Families {
             datapath: g.family(msg::DATAPATH_FAMILY)?,
@@ -94,6 +95,7 @@ pub fn families(genl: &mut Genl) -> Result<Families, OvsError> {
     };
     match resolve(genl) {
         Ok(f) => Ok(f),
+        Err(first) if !load => Err(OvsError::Unavailable(first.to_string())),
         Err(first) => {
             // As Weave Net's launch does; a host without the module (or without modprobe)
             // simply has no Open vSwitch.
@@ -117,12 +119,17 @@ pub struct Datapath {
     pub vxlan_port: u32,
     /// The interface index of `vethwe-bridge`, where the bridge's entries point.
     pub bridge_veth: u32,
+    /// The netlink port our misses go to.
+    upcall_pid: u32,
 }
 
 impl Datapath {
     fn request(&self, req: &msg::Request, what: &str) -> Result<Vec<Vec<u8>>, GenlError> {
         let mut g = self.genl.lock().unwrap_or_else(|e| e.into_inner());
-        g.request(req, what)
+        tracing::trace!("ovs: {what}");
+        let r = g.request(req, what);
+        tracing::trace!("ovs: {what}: done");
+        r
     }
 
     /// Deletes every flow: the next frames miss and are decided again.
@@ -163,6 +170,65 @@ impl Datapath {
             }
         }
         expired
+    }
+
+    /// Points our vports' misses back at us where another Open vSwitch client (such as
+    /// `ovs-dpctl`, which resets them when it opens the datapath) sent them elsewhere;
+    /// returns how many it repaired.
+    pub fn reclaim_upcalls(&self) -> usize {
+        let mut repaired = 0;
+        // Open vSwitch 2.16 and later switch a datapath they open to misses per CPU, sent
+        // to their own sockets: switch it back.
+        let features = self
+            .request(
+                &msg::datapath_get(self.fam.datapath, DATAPATH),
+                "find the datapath",
+            )
+            .ok()
+            .and_then(|r| {
+                let p = r.first()?;
+                msg::datapath_features(&msg::ovs_payload(p).ok()?.1)
+            });
+        if features.is_some_and(|f| f != msg::USER_FEATURES) {
+            warn!(
+                "ovs: datapath {DATAPATH} had user features {features:#x?} (another Open vSwitch client?); setting them back"
+            );
+            let req = msg::datapath_set_features(self.fam.datapath, DATAPATH);
+            match self.request(&req, "set the datapath's features") {
+                Ok(_) => repaired += 1,
+                Err(e) => warn!("ovs: {e}"),
+            }
+        }
+        let vports = match self.request(&msg::vport_dump(self.fam.vport, self.dp), "list vports") {
+            Ok(v) => v,
+            Err(e) => {
+                warn!("ovs: {e}");
+                return repaired;
+            }
+        };
+        for p in vports {
+            let Some(v) = msg::ovs_payload(&p)
+                .ok()
+                .and_then(|(_, a)| msg::parse_vport(&a).ok())
+            else {
+                continue;
+            };
+            if ![self.bridge_port, self.vxlan_port].contains(&v.port_no)
+                || v.upcall_pids == [self.upcall_pid]
+            {
+                continue;
+            }
+            warn!(
+                "ovs: misses of vport {} went to netlink port(s) {:?}, not ours; taking them back",
+                v.name, v.upcall_pids
+            );
+            let req = msg::vport_set_upcall(self.fam.vport, self.dp, v.port_no, self.upcall_pid);
+            match self.request(&req, "point a vport's misses here") {
+                Ok(_) => repaired += 1,
+                Err(e) => warn!("ovs: {e}"),
+            }
+        }
+        repaired
     }
 
     /// The flows' set-tunnel actions (VNI, peer address), for tests and diagnostics.
@@ -207,7 +273,7 @@ pub async fn ensure(
     upcalls: &Genl,
 ) -> Result<Datapath, OvsError> {
     let mut genl = Genl::open().map_err(GenlError::from)?;
-    let fam = families(&mut genl)?;
+    let fam = families(&mut genl, true)?;
     let pid = upcalls.pid();
     // A Linux VXLAN backend from an earlier start holds UDP 6784 and the vport's name.
     crate::fastdp::vxlan::remove(handle)
@@ -271,6 +337,7 @@ pub async fn ensure(
         bridge_port,
         vxlan_port,
         bridge_veth,
+        upcall_pid: pid,
     })
 }
 
@@ -283,11 +350,12 @@ fn ifindex_of(replies: &[Vec<u8>]) -> Result<i32, OvsError> {
 }
 
 /// Deletes the datapath (with its vports and flows) and the veth pair, where they exist;
-/// returns what it removed. Without the module there is nothing to remove.
+/// returns what it removed. Without the module loaded there is nothing to remove, and it
+/// is not loaded for this.
 pub async fn remove(handle: &Handle) -> Vec<String> {
     let mut removed = Vec::new();
     if let Ok(mut genl) = Genl::open() {
-        if let Ok(fam) = families(&mut genl) {
+        if let Ok(fam) = families(&mut genl, false) {
             if genl
                 .request(
                     &msg::datapath_del(fam.datapath, DATAPATH),
@@ -517,6 +585,12 @@ pub fn handle_misses(
                 let f = fwd.read().unwrap_or_else(|e| e.into_inner());
                 decide(&miss, dp.bridge_port, dp.vxlan_port, &f)
             };
+            tracing::trace!(
+                "ovs: miss on port {} {} -> {}: {verdict:?}",
+                miss.in_port,
+                Mac(miss.eth_src),
+                Mac(miss.eth_dst)
+            );
             match verdict {
                 Verdict::Heartbeat => {
                     let _ = frames.try_send(miss.packet);

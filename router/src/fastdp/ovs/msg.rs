@@ -25,6 +25,9 @@ const NLMSG_DONE: u16 = 3;
 pub const F_REQUEST: u16 = 0x1;
 /// `NLM_F_ACK`.
 pub const F_ACK: u16 = 0x4;
+/// `NLM_F_ECHO`: the kernel answers a change with the changed object, not only with a
+/// notification to its multicast group.
+pub const F_ECHO: u16 = 0x8;
 /// `NLM_F_DUMP` (`ROOT | MATCH`).
 pub const F_DUMP: u16 = 0x300;
 /// `NLM_F_CREATE`.
@@ -335,13 +338,13 @@ pub fn datapath_new(family: u16, name: &str, upcall_pid: u32) -> Request {
     attrs
         .string(DP_ATTR_NAME, name)
         .u32(DP_ATTR_UPCALL_PID, upcall_pid)
-        .u32(DP_ATTR_USER_FEATURES, DP_F_UNALIGNED | DP_F_VPORT_PIDS);
+        .u32(DP_ATTR_USER_FEATURES, USER_FEATURES);
     Request {
         family,
         cmd: CMD_NEW,
         version: DATAPATH_VERSION,
         dp_ifindex: Some(0),
-        flags: F_ACK | F_CREATE | F_EXCL,
+        flags: F_ACK | F_ECHO | F_CREATE | F_EXCL,
         attrs,
     }
 }
@@ -358,6 +361,31 @@ pub fn datapath_get(family: u16, name: &str) -> Request {
         flags: 0,
         attrs,
     }
+}
+
+/// The user features this router runs a datapath with: misses per vport, to the netlink
+/// port each vport names (not per CPU).
+pub const USER_FEATURES: u32 = DP_F_UNALIGNED | DP_F_VPORT_PIDS;
+
+/// Sets datapath `name`'s user features to [`USER_FEATURES`].
+pub fn datapath_set_features(family: u16, name: &str) -> Request {
+    let mut attrs = Attrs::default();
+    attrs
+        .string(DP_ATTR_NAME, name)
+        .u32(DP_ATTR_USER_FEATURES, USER_FEATURES);
+    Request {
+        family,
+        cmd: CMD_SET,
+        version: DATAPATH_VERSION,
+        dp_ifindex: Some(0),
+        flags: F_ACK,
+        attrs,
+    }
+}
+
+/// The user features in a datapath message's attributes.
+pub fn datapath_features(attrs: &[(u16, &[u8])]) -> Option<u32> {
+    find(attrs, DP_ATTR_USER_FEATURES).and_then(u32_of)
 }
 
 /// Deletes datapath `name` (its vports and flows go with it).
@@ -383,6 +411,8 @@ pub struct Vport {
     pub ty: VportType,
     /// Its name.
     pub name: String,
+    /// The netlink ports its misses go to.
+    pub upcall_pids: Vec<u32>,
 }
 
 /// Reads a vport message's attributes.
@@ -395,10 +425,16 @@ pub fn parse_vport(attrs: &[(u16, &[u8])]) -> Result<Vport, MsgError> {
         .ok_or(MsgError::Missing("vport type"))?;
     let name = find(attrs, VPORT_ATTR_NAME).ok_or(MsgError::Missing("vport name"))?;
     let name = String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap_or(&[])).into_owned();
+    let upcall_pids = find(attrs, VPORT_ATTR_UPCALL_PID)
+        .unwrap_or(&[])
+        .chunks_exact(4)
+        .filter_map(u32_of)
+        .collect();
     Ok(Vport {
         port_no,
         ty: VportType::from_raw(ty),
         name,
+        upcall_pids,
     })
 }
 
@@ -427,7 +463,7 @@ pub fn vport_new(
         cmd: CMD_NEW,
         version: VPORT_VERSION,
         dp_ifindex: Some(dp),
-        flags: F_ACK | F_CREATE | F_EXCL,
+        flags: F_ACK | F_ECHO | F_CREATE | F_EXCL,
         attrs,
     }
 }
