@@ -67,6 +67,17 @@ echo "--- host1 netlink sockets"; inns h1 cat /proc/net/netlink
 echo "--- host1 ports"; inns h1 ovs-dpctl show -s | tee /tmp/ports1
 step bridge-has-fastdp-entry sh -c "$IP netns exec h1 bridge fdb show dev vethwe-bridge | grep -q 'master weave static'"
 
+# A restart finds the datapath, its vports and the veth pair again: no duplicates, and the
+# pods reach each other again.
+kill $($IP netns pids h1)
+sleep 1
+launch 1
+step restart-back-on-fastdp wait_for 60 fastdp 1
+step restart-pods-ping wait_for 30 inns p1 ping -c 1 -W 1 10.32.0.2
+echo "--- host1 datapath after the restart"; inns h1 ovs-dpctl show | tee /tmp/ports1b
+step restart-same-three-ports sh -c "[ \$(grep -c '  port ' /tmp/ports1b) = 3 ]"
+step restart-one-veth-pair sh -c "[ \$($IP -n h1 -o link show | grep -c ': vethwe-bridge@') = 1 ]"
+
 # Reset: with the routers stopped, nothing of theirs is left.
 step reset-refused-while-running sh -c "! $IP netns exec h1 $ROUTER reset"
 kill $($IP netns pids h1) $($IP netns pids h2)
