@@ -5,7 +5,7 @@
 //!
 //! The programming runs in its own task: the owner of the mesh publishes the peers the
 //! fast datapath carries (a `watch`), the workers post what MACs they learned (the
-//! [`LearnBus`](crate::dataplane::learn::LearnBus) mailbox after theirs), and the task
+//! [`LearnBus`] mailbox after theirs), and the task
 //! turns both into entries, changing only what differs. It also keeps a MAC the kernel
 //! still sends to alive after the sleeve stopped seeing it (its traffic no longer passes
 //! the router), by the entry's last use, and forgets it ten minutes after that.
