@@ -5,13 +5,14 @@
 //! Needs root; builds and removes its own namespaces.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use weave_perf::router::{self, Router, HTTP_ADDR};
 use weave_perf::testbed::{self, Host, InNetns, Process, Testbed, TestbedConfig};
+use weave_perf::transfer::Transfer;
 
 const CONVERGE: Duration = Duration::from_secs(30);
 static NOT_CANCELLED: AtomicBool = AtomicBool::new(false);
@@ -24,6 +25,17 @@ const TRANSFER: u64 = 1 << 30;
 struct Pod {
     netns: String,
     ip: Ipv4Addr,
+    log_dir: PathBuf,
+}
+
+impl InNetns for Pod {
+    fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
 }
 
 impl Pod {
@@ -32,7 +44,11 @@ impl Pod {
         let ip = Ipv4Addr::new(10, 32, 0, index);
         let host_end = format!("vp{index}{}", std::process::id() % 10000);
         run("ip", &["netns", "add", &netns]);
-        let pod = Pod { netns, ip };
+        let pod = Pod {
+            netns,
+            ip,
+            log_dir: bed.log_dir().to_path_buf(),
+        };
         run("ip", &["-n", &pod.netns, "link", "set", "lo", "up"]);
         run(
             "ip",
@@ -170,26 +186,6 @@ fn await_sleeve(router: &Router, host: &Host, process: &mut Process, n: usize) -
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-const TCP_SCRIPT: &str = r#"
-import socket, sys, hashlib
-if sys.argv[1] == "server":
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", 5001)); s.listen(1); print("listening", flush=True)
-    c, _ = s.accept(); h = hashlib.sha256(); n = 0
-    while True:
-        b = c.recv(1 << 20)
-        if not b: break
-        h.update(b); n += len(b)
-    print(n, h.hexdigest(), flush=True)
-else:
-    total = int(sys.argv[3]); block = bytes((i * 7 + 3) % 251 for i in range(1 << 20))
-    c = socket.create_connection((sys.argv[2], 5001)); h = hashlib.sha256(); n = 0
-    while n < total:
-        m = min(len(block), total - n); c.sendall(block[:m]); h.update(block[:m]); n += m
-    c.shutdown(socket.SHUT_WR); c.recv(1)
-    print(n, h.hexdigest(), flush=True)
-"#;
-
 #[test]
 fn epoll_backend_carries_pods_with_relaying_every_size_and_a_checked_transfer() {
     pods_talk_through_the_sleeve("epoll", 151);
@@ -315,48 +311,24 @@ fn pods_talk_through_the_sleeve(backend: &str, subnet: u8) {
     );
 
     // A bulk TCP transfer host1 -> host3 (relayed), checked at both ends.
-    let script = bed.log_dir().join("tcp.py");
-    std::fs::write(&script, TCP_SCRIPT).expect("write script");
-    let script = script.to_string_lossy().to_string();
-    let server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pods[2].netns,
-            "python3",
-            &script,
-            "server",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("server");
-    std::thread::sleep(Duration::from_millis(500));
-    let t = Instant::now();
-    let client = pods[0].exec(&[
-        "python3",
-        &script,
-        "client",
-        &pods[2].ip.to_string(),
-        &TRANSFER.to_string(),
-    ]);
-    let secs = t.elapsed().as_secs_f64();
+    let outcome = Transfer::start(
+        bed.log_dir(),
+        &pods[0],
+        &pods[2],
+        pods[2].ip,
+        TRANSFER,
+        None,
+    )
+    .expect("transfer")
+    .finish()
+    .expect("transfer output");
     assert!(
-        client.status.success(),
-        "{}",
-        String::from_utf8_lossy(&client.stderr)
+        outcome.intact(TRANSFER),
+        "what arrived differs from what was sent: {outcome:?}"
     );
-    let server_out = server.wait_with_output().expect("server output");
-    let sent = String::from_utf8_lossy(&client.stdout).trim().to_string();
-    let received = String::from_utf8_lossy(&server_out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string();
-    assert_eq!(sent, received, "what arrived differs from what was sent");
-    assert!(sent.starts_with(&TRANSFER.to_string()));
     println!(
         "1 GiB host1 -> host3 via host2: sha256 equal at both ends ({:.2} Gbit/s in this run)",
-        TRANSFER as f64 * 8.0 / secs / 1e9
+        outcome.gbps(TRANSFER)
     );
 
     // host2's counters saw the transfer pass through: in from host1, out to host3.

@@ -240,7 +240,8 @@ async fn isolate(handle: &Handle, index: u32, name: &str, vxlan: bool) -> Result
         .map_err(netlink(format!("set bridge port flags of {name}")))
 }
 
-async fn link(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, VxlanError> {
+/// The link called `name`, if there is one.
+pub(crate) async fn link(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, VxlanError> {
     match handle
         .link()
         .get()

@@ -26,7 +26,6 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, RwLock};
 
-use futures::TryStreamExt;
 use rtnetlink::packet_route::link::InfoBridgePort;
 use rtnetlink::{Handle, LinkBridgePort, LinkUnspec, LinkVeth};
 use tokio::sync::mpsc;
@@ -35,7 +34,7 @@ use tracing::{debug, info, warn};
 use self::genl::{Genl, GenlError};
 use self::msg::{Action, FlowMatch, Miss, VportType};
 use crate::dataplane::learn::{LearnBus, Learning};
-use crate::fastdp::vxlan::Remote;
+use crate::fastdp::vxlan::{Remote, VxlanError};
 use crate::fastdp::View;
 use crate::switch::Mac;
 use crate::wire::fastdp::{self as wire, PORT};
@@ -58,6 +57,9 @@ pub enum OvsError {
     /// A generic netlink request failed.
     #[error(transparent)]
     Genl(#[from] GenlError),
+    /// A link could not be looked up.
+    #[error(transparent)]
+    Lookup(#[from] VxlanError),
     /// An rtnetlink request failed.
     #[error("{what}: {source}")]
     Link {
@@ -375,33 +377,16 @@ pub async fn remove(handle: &Handle) -> Vec<String> {
     removed
 }
 
-async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, rtnetlink::Error> {
-    match handle
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-    {
-        Ok(found) => Ok(found.map(|l| l.header.index)),
-        Err(rtnetlink::Error::NetlinkError(e))
-            if e.code.map(|c| c.get()) == Some(-libc::ENODEV) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, VxlanError> {
+    Ok(crate::fastdp::vxlan::link(handle, name)
+        .await?
+        .map(|l| l.header.index))
 }
 
 /// Makes the veth pair between `bridge` and the datapath; returns `vethwe-bridge`'s index.
 async fn ensure_veth(handle: &Handle, bridge: &str, tap: &str, mtu: u32) -> Result<u32, OvsError> {
     let link = |what: String| move |source| OvsError::Link { what, source };
-    if link_index(handle, BRIDGE_VETH)
-        .await
-        .map_err(link(format!("look up {BRIDGE_VETH}")))?
-        .is_none()
-    {
+    if link_index(handle, BRIDGE_VETH).await?.is_none() {
         handle
             .link()
             .add(LinkVeth::new(BRIDGE_VETH, DATAPATH_VETH).build())
@@ -410,14 +395,12 @@ async fn ensure_veth(handle: &Handle, bridge: &str, tap: &str, mtu: u32) -> Resu
             .map_err(link(format!("create veth {BRIDGE_VETH}/{DATAPATH_VETH}")))?;
     }
     let bridge_index = link_index(handle, bridge)
-        .await
-        .map_err(link(format!("look up {bridge}")))?
+        .await?
         .ok_or_else(|| OvsError::Unavailable(format!("no bridge {bridge}")))?;
     let mut ends = Vec::new();
     for name in [BRIDGE_VETH, DATAPATH_VETH] {
         let index = link_index(handle, name)
-            .await
-            .map_err(link(format!("look up {name}")))?
+            .await?
             .ok_or_else(|| OvsError::Unavailable(format!("{name} vanished")))?;
         let mut change = LinkUnspec::new_with_index(index).mtu(mtu).up();
         if name == BRIDGE_VETH {
@@ -444,10 +427,7 @@ async fn ensure_veth(handle: &Handle, bridge: &str, tap: &str, mtu: u32) -> Resu
         .execute()
         .await
         .map_err(link(format!("set bridge port flags of {BRIDGE_VETH}")))?;
-    if let Some(t) = link_index(handle, tap)
-        .await
-        .map_err(link(format!("look up {tap}")))?
-    {
+    if let Some(t) = link_index(handle, tap).await? {
         let port = LinkBridgePort::new(t)
             .append_info_data(InfoBridgePort::Isolated(true))
             .build();
