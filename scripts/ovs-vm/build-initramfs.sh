@@ -17,6 +17,8 @@ dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v depmod >/dev/null || need+=(kmod)
 command -v cpio >/dev/null || need+=(cpio)
 [ -e /usr/lib/x86_64-linux-gnu/libxdp.so.1 ] || need+=(libxdp1)
+[ -x /usr/sbin/xtables-nft-multi ] || need+=(iptables)
+[ -x /usr/sbin/ipset ] || need+=(ipset)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y --no-install-recommends "${need[@]}" >/dev/null ||
@@ -47,12 +49,17 @@ PY
 R=$WORK/initramfs; rm -rf "$R"
 mkdir -p "$R"/{bin,sbin,dev,proc,sys,tmp,run,mnt/host,mnt/share,etc,var/run/openvswitch,lib/modules/$KV}
 cp /bin/busybox "$R"/bin/busybox
-for a in sh mount umount mkdir cat echo ls insmod modprobe lsmod poweroff reboot sleep dmesg grep chroot uname date mknod seq head tr ping kill wc sed cut tail timeout; do
+for a in sh mount umount mkdir cat echo ls insmod modprobe lsmod poweroff reboot sleep dmesg grep chroot uname date mknod seq head tr ping kill wc sed cut tail timeout wget; do
   ln -sf busybox "$R/bin/$a"; done
 ln -sf ../bin/busybox "$R/sbin/modprobe"   # kernel request_module() runs /sbin/modprobe
 
 # modules (+ dependencies) copied with their paths, then depmod for busybox modprobe
 MODS="crc32c_generic openvswitch vport-vxlan vxlan veth bridge tun virtio_pci 9pnet_virtio 9p"
+# What a Weave Net router (weaver) needs when the guest test runs one: its dummy interface,
+# iptables (nft backend) with the matches and targets it uses, and ipset.
+MODS="$MODS dummy nf_tables nft_compat nft_chain_nat nf_nat nf_conntrack xt_comment xt_conntrack
+  xt_state xt_set xt_physdev xt_addrtype xt_MASQUERADE xt_NFLOG xt_tcpudp xt_mark xt_multiport
+  ip_set ip_set_hash_ip ip_set_hash_net ip_set_list_set br_netfilter nfnetlink_log"
 for m in $MODS; do
   modprobe -d "$WORK/kroot" -S "$KV" --show-depends "$m" | awk '$1=="insmod"{print $2}'
 done | sort -u | while read -r f; do
@@ -76,6 +83,13 @@ copy_bin /usr/sbin/genl /usr/sbin/genl
 # (as ip.iproute2: busybox sh would run its own `ip` applet for plain `ip`)
 copy_bin /usr/sbin/ip /usr/sbin/ip.iproute2
 copy_bin /usr/sbin/bridge /usr/sbin/bridge
+copy_bin /usr/sbin/xtables-nft-multi /usr/sbin/xtables-nft-multi
+for t in iptables iptables-save iptables-restore ip6tables; do ln -sf xtables-nft-multi "$R/usr/sbin/$t"; done
+copy_bin /usr/sbin/ipset /usr/sbin/ipset
+# iptables' matches and targets are libraries it loads by name.
+# (under /lib: /usr/lib/x86_64-linux-gnu becomes a link to it below)
+mkdir -p "$R/lib/x86_64-linux-gnu"
+cp -r /usr/lib/x86_64-linux-gnu/xtables "$R/lib/x86_64-linux-gnu/"
 # ld.so at the canonical path (Debian: /lib64 -> usr/lib64 symlink in newer; copy real file)
 mkdir -p "$R/lib64"; cp -L /lib64/ld-linux-x86-64.so.2 "$R/lib64/"
 # merged-/usr: libs were copied under /lib/x86_64-linux-gnu by ldd path; keep /usr/lib path too

@@ -85,6 +85,40 @@ sleep 2
 for n in 1 2; do inns h$n $ROUTER reset; done
 step reset-removes-datapath sh -c "! $IP netns exec h1 ovs-dpctl show 2>/dev/null | grep -q datapath"
 step reset-removes-devices sh -c "! $IP -n h1 link show | grep -qE 'weave|vethwe|vxlan'"
+# Interoperation with Weave Net 2.8 (when the share carries a weaver built from Weave's
+# source): host3 runs Weave Net's router with its own Open vSwitch fast datapath, host4 a
+# weave-router; their pods talk through both kernels' datapaths.
+if [ -x $S/weaver ]; then
+  WEAVER="/lib64/ld-linux-x86-64.so.2 --library-path $S/lib $S/weaver"
+  for ns in h3 h4 p3 p4; do $IP netns add $ns; $IP -n $ns link set lo up; done
+  $IP link add u3 netns h3 type veth peer name u4 netns h4
+  $IP -n h3 addr add 10.9.1.3/24 dev u3; $IP -n h3 link set u3 up
+  $IP -n h4 addr add 10.9.1.4/24 dev u4; $IP -n h4 link set u4 up
+  mkdir -p /tmp/weavedb3 /tmp/db4
+  # One MTU on both sides, as a mixed cluster sets WEAVE_MTU for both (Weave's default is 1376).
+  inns h3 $WEAVER --port 6783 --datapath=datapath --mtu 1438 --name aa:00:00:00:00:03 --nickname weave3 \
+    --http-addr 127.0.0.1:6784 --docker-api= --no-dns --db-prefix=/tmp/weavedb3/weave \
+    --ipalloc-range= > /tmp/weaver3.log 2>&1 &
+  step weave-net-router-starts wait_for 30 inns h3 wget -qO- http://127.0.0.1:6784/status
+  echo "--- weaver3 log"; tail -30 /tmp/weaver3.log
+  RUST_LOG=${RUST_LOG:-info} inns h4 $ROUTER launch --name aa:00:00:00:00:04 --nickname host4 \
+    --ipalloc-range "" --dataplane epoll --workers 1 --db-dir /tmp/db4 10.9.1.3 > /tmp/router4.log 2>&1 &
+  step weave-net-peer-on-fastdp wait_for 60 fastdp 4
+  echo "--- host4 (weave-router) status connections"; inns h4 $ROUTER status connections
+  echo "--- host3 (Weave Net) status connections"; inns h3 wget -qO- http://127.0.0.1:6784/status/connections
+  pod 3; pod 4
+  step weave-net-pods-ping wait_for 30 inns p4 ping -c 1 -W 1 10.32.0.3
+  step weave-net-pods-ping-1400 inns p4 ping -c 10 -i 0.2 -s 1400 10.32.0.3
+  echo "--- host3 (Weave Net) flows"; inns h3 ovs-dpctl dump-flows | tee /tmp/flows3
+  echo "--- host4 (weave-router) flows"; inns h4 ovs-dpctl dump-flows | tee /tmp/flows4
+  step weave-net-flows-tunnel-to-us grep -q "set(tunnel(tun_id=0x[0-9a-f]*,src=10.9.1.3,dst=10.9.1.4" /tmp/flows3
+  step weave-router-flows-tunnel-to-weave-net grep -q "set(tunnel(tun_id=0x[0-9a-f]*,dst=10.9.1.3" /tmp/flows4
+  vni34() { a=$(vni /tmp/flows3); b=$(vni /tmp/flows4); [ -n "$a" ] && [ -n "$b" ] && [ $((a & 0xfff)) = $((b >> 12)) ] && [ $((a >> 12)) = $((b & 0xfff)) ]; }
+  step weave-net-vnis-mirror-ours vni34
+  step weave-net-sees-fastdp sh -c "$IP netns exec h3 wget -qO- http://127.0.0.1:6784/status/connections | grep -q fastdp"
+  if [ $fail != 0 ]; then echo "--- weaver3 log"; tail -60 /tmp/weaver3.log; echo "--- router4 log"; tail -40 /tmp/router4.log; fi
+fi
+
 if [ $fail != 0 ]; then
   for n in 1 2; do echo "--- router$n log"; cat /tmp/router$n.log; done
   echo "--- kernel log"; dmesg | tail -30

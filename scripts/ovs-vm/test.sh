@@ -5,6 +5,8 @@
 # shares the given weave-router binary and its libraries with it, runs guest-test.sh there
 # and reads the result from the serial console. Exit 0 iff the guest passed.
 # usage: scripts/ovs-vm/test.sh [path/to/weave-router]   (as root; env TIMEOUT, KEEP_SHARE)
+#   WEAVER=path/to/weaver also runs Weave Net 2.8's router (built from Weave's source) in the
+#   guest against a weave-router, both on Open vSwitch.
 set -euo pipefail
 HERE=$(dirname "$(readlink -f "$0")")
 export OVS_VM_WORK=${OVS_VM_WORK:-/var/tmp/weave-router-ovs-vm}
@@ -28,6 +30,12 @@ mkdir "$SHARE/lib"
 ldd "$BIN" | awk '/=>/ {print $3}' | while read -r lib; do
   [ -e "$lib" ] && cp -L "$lib" "$SHARE/lib/"
 done
+if [ -n "${WEAVER:-}" ]; then
+  cp "$WEAVER" "$SHARE/weaver"
+  ldd "$WEAVER" | awk '/=>/ {print $3}' | while read -r lib; do
+    [ -e "$lib" ] && cp -Ln "$lib" "$SHARE/lib/" 2>/dev/null || true
+  done
+fi
 cp "$HERE/guest-test.sh" "$SHARE/guest-test"
 chmod +x "$SHARE/guest-test"
 LOG="$SHARE/serial.log" TIMEOUT=${TIMEOUT:-300} bash "$HERE/run-vm.sh" "$SHARE"
