@@ -1494,9 +1494,10 @@ impl Mesh {
                     return Ok(());
                 };
                 let name = c.overlays.get(usize::from(overlay)).map(String::as_str);
+                // A peer with no overlay in common speaks the sleeve's messages as overlay 0.
+                let name = name.or((overlay == 0).then_some("sleeve"));
                 match name {
-                    // A peer that offered no overlays speaks the sleeve's messages as 0.
-                    Some("sleeve") | None if overlay == 0 || name.is_some() => {
+                    Some("sleeve") => {
                         if let Some(sc) = c.sleeve.as_mut() {
                             let mut out = Vec::new();
                             sc.handle_control(subtag, &data, now, &mut out);
