@@ -128,10 +128,7 @@ pub struct Datapath {
 impl Datapath {
     fn request(&self, req: &msg::Request, what: &str) -> Result<Vec<Vec<u8>>, GenlError> {
         let mut g = self.genl.lock().unwrap_or_else(|e| e.into_inner());
-        tracing::trace!("ovs: {what}");
-        let r = g.request(req, what);
-        tracing::trace!("ovs: {what}: done");
-        r
+        g.request(req, what)
     }
 
     /// Deletes every flow: the next frames miss and are decided again.
