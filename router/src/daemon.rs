@@ -101,7 +101,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             let (workers, learned) =
                 start_dataplane(&config, backend, control_tx, !config.no_fastdp).await?;
             mesh = mesh.with_sleeve(underlay_mtu(config.mtu));
-            let pod_mtu = crate::mesh::sleeve::mtu_for_underlay(underlay_mtu(config.mtu));
+            let pod_mtu = pod_mtu(config.mtu);
             mesh = match learned {
                 None => {
                     info!("Fast datapath turned off (--no-fastdp): the sleeve carries every peer");
@@ -313,6 +313,12 @@ fn underlay_mtu(pod_mtu: Option<u16>) -> u16 {
     pod_mtu.map_or(UNDERLAY_MTU, |m| m.saturating_add(overhead))
 }
 
+/// The pods' MTU (the bridge's, and the fast datapath's): `--mtu`, else what the sleeve
+/// carries on a 1500-byte underlay.
+fn pod_mtu(asked: Option<u16>) -> u16 {
+    crate::mesh::sleeve::mtu_for_underlay(underlay_mtu(asked))
+}
+
 /// Sets up the bridge and TAP, opens one TAP queue and one UDP socket per worker, and
 /// starts the workers.
 /// The I/O backend the workers run.
@@ -345,7 +351,8 @@ fn choose_backend(asked: Dataplane) -> Backend {
     }
 }
 
-/// Starts the Linux VXLAN fast datapath next to the bridge and TAP the data plane set up.
+/// Starts the fast datapath (Open vSwitch when the kernel has it, else Linux VXLAN devices)
+/// next to the bridge and TAP the data plane set up.
 async fn start_fastdp(
     config: &Config,
     pod_mtu: u16,
@@ -382,9 +389,7 @@ async fn start_dataplane(
         Arc<LearnBus>,
     )>,
 )> {
-    let pod_mtu = u32::from(crate::mesh::sleeve::mtu_for_underlay(underlay_mtu(
-        config.mtu,
-    )));
+    let pod_mtu = u32::from(pod_mtu(config.mtu));
     let desired = plumbing::HostPlumbing::new(pod_mtu);
     let (connection, handle, _) =
         rtnetlink::new_connection().context("cannot open a netlink connection")?;

@@ -400,30 +400,22 @@ pub async fn observe(handle: &Handle, desired: &HostPlumbing) -> Result<Observed
 /// detached, not deleted.
 pub async fn remove(handle: &Handle, desired: &HostPlumbing) -> Result<Vec<String>, PlumbingError> {
     let observed = observe(handle, desired).await?;
+    let is_tap: fn(&LinkKind) -> bool = |k| matches!(k, LinkKind::Tun(i) if i.tap != Some(false));
+    let is_bridge: fn(&LinkKind) -> bool = |k| matches!(k, LinkKind::Bridge { .. });
     let mut removed = Vec::new();
-    for (name, ours) in [
-        (
-            &desired.tap,
-            matches!(observed.link(&desired.tap), Some(l) if matches!(l.kind, LinkKind::Tun(i) if i.tap != Some(false))),
-        ),
-        (
-            &desired.bridge,
-            matches!(observed.link(&desired.bridge), Some(l) if matches!(l.kind, LinkKind::Bridge { .. })),
-        ),
-    ] {
-        match observed.link(name) {
-            None => {}
-            Some(link) if !ours => {
-                tracing::warn!(
-                    "{name} is a {} link, not the router's; left alone",
-                    link.kind
-                );
-            }
-            Some(_) => {
-                execute_one(handle, &PlumbingOp::DeleteLink { name: name.clone() }).await?;
-                removed.push(name.clone());
-            }
+    for (name, ours) in [(&desired.tap, is_tap), (&desired.bridge, is_bridge)] {
+        let Some(link) = observed.link(name) else {
+            continue;
+        };
+        if !ours(&link.kind) {
+            tracing::warn!(
+                "{name} is a {} link, not the router's; left alone",
+                link.kind
+            );
+            continue;
         }
+        execute_one(handle, &PlumbingOp::DeleteLink { name: name.clone() }).await?;
+        removed.push(name.clone());
     }
     Ok(removed)
 }

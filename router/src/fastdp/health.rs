@@ -20,7 +20,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use crate::ids::ConnUid;
-use crate::wire::fastdp::{self as wire, Heartbeat, MIN_HEARTBEAT_LEN};
+use crate::wire::fastdp::{self as wire, Heartbeat};
 use crate::wire::sleeve::ETHERNET_HEADER_LEN;
 
 /// The feature-map key a weave-router offers when it acknowledges every heartbeat (value
@@ -49,8 +49,6 @@ pub const WEAVE_FAST_INTERVAL: Duration = Duration::from_millis(500);
 pub const WEAVE_SLOW_INTERVAL: Duration = Duration::from_secs(10);
 /// Weave Net's heartbeat timeout.
 pub const WEAVE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Length of a small heartbeat: header, UID, length and sequence number.
-const SMALL_LEN: usize = MIN_HEARTBEAT_LEN + 8;
 
 /// Which overlay carries a peer's unicast now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +114,7 @@ impl FastdpConn {
             vni,
             mtu,
             acks,
-            carrier: Carrier::Sleeve("waiting for the first heartbeat acknowledgement".into()),
+            carrier: Self::waiting(),
             next_small: now,
             next_full: now,
             seq: 0,
@@ -145,11 +143,6 @@ impl FastdpConn {
         self.to
     }
 
-    /// The VNI of our frames to the peer.
-    pub fn vni(&self) -> u32 {
-        self.vni
-    }
-
     /// The datapath MTU the heartbeats check.
     pub fn mtu(&self) -> u16 {
         self.mtu
@@ -167,7 +160,12 @@ impl FastdpConn {
 
     /// The next time [`FastdpConn::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Instant {
-        let mut t = self.next_small.min(self.next_full);
+        // Weave Net's heartbeats are all full-size: no small ones to schedule.
+        let mut t = if self.acks {
+            self.next_small.min(self.next_full)
+        } else {
+            self.next_full
+        };
         if self.is_fastdp() {
             if let Some(deadline) = self.deadline() {
                 t = t.min(deadline);
@@ -190,7 +188,7 @@ impl FastdpConn {
         if self.acks {
             if self.next_small <= now {
                 self.next_small = now + INTERVAL;
-                self.send(SMALL_LEN, out);
+                self.send(wire::SEQ_HEARTBEAT_LEN, out);
             }
             if self.next_full <= now {
                 self.next_full = now
@@ -202,19 +200,15 @@ impl FastdpConn {
                 self.send(self.full_len(), out);
                 self.fulls_unanswered = self.fulls_unanswered.saturating_add(1);
             }
-        } else {
+        } else if self.next_full <= now {
             // Weave's forwarder sends only full-size heartbeats.
-            self.next_small = self.next_full;
-            if self.next_full <= now {
-                self.next_full = now
-                    + if self.weave_acked {
-                        WEAVE_SLOW_INTERVAL
-                    } else {
-                        WEAVE_FAST_INTERVAL
-                    };
-                self.next_small = self.next_full;
-                self.send(self.full_len(), out);
-            }
+            self.next_full = now
+                + if self.weave_acked {
+                    WEAVE_SLOW_INTERVAL
+                } else {
+                    WEAVE_FAST_INTERVAL
+                };
+            self.send(self.full_len(), out);
         }
         self.judge(now, out);
     }
@@ -265,7 +259,6 @@ impl FastdpConn {
             if !self.weave_acked {
                 // As Weave's forwarder does on the acknowledgement: slow heartbeats now.
                 self.next_full = now + WEAVE_SLOW_INTERVAL;
-                self.next_small = self.next_full;
             }
             self.weave_acked = true;
             if self.weave_heard.is_none() {
@@ -306,7 +299,7 @@ impl FastdpConn {
         let ago = |t: Instant| now.saturating_duration_since(t);
         if self.acks {
             let Some(last) = self.last_ack else {
-                return self.waiting();
+                return Self::waiting();
             };
             if ago(last) >= DOWN_AFTER {
                 return Carrier::Sleeve(format!(
@@ -324,11 +317,11 @@ impl FastdpConn {
             if self.full_acked {
                 Carrier::Fastdp
             } else {
-                self.waiting()
+                Self::waiting()
             }
         } else {
             if !self.weave_acked {
-                return self.waiting();
+                return Self::waiting();
             }
             match self.weave_heard {
                 Some(t) if ago(t) < WEAVE_TIMEOUT => Carrier::Fastdp,
@@ -340,7 +333,7 @@ impl FastdpConn {
         }
     }
 
-    fn waiting(&self) -> Carrier {
+    fn waiting() -> Carrier {
         Carrier::Sleeve("waiting for the first heartbeat acknowledgement".into())
     }
 }

@@ -120,7 +120,6 @@ pub struct FastdpShell {
     socket: UdpSocket,
     tasks: Vec<JoinHandle<()>>,
     backend: &'static str,
-    datapath: Option<Arc<Datapath>>,
 }
 
 impl FastdpShell {
@@ -151,7 +150,7 @@ impl FastdpShell {
         })?;
         let (view, view_rx) = watch::channel(View::default());
         let mut tasks = Vec::new();
-        let (backend, name, datapath) = match start_ovs(&handle, bridge, tap, mtu).await {
+        let (backend, name) = match start_ovs(&handle, bridge, tap, mtu).await {
             Ok((dp, upcalls)) => {
                 let dp = Arc::new(dp);
                 let fwd = Arc::new(RwLock::new(Forwarding::default()));
@@ -167,14 +166,7 @@ impl FastdpShell {
                     ovs::VXLAN_VPORT,
                     crate::wire::fastdp::PORT
                 );
-                (
-                    Backend::Ovs {
-                        dp: Arc::clone(&dp),
-                        fwd,
-                    },
-                    "ovs",
-                    Some(dp),
-                )
+                (Backend::Ovs { dp, fwd }, "ovs")
             }
             Err(e) => {
                 match &e {
@@ -194,7 +186,7 @@ impl FastdpShell {
                     vxlan::TX_DEVICE,
                     crate::wire::fastdp::PORT
                 );
-                (Backend::Vxlan { tx: devices.tx }, "vxlan", None)
+                (Backend::Vxlan { tx: devices.tx }, "vxlan")
             }
         };
         tasks.push(tokio::spawn(program(
@@ -205,18 +197,12 @@ impl FastdpShell {
             socket,
             tasks,
             backend: name,
-            datapath,
         })
     }
 
     /// Which backend runs: `ovs` or `vxlan`.
     pub fn backend(&self) -> &'static str {
         self.backend
-    }
-
-    /// The Open vSwitch datapath, when that backend runs.
-    pub fn datapath(&self) -> Option<&Arc<Datapath>> {
-        self.datapath.as_ref()
     }
 
     /// Sends a heartbeat datagram (DF set); a failure is the path's problem, which the
@@ -360,12 +346,14 @@ async fn program(
     let mut dirty = true;
     let mut in_grace = true;
     let mut next_upcall_check = start + UPCALL_CHECK;
+    let mut view = view_rx.borrow_and_update().clone();
     loop {
         tokio::select! {
             r = view_rx.changed() => {
                 if r.is_err() {
                     return;
                 }
+                view = view_rx.borrow_and_update().clone();
                 dirty = true;
             }
             _ = tick.tick() => {}
@@ -386,7 +374,6 @@ async fn program(
                 Err(std_mpsc::TryRecvError::Disconnected) => return,
             }
         }
-        let view = view_rx.borrow_and_update().clone();
         let peers = &view.peers;
         let grace = now < adopt_until;
         if grace {

@@ -218,11 +218,17 @@ pub async fn remove(handle: &Handle) -> Result<Vec<String>, VxlanError> {
     Ok(removed)
 }
 
-/// Sets the bridge-port flags: isolated always; for a VXLAN port also no learning and no
-/// flooding (the router owns its entries).
-async fn isolate(handle: &Handle, index: u32, name: &str, vxlan: bool) -> Result<(), VxlanError> {
+/// Sets the bridge-port flags of port `index`: isolated always; for a port of the fast
+/// datapath (`fastdp_port`) also no learning and no flooding (the router owns its
+/// entries). The TAP is only isolated.
+pub(crate) async fn isolate(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    fastdp_port: bool,
+) -> Result<(), VxlanError> {
     let mut port = LinkBridgePort::new(index).append_info_data(InfoBridgePort::Isolated(true));
-    if vxlan {
+    if fastdp_port {
         for info in [
             InfoBridgePort::Learning(false),
             InfoBridgePort::UnicastFlood(false),

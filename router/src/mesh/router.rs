@@ -658,7 +658,7 @@ impl Mesh {
         }
         let mut out = Vec::new();
         fc.handle_timeout(now, &mut out);
-        self.apply_fastdp(key, out, now);
+        self.apply_fastdp(key, out);
     }
 
     /// When `handle_timeout` should next be called.
@@ -1092,6 +1092,7 @@ impl Mesh {
         now: Instant,
     ) {
         let ours = &self.config.overlays;
+        let our_short = self.topo.ourself().short_id;
         // A peer without the key is from before overlays could be chosen: sleeve only.
         let theirs: Vec<String> = features.get("Overlays").map_or_else(
             || vec!["sleeve".to_string()],
@@ -1112,9 +1113,8 @@ impl Mesh {
             c.no_fastdp = self.fastdp_off.clone();
             return;
         };
-        let our_short = self.topo.ourself().short_id;
-        let c = self.conns.get_mut(&key).expect("caller holds the key");
-        let why_not = match (c.addr.ip(), remote_short) {
+        let mut out = Vec::new();
+        c.no_fastdp = match (c.addr.ip(), remote_short) {
             _ if !c.overlays.iter().any(|o| o == "fastdp") => {
                 Some("the peer does not offer fastdp".to_string())
             }
@@ -1125,20 +1125,16 @@ impl Mesh {
                     == Some(fastdp::ACK_VERSION);
                 let vni = fastdp_wire::vni(our_short, short);
                 let mut fc = FastdpConn::new(c.uid, ip, vni, mtu, acks, now);
-                let mut out = Vec::new();
                 fc.handle_timeout(now, &mut out);
                 c.fastdp = Some(fc);
-                self.apply_fastdp(key, out, now);
                 None
             }
         };
-        if let Some(c) = self.conns.get_mut(&key) {
-            c.no_fastdp = why_not;
-        }
+        self.apply_fastdp(key, out);
     }
 
     /// Carries out what a connection's fast-datapath state asked for.
-    fn apply_fastdp(&mut self, key: ConnKey, effects: Vec<fastdp::Effect>, _now: Instant) {
+    fn apply_fastdp(&mut self, key: ConnKey, effects: Vec<fastdp::Effect>) {
         for effect in effects {
             match effect {
                 fastdp::Effect::Send { to, datagram } => {
@@ -1198,7 +1194,7 @@ impl Mesh {
         if let Some(fc) = self.conns.get_mut(&key).and_then(|c| c.fastdp.as_mut()) {
             fc.handle_heartbeat(hb, now, &mut out);
         }
-        self.apply_fastdp(key, out, now);
+        self.apply_fastdp(key, out);
     }
 
     /// The peers whose unicast the fast datapath carries: established connections whose
@@ -1508,7 +1504,7 @@ impl Mesh {
                         if let Some(fc) = c.fastdp.as_mut() {
                             let mut out = Vec::new();
                             fc.handle_control(subtag, &data, now, &mut out);
-                            self.apply_fastdp(key, out, now);
+                            self.apply_fastdp(key, out);
                         }
                     }
                     _ => {}

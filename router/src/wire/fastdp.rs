@@ -18,12 +18,11 @@ pub const PORT: u16 = 6784;
 pub const VXLAN_HEADER_LEN: usize = 8;
 /// The VXLAN header's flags byte with the "valid VNI" bit.
 const VXLAN_FLAG_VNI: u8 = 0x08;
-/// Underlay bytes per frame: outer IPv4 (20), UDP (8), VXLAN (8) and inner Ethernet (14).
-pub const OVERHEAD: u16 = 20 + 8 + VXLAN_HEADER_LEN as u16 + ETHERNET_HEADER_LEN as u16;
 /// Shortest heartbeat: Ethernet header, UID and length.
 pub const MIN_HEARTBEAT_LEN: usize = ETHERNET_HEADER_LEN + 10;
-/// Heartbeat length that also carries a weave-router sequence number.
-const SEQ_HEARTBEAT_LEN: usize = MIN_HEARTBEAT_LEN + 8;
+/// Heartbeat length that also carries a weave-router sequence number: the small heartbeat
+/// weave-routers send between full-size ones.
+pub const SEQ_HEARTBEAT_LEN: usize = MIN_HEARTBEAT_LEN + 8;
 
 /// The VNI of frames from `src` to `dst`.
 pub fn vni(src: ShortId, dst: ShortId) -> u32 {

@@ -23,11 +23,9 @@ pub mod genl;
 pub mod msg;
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, RwLock};
 
-use rtnetlink::packet_route::link::InfoBridgePort;
-use rtnetlink::{Handle, LinkBridgePort, LinkUnspec, LinkVeth};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -230,19 +228,6 @@ impl Datapath {
         repaired
     }
 
-    /// The flows' set-tunnel actions (VNI, peer address), for tests and diagnostics.
-    pub fn tunnels(&self) -> Vec<(u32, Ipv4Addr)> {
-        self.request(&msg::flow_dump(self.fam.flow, self.dp), "dump flows")
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|p| {
-                let (_, attrs) = msg::ovs_payload(p).ok()?;
-                let flow = msg::parse_flow(&attrs).ok()?;
-                msg::tunnel_of_actions(&flow.actions)
-            })
-            .collect()
-    }
-
     fn execute(&self, miss: &Miss, actions: &[Action]) {
         let req = msg::packet_execute(self.fam.packet, self.dp, &miss.packet, &miss.key, actions);
         if let Err(e) = self.request(&req, "execute a missed frame") {
@@ -411,29 +396,9 @@ async fn ensure_veth(handle: &Handle, bridge: &str, tap: &str, mtu: u32) -> Resu
             .map_err(link(format!("set up {name}")))?;
         ends.push(index);
     }
-    let port = LinkBridgePort::new(ends[0])
-        .append_info_data(InfoBridgePort::Isolated(true))
-        .append_info_data(InfoBridgePort::Learning(false))
-        .append_info_data(InfoBridgePort::UnicastFlood(false))
-        .append_info_data(InfoBridgePort::MulticastFlood(false))
-        .append_info_data(InfoBridgePort::BroadcastFlood(false))
-        .build();
-    handle
-        .link()
-        .change(port)
-        .execute()
-        .await
-        .map_err(link(format!("set bridge port flags of {BRIDGE_VETH}")))?;
+    crate::fastdp::vxlan::isolate(handle, ends[0], BRIDGE_VETH, true).await?;
     if let Some(t) = link_index(handle, tap).await? {
-        let port = LinkBridgePort::new(t)
-            .append_info_data(InfoBridgePort::Isolated(true))
-            .build();
-        handle
-            .link()
-            .change(port)
-            .execute()
-            .await
-            .map_err(link(format!("isolate {tap}")))?;
+        crate::fastdp::vxlan::isolate(handle, t, tap, false).await?;
     }
     Ok(ends[0])
 }
@@ -605,7 +570,7 @@ mod tests {
     use super::*;
     use crate::ids::{PeerName, ShortId};
     use crate::mesh::FastdpPath;
-    use std::net::SocketAddrV4;
+    use std::net::{Ipv4Addr, SocketAddrV4};
 
     fn name(n: u64) -> PeerName {
         PeerName::from_u64(n).unwrap()

@@ -309,6 +309,19 @@ pub fn ovs_payload(payload: &[u8]) -> Result<(i32, AttrList<'_>), MsgError> {
     Ok((ifindex, parse_attrs(&payload[4..])?))
 }
 
+/// A request of an OVS family (id `family`, speaking `version`) about datapath `dp` (0
+/// before there is one). The socket adds the acknowledgement flag ([`super::genl`]).
+fn ovs_request(family: u16, version: u8, cmd: u8, dp: i32, flags: u16, attrs: Attrs) -> Request {
+    Request {
+        family,
+        cmd,
+        version,
+        dp_ifindex: Some(dp),
+        flags,
+        attrs,
+    }
+}
+
 /// Asks the controller for a family's id.
 pub fn get_family(name: &str) -> Request {
     let mut attrs = Attrs::default();
@@ -339,28 +352,21 @@ pub fn datapath_new(family: u16, name: &str, upcall_pid: u32) -> Request {
         .string(DP_ATTR_NAME, name)
         .u32(DP_ATTR_UPCALL_PID, upcall_pid)
         .u32(DP_ATTR_USER_FEATURES, USER_FEATURES);
-    Request {
+    ovs_request(
         family,
-        cmd: CMD_NEW,
-        version: DATAPATH_VERSION,
-        dp_ifindex: Some(0),
-        flags: F_ACK | F_ECHO | F_CREATE | F_EXCL,
+        DATAPATH_VERSION,
+        CMD_NEW,
+        0,
+        F_ECHO | F_CREATE | F_EXCL,
         attrs,
-    }
+    )
 }
 
 /// Looks up datapath `name`.
 pub fn datapath_get(family: u16, name: &str) -> Request {
     let mut attrs = Attrs::default();
     attrs.string(DP_ATTR_NAME, name);
-    Request {
-        family,
-        cmd: CMD_GET,
-        version: DATAPATH_VERSION,
-        dp_ifindex: Some(0),
-        flags: 0,
-        attrs,
-    }
+    ovs_request(family, DATAPATH_VERSION, CMD_GET, 0, 0, attrs)
 }
 
 /// The user features this router runs a datapath with: misses per vport, to the netlink
@@ -373,14 +379,7 @@ pub fn datapath_set_features(family: u16, name: &str) -> Request {
     attrs
         .string(DP_ATTR_NAME, name)
         .u32(DP_ATTR_USER_FEATURES, USER_FEATURES);
-    Request {
-        family,
-        cmd: CMD_SET,
-        version: DATAPATH_VERSION,
-        dp_ifindex: Some(0),
-        flags: F_ACK,
-        attrs,
-    }
+    ovs_request(family, DATAPATH_VERSION, CMD_SET, 0, 0, attrs)
 }
 
 /// The user features in a datapath message's attributes.
@@ -392,14 +391,7 @@ pub fn datapath_features(attrs: &[(u16, &[u8])]) -> Option<u32> {
 pub fn datapath_del(family: u16, name: &str) -> Request {
     let mut attrs = Attrs::default();
     attrs.string(DP_ATTR_NAME, name);
-    Request {
-        family,
-        cmd: CMD_DEL,
-        version: DATAPATH_VERSION,
-        dp_ifindex: Some(0),
-        flags: F_ACK,
-        attrs,
-    }
+    ovs_request(family, DATAPATH_VERSION, CMD_DEL, 0, 0, attrs)
 }
 
 /// A vport as the kernel reports it.
@@ -458,26 +450,19 @@ pub fn vport_new(
         options.put(TUNNEL_ATTR_DST_PORT, &port.to_ne_bytes());
         attrs.nested(VPORT_ATTR_OPTIONS, &options);
     }
-    Request {
+    ovs_request(
         family,
-        cmd: CMD_NEW,
-        version: VPORT_VERSION,
-        dp_ifindex: Some(dp),
-        flags: F_ACK | F_ECHO | F_CREATE | F_EXCL,
+        VPORT_VERSION,
+        CMD_NEW,
+        dp,
+        F_ECHO | F_CREATE | F_EXCL,
         attrs,
-    }
+    )
 }
 
 /// Lists the datapath's vports.
 pub fn vport_dump(family: u16, dp: i32) -> Request {
-    Request {
-        family,
-        cmd: CMD_GET,
-        version: VPORT_VERSION,
-        dp_ifindex: Some(dp),
-        flags: F_DUMP,
-        attrs: Attrs::default(),
-    }
+    ovs_request(family, VPORT_VERSION, CMD_GET, dp, F_DUMP, Attrs::default())
 }
 
 /// Sets where a vport's misses go.
@@ -486,28 +471,14 @@ pub fn vport_set_upcall(family: u16, dp: i32, port_no: u32, upcall_pid: u32) -> 
     attrs
         .u32(VPORT_ATTR_PORT_NO, port_no)
         .u32(VPORT_ATTR_UPCALL_PID, upcall_pid);
-    Request {
-        family,
-        cmd: CMD_SET,
-        version: VPORT_VERSION,
-        dp_ifindex: Some(dp),
-        flags: F_ACK,
-        attrs,
-    }
+    ovs_request(family, VPORT_VERSION, CMD_SET, dp, 0, attrs)
 }
 
 /// Removes a vport.
 pub fn vport_del(family: u16, dp: i32, port_no: u32) -> Request {
     let mut attrs = Attrs::default();
     attrs.u32(VPORT_ATTR_PORT_NO, port_no);
-    Request {
-        family,
-        cmd: CMD_DEL,
-        version: VPORT_VERSION,
-        dp_ifindex: Some(dp),
-        flags: F_ACK,
-        attrs,
-    }
+    ovs_request(family, VPORT_VERSION, CMD_DEL, dp, 0, attrs)
 }
 
 /// What a flow matches: the input port, the Ethernet addresses and, for a frame from the
@@ -596,40 +567,19 @@ pub fn flow_new(family: u16, dp: i32, m: &FlowMatch, actions: &[Action]) -> Requ
         .nested(FLOW_ATTR_KEY, &m.key())
         .nested(FLOW_ATTR_MASK, &m.mask())
         .nested(FLOW_ATTR_ACTIONS, &encode_actions(actions));
-    Request {
-        family,
-        cmd: CMD_NEW,
-        version: FLOW_VERSION,
-        dp_ifindex: Some(dp),
-        flags: F_ACK | F_CREATE,
-        attrs,
-    }
+    ovs_request(family, FLOW_VERSION, CMD_NEW, dp, F_CREATE, attrs)
 }
 
 /// Deletes every flow of the datapath (no key: flush).
 pub fn flow_flush(family: u16, dp: i32) -> Request {
-    Request {
-        family,
-        cmd: CMD_DEL,
-        version: FLOW_VERSION,
-        dp_ifindex: Some(dp),
-        flags: F_ACK,
-        attrs: Attrs::default(),
-    }
+    ovs_request(family, FLOW_VERSION, CMD_DEL, dp, 0, Attrs::default())
 }
 
 /// Deletes the flow with this key (as a dump reported it).
 pub fn flow_del(family: u16, dp: i32, key: &[u8]) -> Request {
     let mut attrs = Attrs::default();
     attrs.put(FLOW_ATTR_KEY | NLA_F_NESTED, key);
-    Request {
-        family,
-        cmd: CMD_DEL,
-        version: FLOW_VERSION,
-        dp_ifindex: Some(dp),
-        flags: F_ACK,
-        attrs,
-    }
+    ovs_request(family, FLOW_VERSION, CMD_DEL, dp, 0, attrs)
 }
 
 /// Clears a flow's last-used time and statistics.
@@ -638,26 +588,12 @@ pub fn flow_clear(family: u16, dp: i32, key: &[u8]) -> Request {
     attrs
         .put(FLOW_ATTR_KEY | NLA_F_NESTED, key)
         .put(FLOW_ATTR_CLEAR, &[]);
-    Request {
-        family,
-        cmd: CMD_SET,
-        version: FLOW_VERSION,
-        dp_ifindex: Some(dp),
-        flags: F_ACK,
-        attrs,
-    }
+    ovs_request(family, FLOW_VERSION, CMD_SET, dp, 0, attrs)
 }
 
 /// Lists the datapath's flows.
 pub fn flow_dump(family: u16, dp: i32) -> Request {
-    Request {
-        family,
-        cmd: CMD_GET,
-        version: FLOW_VERSION,
-        dp_ifindex: Some(dp),
-        flags: F_DUMP,
-        attrs: Attrs::default(),
-    }
+    ovs_request(family, FLOW_VERSION, CMD_GET, dp, F_DUMP, Attrs::default())
 }
 
 /// A flow from a dump.
@@ -682,17 +618,6 @@ pub fn parse_flow(attrs: &[(u16, &[u8])]) -> Result<FlowInfo, MsgError> {
     })
 }
 
-/// The (VNI, destination) of a flow's set-tunnel action, if it has one.
-pub fn tunnel_of_actions(actions: &[u8]) -> Option<(u32, Ipv4Addr)> {
-    let acts = parse_attrs(actions).ok()?;
-    let set = find(&acts, ACTION_ATTR_SET)?;
-    let keys = parse_attrs(set).ok()?;
-    let t = parse_attrs(find(&keys, KEY_ATTR_TUNNEL)?).ok()?;
-    let id = u64::from_be_bytes(find(&t, TUNNEL_KEY_ATTR_ID)?.try_into().ok()?);
-    let dst: [u8; 4] = find(&t, TUNNEL_KEY_ATTR_IPV4_DST)?.try_into().ok()?;
-    Some((u32::try_from(id).ok()?, Ipv4Addr::from(dst)))
-}
-
 /// Sends `packet` through `actions`; `key` is the flow key the kernel reported with it.
 pub fn packet_execute(
     family: u16,
@@ -706,14 +631,7 @@ pub fn packet_execute(
         .put(PACKET_ATTR_PACKET, packet)
         .put(PACKET_ATTR_KEY | NLA_F_NESTED, key)
         .nested(PACKET_ATTR_ACTIONS, &encode_actions(actions));
-    Request {
-        family,
-        cmd: PACKET_CMD_EXECUTE,
-        version: PACKET_VERSION,
-        dp_ifindex: Some(dp),
-        flags: F_ACK,
-        attrs,
-    }
+    ovs_request(family, PACKET_VERSION, PACKET_CMD_EXECUTE, dp, 0, attrs)
 }
 
 /// A tunnel key, as far as the fast datapath reads it.
@@ -793,6 +711,17 @@ pub fn parse_miss(attrs: &[(u16, &[u8])]) -> Result<Miss, MsgError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The (VNI, destination) of a flow's set-tunnel action, if it has one.
+    fn tunnel_of_actions(actions: &[u8]) -> Option<(u32, Ipv4Addr)> {
+        let acts = parse_attrs(actions).ok()?;
+        let set = find(&acts, ACTION_ATTR_SET)?;
+        let keys = parse_attrs(set).ok()?;
+        let t = parse_attrs(find(&keys, KEY_ATTR_TUNNEL)?).ok()?;
+        let id = u64::from_be_bytes(find(&t, TUNNEL_KEY_ATTR_ID)?.try_into().ok()?);
+        let dst: [u8; 4] = find(&t, TUNNEL_KEY_ATTR_IPV4_DST)?.try_into().ok()?;
+        Some((u32::try_from(id).ok()?, Ipv4Addr::from(dst)))
+    }
 
     #[test]
     fn attributes_are_padded_and_parse_back() {
