@@ -68,9 +68,14 @@ pub struct LaunchArgs {
     /// Data plane: `auto` (io_uring, else epoll), `io-uring`, `epoll`, or `none` (mesh only).
     #[arg(long, value_name = "BACKEND")]
     pub dataplane: Option<String>,
-    /// Number of data-plane workers (default: one per CPU).
+    /// Number of data-plane workers (default: one per CPU). Env: WEAVE_WORKERS.
     #[arg(long, value_name = "N")]
     pub workers: Option<String>,
+    /// CPUs for the data-plane workers, e.g. `0-1,3`: one worker per CPU listed, pinned to
+    /// it (with `--workers`, worker i goes to the i-th CPU listed, round robin)
+    /// [default: every CPU the router may run on]. Env: WEAVE_CPUS.
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
     /// Sleeve offloads: `on` (UDP GSO/GRO and TAP TSO/checksum offload, the default) or
     /// `off` (one datagram per system call, frames segmented by the kernel; for measuring
     /// what batching buys). Env: WEAVE_OFFLOAD.
@@ -245,6 +250,8 @@ pub struct Config {
     pub dataplane: Dataplane,
     /// Number of data-plane workers; `None` for one per CPU.
     pub workers: Option<usize>,
+    /// CPUs the workers are pinned to, in order; `None` for every CPU the router may use.
+    pub cpus: Option<Vec<usize>>,
     /// Whether the sleeve batches with UDP GSO/GRO and TAP offloads.
     pub offload: bool,
     /// Address management; `None` when `--ipalloc-range ""` turned it off.
@@ -505,6 +512,19 @@ impl Config {
             None => None,
         };
 
+        let cpus = match pick(&args.cpus, "cpus", &["WEAVE_CPUS"]) {
+            Some(s) => {
+                Some(
+                    parse_cpu_list(s.value).map_err(|reason| ConfigError::InvalidValue {
+                        source_name: s.source_name,
+                        value: s.value.to_string(),
+                        reason,
+                    })?,
+                )
+            }
+            None => None,
+        };
+
         let offload = match pick(&args.offload, "offload", &["WEAVE_OFFLOAD"]) {
             Some(s) => choose(s, &[("on", true), ("off", false)], "expected on or off")?,
             None => true,
@@ -557,6 +577,7 @@ impl Config {
             ipam,
             dataplane,
             workers,
+            cpus,
             offload,
             name,
             nickname,
@@ -727,6 +748,37 @@ fn parse_ipalloc_init(v: &str) -> Result<IpamInit, String> {
     }
 }
 
+/// A CPU list as `taskset` and `/sys` write it: numbers and ranges, comma-separated
+/// (`0-1,3`), in the order given, without repeats.
+fn parse_cpu_list(list: &str) -> Result<Vec<usize>, String> {
+    const EXPECTED: &str = "expected CPU numbers or ranges separated by commas, e.g. 0-1,3";
+    let max = crate::sys::cpu::MAX_CPUS - 1;
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim) {
+        let number = |s: &str| -> Result<usize, String> {
+            let n: usize = s.trim().parse().map_err(|_| EXPECTED.to_string())?;
+            if n > max {
+                return Err(format!("CPU {n} is above the highest CPU number, {max}"));
+            }
+            Ok(n)
+        };
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => (number(part)?, number(part)?),
+        };
+        if first > last {
+            return Err(format!("range {part} runs backwards"));
+        }
+        for cpu in first..=last {
+            if cpus.contains(&cpu) {
+                return Err(format!("CPU {cpu} is listed twice"));
+            }
+            cpus.push(cpu);
+        }
+    }
+    Ok(cpus)
+}
+
 /// The value of the choice `s` names (trimmed), or an error that lists what was expected.
 fn choose<T: Copy>(s: Sourced, choices: &[(&str, T)], expected: &str) -> Result<T, ConfigError> {
     let v = s.value.trim();
@@ -834,6 +886,15 @@ fn is_host_name(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_take_numbers_and_ranges_in_order() {
+        assert_eq!(parse_cpu_list("0-1,3"), Ok(vec![0, 1, 3]));
+        assert_eq!(parse_cpu_list(" 5 , 2 "), Ok(vec![5, 2]));
+        for bad in ["", "a", "1-", "3-1", "1,1", "0-2,2", "100000"] {
+            assert!(parse_cpu_list(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn default_name_is_stable_local_and_unicast() {

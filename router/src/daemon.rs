@@ -408,7 +408,23 @@ async fn start_dataplane(
         ops.len()
     );
 
-    let cpus = crate::sys::cpu::allowed_cpus().unwrap_or_default();
+    let allowed = crate::sys::cpu::allowed_cpus().unwrap_or_default();
+    let cpus = match &config.cpus {
+        Some(listed) => {
+            if let Some(cpu) = listed.iter().find(|c| !allowed.contains(c)) {
+                anyhow::bail!(
+                    "--cpus/WEAVE_CPUS: CPU {cpu} is not one this router may run on ({})",
+                    allowed
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+            }
+            listed.clone()
+        }
+        None => allowed,
+    };
     let count = config.workers.unwrap_or(cpus.len().max(1));
     let tap_options = TapOptions {
         napi: epoll::kernel_gro(),
@@ -452,8 +468,12 @@ async fn start_dataplane(
         workers.push(worker.with_context(|| format!("cannot start worker {i}"))?);
     }
     info!(
-        "Data plane: {count} {} workers on UDP {bind}, offloads {}",
+        "Data plane: {count} {} workers on UDP {bind} (CPUs {}), offloads {}",
         backend.name(),
+        cpus.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         if config.offload { "on" } else { "off" }
     );
     Ok((workers, learned))
