@@ -457,6 +457,8 @@ pub(crate) mod tests {
                 mean_us: 22.0,
                 samples: 1000,
             }),
+            rate: None,
+            histogram: None,
         }
     }
 

@@ -17,13 +17,15 @@ use serde::{Deserialize, Serialize};
 
 mod client;
 mod conn;
+pub mod histogram;
 mod proto;
 mod server;
 mod sys;
 #[cfg(test)]
 mod tests;
 
-pub use proto::{MAX_RR_SIZE, MAX_STREAMS, MAX_UDP_SIZE, UDP_HEADER_LEN};
+pub use histogram::LatencyHistogram;
+pub use proto::{MAX_RATE, MAX_RR_SIZE, MAX_STREAMS, MAX_UDP_SIZE, UDP_HEADER_LEN};
 pub use server::Server;
 
 /// The TCP (control, bulk, request/response) and UDP port a server listens on by default.
@@ -35,9 +37,11 @@ pub const DEFAULT_PORT: u16 = 5201;
 pub enum Workload {
     /// TCP bulk transfer client → server over `streams` connections.
     Tcp,
-    /// UDP packets of `size` bytes of payload, client → server, as fast as the sender can.
+    /// UDP packets of `size` bytes of payload, client → server, as fast as the sender can
+    /// or at a paced rate.
     Udp,
-    /// TCP request/response: one `size`-byte request, one `size`-byte answer, repeated.
+    /// TCP request/response: one `size`-byte request, one `size`-byte answer, repeated:
+    /// each request after the last answer (closed loop), or at a paced rate (open loop).
     Rr,
 }
 
@@ -76,6 +80,12 @@ pub struct ClientArgs {
     /// Seconds of traffic before counting starts (not counted).
     #[arg(long, default_value_t = 0.5)]
     pub warmup: f64,
+    /// Pace the traffic: packets per second over all sending threads (udp), or requests per
+    /// second sent on schedule whether or not earlier answers came back (rr, open loop: each
+    /// round trip counts from its request's scheduled send time, so a stall delays every
+    /// request behind it instead of hiding them). Unpaced when absent.
+    #[arg(long, value_name = "PER_SECOND")]
+    pub rate: Option<f64>,
 }
 
 /// Round-trip latency percentiles in microseconds (rr only).
@@ -96,6 +106,8 @@ pub struct Latency {
 }
 
 /// What one client run measured (counted part only, warm-up excluded).
+///
+/// Fields added after the first version are optional, so results of older clients still read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadResult {
     /// The workload run.
@@ -104,7 +116,8 @@ pub struct LoadResult {
     pub streams: usize,
     /// Payload size (udp, rr); 0 for tcp.
     pub size: usize,
-    /// Seconds counted (measured by the server for tcp/udp, by the client for rr).
+    /// Seconds counted: the server's window for tcp, the nominal counted window for udp (the
+    /// span packets were sent in and counted for), the client's for rr.
     pub seconds: f64,
     /// Payload bytes the server received while counting.
     pub bytes_received: u64,
@@ -118,6 +131,12 @@ pub struct LoadResult {
     pub packets_per_second: f64,
     /// Latency (rr only).
     pub latency: Option<Latency>,
+    /// The pace asked for (`--rate`), per second; `None` when unpaced.
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// The round trips behind `latency` (rr only).
+    #[serde(default)]
+    pub histogram: Option<LatencyHistogram>,
 }
 
 /// Errors of the load generator.

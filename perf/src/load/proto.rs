@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::histogram::LatencyHistogram;
 use super::{ClientArgs, Latency, LoadResult, Workload};
 
 /// Version of the control protocol; a server refuses a `start` of another version.
@@ -38,6 +39,10 @@ const MAX_SECONDS: f64 = 24.0 * 3600.0;
 
 /// The longest warm-up a server accepts.
 const MAX_WARMUP: f64 = 3600.0;
+
+/// The highest `--rate` a client accepts, per second: far above what one machine sends, low
+/// enough that the pacing arithmetic stays exact in an f64.
+pub const MAX_RATE: f64 = 1e9;
 
 const UDP_MAGIC: [u8; 4] = *b"wvpf";
 const UDP_VERSION: u8 = 1;
@@ -161,6 +166,78 @@ impl Spec {
     }
 }
 
+/// Checks a client's `--rate` against its workload: a pace is packets (udp) or requests (rr)
+/// per second; tcp streams are not paced.
+pub(super) fn check_rate(workload: Workload, rate: Option<f64>) -> Result<(), String> {
+    let Some(rate) = rate else {
+        return Ok(());
+    };
+    match workload {
+        Workload::Tcp => Err("rate applies to udp and rr, not tcp".into()),
+        Workload::Udp | Workload::Rr if rate.is_finite() && rate > 0.0 && rate <= MAX_RATE => {
+            Ok(())
+        }
+        Workload::Udp | Workload::Rr => Err(format!(
+            "rate must be above 0 and at most {MAX_RATE} per second, not {rate}"
+        )),
+    }
+}
+
+/// When each packet (or request) of a paced sender is due: packet `n` (0-based) at
+/// `start + n / per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Pace {
+    /// When packet 0 is due.
+    pub start: Instant,
+    /// Packets per second.
+    pub per_second: f64,
+}
+
+impl Pace {
+    /// How many packets are due by `now`: all of those due at or before it.
+    pub(super) fn due_by(&self, now: Instant) -> u64 {
+        match now.checked_duration_since(self.start) {
+            // Truncation is the point: packet n is due once n / per_second has passed.
+            Some(elapsed) => (elapsed.as_secs_f64() * self.per_second) as u64 + 1,
+            None => 0,
+        }
+    }
+
+    /// When packet `n` is due.
+    pub(super) fn due_at(&self, n: u64) -> Instant {
+        self.start + Duration::from_secs_f64(n as f64 / self.per_second)
+    }
+
+    /// How many of the packets due by `now` to send next, counting from `next` (the first
+    /// not yet sent), and where the schedule goes on from. A sender that fell more than
+    /// `burst` behind (descheduled on a busy machine) sends `burst` and skips the rest
+    /// rather than bursting them all: the path is offered a steady rate, a little less of it.
+    pub(super) fn batch(&self, next: u64, now: Instant, burst: u64) -> PacedBatch {
+        let due = self.due_by(now);
+        let behind = due.saturating_sub(next);
+        if behind > burst {
+            PacedBatch {
+                count: burst,
+                first: due - burst,
+            }
+        } else {
+            PacedBatch {
+                count: behind,
+                first: next,
+            }
+        }
+    }
+}
+
+/// What [`Pace::batch`] says to send now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PacedBatch {
+    /// Packets to send now (0: wait until [`Pace::due_at`] of `first`).
+    pub count: u64,
+    /// The schedule index of the first of them.
+    pub first: u64,
+}
+
 /// A line a client sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -211,7 +288,8 @@ pub(super) struct Counted {
     pub bytes: u64,
     /// Packets (udp) or requests (rr) received while counting.
     pub packets: u64,
-    /// Seconds the counts cover.
+    /// Seconds the counts cover: the server's window (tcp, rr), the client's nominal one
+    /// (udp: every packet sent inside it counts, whenever it arrives).
     pub seconds: f64,
 }
 
@@ -346,15 +424,21 @@ pub(super) struct ClientSide {
     pub seconds: f64,
     /// Round-trip latency (rr).
     pub latency: Option<Latency>,
+    /// The round trips behind `latency` (rr).
+    pub histogram: Option<LatencyHistogram>,
 }
 
 /// Combines the server's counts and the client's own into the result a client reports.
+///
+/// UDP rates are over the nominal counted window (`args.seconds`), for packets received as
+/// for packets sent: the server counts every packet sent inside the window, whenever it
+/// arrives, so received over offered is one minus the loss.
 pub(super) fn assemble(args: &ClientArgs, counted: &Counted, side: &ClientSide) -> LoadResult {
     let (size, seconds, bytes, sent, received) = match args.workload {
         Workload::Tcp => (0, counted.seconds, counted.bytes, 0, 0),
         Workload::Udp => (
             args.size,
-            counted.seconds,
+            args.seconds,
             counted.bytes,
             side.packets_sent,
             counted.packets,
@@ -389,6 +473,11 @@ pub(super) fn assemble(args: &ClientArgs, counted: &Counted, side: &ClientSide) 
             Workload::Tcp | Workload::Udp => None,
             Workload::Rr => side.latency.clone(),
         },
+        rate: args.rate,
+        histogram: match args.workload {
+            Workload::Tcp | Workload::Udp => None,
+            Workload::Rr => side.histogram.clone(),
+        },
     }
 }
 
@@ -398,19 +487,6 @@ fn per_second(amount: f64, seconds: f64) -> f64 {
         amount / seconds
     } else {
         0.0
-    }
-}
-
-/// Percentiles of round trips recorded in nanoseconds, in microseconds.
-pub(super) fn latency_from(hist: &hdrhistogram::Histogram<u64>) -> Latency {
-    let us = |ns: u64| ns as f64 / 1000.0;
-    Latency {
-        p50_us: us(hist.value_at_quantile(0.50)),
-        p90_us: us(hist.value_at_quantile(0.90)),
-        p99_us: us(hist.value_at_quantile(0.99)),
-        p999_us: us(hist.value_at_quantile(0.999)),
-        mean_us: hist.mean() / 1000.0,
-        samples: hist.len(),
     }
 }
 
@@ -429,6 +505,7 @@ mod tests {
             size: 1400,
             seconds: 1.0,
             warmup: 0.5,
+            rate: None,
         }
     }
 
@@ -563,18 +640,89 @@ mod tests {
         let counted = Counted {
             bytes: 14_000,
             packets: 10,
-            seconds: 0.5,
+            seconds: 1.0,
         };
         let side = ClientSide {
             packets_sent: 12,
             ..ClientSide::default()
         };
-        let r = assemble(&args(Workload::Udp), &counted, &side);
+        let mut a = args(Workload::Udp);
+        a.seconds = 2.0;
+        a.rate = Some(6.0);
+
+        let r = assemble(&a, &counted, &side);
 
         assert_eq!((r.packets_sent, r.packets_received), (12, 10));
-        assert_eq!(r.packets_per_second, 20.0);
-        assert_eq!(r.bits_per_second, 224_000.0);
+        // Over the nominal 2 s window, as the 12 packets sent are.
+        assert_eq!(r.seconds, 2.0);
+        assert_eq!(r.packets_per_second, 5.0);
+        assert_eq!(r.bits_per_second, 56_000.0);
         assert_eq!(r.streams, 2);
+        assert_eq!(r.rate, Some(6.0));
+        assert_eq!(r.histogram, None);
+    }
+
+    #[test]
+    fn rates_are_checked_against_the_workload() {
+        assert_eq!(check_rate(Workload::Tcp, None), Ok(()));
+        assert_eq!(check_rate(Workload::Udp, Some(1e5)), Ok(()));
+        assert_eq!(check_rate(Workload::Rr, Some(2000.0)), Ok(()));
+        assert!(check_rate(Workload::Tcp, Some(1.0))
+            .unwrap_err()
+            .contains("tcp"));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 2e9] {
+            let err = check_rate(Workload::Udp, Some(bad)).unwrap_err();
+            assert!(err.contains("rate must be"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn pace_spreads_packets_evenly_from_its_start() {
+        let t0 = Instant::now();
+        let pace = Pace {
+            start: t0,
+            per_second: 1000.0,
+        };
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+
+        assert_eq!(pace.due_by(t0), 1);
+        assert_eq!(pace.due_by(ms(10)), 11);
+        assert_eq!(pace.due_at(10), ms(10));
+        // Before its start nothing is due.
+        let later = Pace {
+            start: ms(5),
+            ..pace
+        };
+        assert_eq!(later.due_by(t0), 0);
+    }
+
+    #[test]
+    fn a_sender_behind_its_pace_skips_rather_than_bursts() {
+        let t0 = Instant::now();
+        let pace = Pace {
+            start: t0,
+            per_second: 1000.0,
+        };
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+
+        // On time: packets 5..=10 are due at 10 ms.
+        assert_eq!(pace.batch(5, ms(10), 64), PacedBatch { count: 6, first: 5 });
+        // Nothing due yet: wait for packet 11.
+        assert_eq!(
+            pace.batch(11, ms(10), 64),
+            PacedBatch {
+                count: 0,
+                first: 11
+            }
+        );
+        // 200 ms late with 11 sent: the last 64 of the 201 due go, the rest are skipped.
+        assert_eq!(
+            pace.batch(11, ms(200), 64),
+            PacedBatch {
+                count: 64,
+                first: 137
+            }
+        );
     }
 
     #[test]
@@ -591,6 +739,11 @@ mod tests {
             packets_sent: 100,
             seconds: 0.5,
             latency: Some(latency.clone()),
+            histogram: Some(LatencyHistogram {
+                significant_figures: 3,
+                highest_ns: 1000,
+                buckets: vec![[500, 100]],
+            }),
             ..ClientSide::default()
         };
         let counted = Counted {
@@ -604,6 +757,7 @@ mod tests {
         assert_eq!(r.bytes_received, 140_000);
         assert_eq!(r.streams, 1);
         assert_eq!(r.latency, Some(latency));
+        assert_eq!(r.histogram.map(|h| h.samples()), Some(100));
     }
 
     #[test]
@@ -613,22 +767,8 @@ mod tests {
             packets: 0,
             seconds: 0.0,
         };
-        let r = assemble(&args(Workload::Udp), &counted, &ClientSide::default());
+        let r = assemble(&args(Workload::Tcp), &counted, &ClientSide::default());
 
         assert_eq!((r.bits_per_second, r.packets_per_second), (0.0, 0.0));
-    }
-
-    #[test]
-    fn latency_percentiles_from_histogram() {
-        let mut hist = hdrhistogram::Histogram::<u64>::new(3).unwrap();
-        for ns in 1..=1000u64 {
-            hist.record(ns * 1000).unwrap();
-        }
-        let l = latency_from(&hist);
-
-        assert_eq!(l.samples, 1000);
-        assert!((l.p50_us - 500.0).abs() < 1.0, "{l:?}");
-        assert!((l.p99_us - 990.0).abs() < 1.0, "{l:?}");
-        assert!(l.p50_us <= l.p90_us && l.p90_us <= l.p99_us && l.p99_us <= l.p999_us);
     }
 }

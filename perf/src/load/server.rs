@@ -166,9 +166,6 @@ struct Test {
     window: Window,
     bytes: AtomicU64,
     packets: AtomicU64,
-    /// First and last arrival of a counted UDP packet, ns after `created`.
-    first_ns: AtomicU64,
-    last_ns: AtomicU64,
     /// Last arrival of any UDP packet of the test, ns after `created`.
     activity_ns: AtomicU64,
     /// Which stream indices have connected.
@@ -186,8 +183,6 @@ impl Test {
             created: now,
             bytes: AtomicU64::new(0),
             packets: AtomicU64::new(0),
-            first_ns: AtomicU64::new(u64::MAX),
-            last_ns: AtomicU64::new(0),
             activity_ns: AtomicU64::new(0),
             open_streams: AtomicUsize::new(0),
         }
@@ -365,20 +360,12 @@ fn finish(test: &Test, stop: &Stop<'_>) -> Counted {
                 }
                 thread::sleep(Duration::from_millis(5));
             }
-            let packets = test.packets.load(Ordering::Acquire);
-            let first = test.first_ns.load(Ordering::Acquire);
-            let last = test.last_ns.load(Ordering::Acquire);
-            // The span between the first and last counted arrival; with fewer than two
-            // packets there is no span, so the client's nominal window stands in.
-            let seconds = if packets >= 2 && last > first {
-                Duration::from_nanos(last - first).as_secs_f64()
-            } else {
-                test.spec.seconds
-            };
+            // Every packet the client sent inside its window counts, whenever it arrives, so
+            // the counts cover the client's nominal window.
             Counted {
                 bytes: test.bytes.load(Ordering::Acquire),
-                packets,
-                seconds,
+                packets: test.packets.load(Ordering::Acquire),
+                seconds: test.spec.seconds,
             }
         }
     }
@@ -541,8 +528,6 @@ impl Tally {
         if tally.packets > 0 {
             test.packets.fetch_add(tally.packets, Ordering::Relaxed);
             test.bytes.fetch_add(tally.bytes, Ordering::Relaxed);
-            test.first_ns.fetch_min(at, Ordering::AcqRel);
-            test.last_ns.fetch_max(at, Ordering::AcqRel);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The system calls std does not wrap: batched UDP send and receive (one syscall per
 //! [`MAX_BATCH`] datagrams keeps the load generator from being the bottleneck it measures),
-//! forced socket buffer sizes, and waiting for a listener with a timeout.
+//! forced socket buffer sizes, waiting for a listener with a timeout, and the timer slack of
+//! paced senders.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -164,4 +165,16 @@ pub(super) fn wait_readable(fd: &impl AsRawFd, timeout: Duration) -> io::Result<
         return Err(io::Error::last_os_error());
     }
     Ok(rc > 0)
+}
+
+/// Sets the calling thread's timer slack (`PR_SET_TIMERSLACK`): how late the kernel may end
+/// its sleeps to batch wake-ups. At least 1 ns; 0 would mean "the default" again.
+pub(super) fn set_timer_slack(slack: Duration) -> io::Result<()> {
+    let ns = libc::c_ulong::try_from(slack.as_nanos().max(1)).unwrap_or(libc::c_ulong::MAX);
+    // SAFETY: PR_SET_TIMERSLACK takes its value by value and touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns, 0, 0, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -43,6 +43,7 @@ impl TestServer {
             size,
             seconds: 0.5,
             warmup: 0.1,
+            rate: None,
         }
     }
 
@@ -103,6 +104,62 @@ fn udp_counts_only_packets_sent_in_the_window() {
 }
 
 #[test]
+fn paced_udp_sends_about_its_rate_and_counts_over_the_nominal_window() {
+    let server = TestServer::start();
+    let mut args = server.args(Workload::Udp, 2, 200);
+    args.rate = Some(2000.0);
+
+    let r = run(&args);
+
+    // 2000 packets/s for 0.5 s is 1000 packets; a loaded machine may send somewhat fewer
+    // (a late sender skips rather than bursts), never more.
+    assert!(
+        (500..=1002).contains(&r.packets_sent),
+        "{} sent: {r:?}",
+        r.packets_sent
+    );
+    assert_eq!(r.rate, Some(2000.0));
+    assert_eq!(r.seconds, 0.5);
+    assert_eq!(r.packets_per_second, r.packets_received as f64 / 0.5);
+    server.stop().expect("server ran cleanly");
+}
+
+#[test]
+fn paced_rr_answers_every_request_and_keeps_its_histogram() {
+    let server = TestServer::start();
+    let mut args = server.args(Workload::Rr, 1, 16);
+    args.rate = Some(1000.0);
+
+    let r = run(&args);
+
+    let l = r.latency.clone().expect("rr reports latency");
+    let h = r.histogram.clone().expect("rr keeps its histogram");
+    // Requests scheduled in the 0.5 s window: 500 of them (give or take the one on an
+    // edge), all answered.
+    assert!((499..=501).contains(&l.samples), "{r:?}");
+    assert_eq!(h.samples(), l.samples);
+    assert_eq!(r.packets_received, l.samples);
+    assert_eq!(r.seconds, 0.5);
+    assert!(l.p50_us > 0.0 && l.p50_us <= l.p999_us, "{l:?}");
+    server.stop().expect("server ran cleanly");
+}
+
+#[test]
+fn tcp_cannot_be_paced() {
+    let args = ClientArgs {
+        rate: Some(10.0),
+        ..TestServer::start().args(Workload::Tcp, 1, 0)
+    };
+
+    let err = client(&args).unwrap_err();
+
+    assert!(
+        err.to_string().contains("rate applies to udp and rr"),
+        "{err}"
+    );
+}
+
+#[test]
 fn rr_reports_ordered_percentiles() {
     let server = TestServer::start();
 
@@ -119,6 +176,7 @@ fn rr_reports_ordered_percentiles() {
         "{l:?}"
     );
     assert!(r.packets_per_second > 0.0, "{r:?}");
+    assert_eq!(r.histogram.map(|h| h.samples()), Some(l.samples));
     server.stop().expect("server ran cleanly");
 }
 
@@ -183,6 +241,7 @@ fn client_rejects_bad_arguments_before_connecting() {
         size: 4,
         seconds: 0.5,
         warmup: 0.1,
+        rate: None,
     };
 
     let err = client(&args).unwrap_err();
@@ -207,6 +266,7 @@ fn client_names_the_server_it_cannot_reach() {
         size: 0,
         seconds: 0.5,
         warmup: 0.1,
+        rate: None,
     };
 
     let err = client(&args).unwrap_err();
