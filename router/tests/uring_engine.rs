@@ -469,6 +469,54 @@ fn dropping_a_ring_with_operations_in_flight_drains_them() {
 }
 
 #[test]
+fn a_cancel_that_crosses_the_final_completion_stops_the_operation() {
+    with_watchdog(30, || {
+        let (read_end, write_end) = pipe();
+        let mut ring = Ring::new(16, RingOptions::default()).unwrap();
+        let pool = ring.add_buf_ring(READ_GROUP, 1, 4096).unwrap();
+        let read = ring
+            .read_multi(Target::Fd(read_end.as_raw_fd()), READ_GROUP)
+            .unwrap();
+        write_fd(write_end.as_raw_fd(), b"first");
+        let held = match next_completion(&mut ring) {
+            Completion::Read { op, buf } if op == read => buf,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(ring.stats().enobufs, 0, "the read ended before the test");
+        // The only buffer is held: the next chunk ends the read with ENOBUFS. Let the kernel
+        // post that final completion, but do not reap it before cancelling.
+        write_fd(write_end.as_raw_fd(), b"second");
+        ring.submit_and_wait(1, WAIT).unwrap();
+
+        ring.cancel(read).unwrap();
+
+        let mut out = Vec::new();
+        for _ in 0..5 {
+            ring.submit_and_wait(1, Some(Duration::from_millis(20)))
+                .unwrap();
+            ring.reap(&mut out);
+        }
+        assert_eq!(ring.stats().enobufs, 1, "the read ended with ENOBUFS");
+        assert!(
+            matches!(
+                out.as_slice(),
+                [Completion::Stopped { op, reason: StopReason::Cancelled }] if *op == read
+            ),
+            "{out:?}"
+        );
+        // With the buffer back the cancelled read must not come back to life.
+        drop(held);
+        ring.submit_and_wait(1, Some(Duration::from_millis(20)))
+            .unwrap();
+        out.clear();
+        assert_eq!(ring.reap(&mut out), 0, "{out:?}");
+        assert_eq!(ring.stats().rearms, 0);
+        assert_eq!(ring.in_flight(), 0);
+        assert_eq!(pool.lent(), 0);
+    });
+}
+
+#[test]
 fn measure_datagrams_per_submit_and_per_completion_with_and_without_gso() {
     with_watchdog(120, || {
         for gso in [true, false] {
@@ -695,4 +743,10 @@ fn read_fd(fd: RawFd, buf: &mut [u8]) -> usize {
     // SAFETY: `buf` is valid for writes of its length.
     let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
     usize::try_from(n).expect("read")
+}
+
+fn write_fd(fd: RawFd, data: &[u8]) {
+    // SAFETY: `data` is valid for reads of its length.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    assert_eq!(usize::try_from(n).expect("write"), data.len());
 }

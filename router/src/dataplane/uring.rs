@@ -762,8 +762,10 @@ impl Ring {
     }
 
     /// Asks the kernel to cancel `op`. A multishot operation then ends with
-    /// [`Completion::Stopped`] and `StopReason::Cancelled`; a send or write completes with
-    /// `ECANCELED` unless it had already finished.
+    /// [`Completion::Stopped`] and `StopReason::Cancelled`, whatever its final completion
+    /// says (it may have ended on its own, with `ENOBUFS` say, before the kernel saw the
+    /// cancel) and is never re-armed; a send or write completes with `ECANCELED` unless it had
+    /// already finished.
     pub fn cancel(&mut self, op: OpId) -> Result<(), UringError> {
         if self.slab.get(op).is_none() {
             return Ok(());
@@ -774,7 +776,11 @@ impl Ring {
             self.slab.cancel_pending.push(op);
             return Ok(());
         }
-        self.push_cancel(types::CancelBuilder::user_data(op.encode()))
+        self.push_cancel(types::CancelBuilder::user_data(op.encode()))?;
+        // Its final completion may already be posted and unreaped, in which case the kernel
+        // answers the cancel with ENOENT: the mark makes that completion a stop, not a re-arm.
+        self.slab.mark_cancelled(op);
+        Ok(())
     }
 
     /// Submits everything queued (and the pending re-arms) without waiting; on a
@@ -1152,24 +1158,32 @@ impl Ring {
         } else {
             MultishotEnd::Stop(StopReason::Cancelled)
         };
-        match end {
-            MultishotEnd::Rearm => self.rearm.push(id),
-            MultishotEnd::RearmNoBuffers => {
-                self.stats.enobufs += 1;
-                if let Some(pool) = self.pool(group) {
-                    pool.enobufs.set(pool.enobufs.get() + 1);
-                }
-                self.rearm.push(id);
-            }
-            MultishotEnd::RearmTransient => {
-                self.stats.transient_errors += 1;
-                self.rearm.push(id);
-            }
-            MultishotEnd::Stop(reason) => {
-                self.slab.remove(id);
-                out.push(Completion::Stopped { op: id, reason });
+        if let MultishotEnd::RearmNoBuffers = end {
+            self.stats.enobufs += 1;
+            if let Some(pool) = self.pool(group) {
+                pool.enobufs.set(pool.enobufs.get() + 1);
             }
         }
+        let reason = if self.slab.is_cancelled(id) {
+            // Cancelled while this final completion was on its way (the kernel then answers
+            // the cancel with ENOENT): whatever the operation ended with, it stays stopped.
+            StopReason::Cancelled
+        } else {
+            match end {
+                MultishotEnd::Rearm | MultishotEnd::RearmNoBuffers => {
+                    self.rearm.push(id);
+                    return;
+                }
+                MultishotEnd::RearmTransient => {
+                    self.stats.transient_errors += 1;
+                    self.rearm.push(id);
+                    return;
+                }
+                MultishotEnd::Stop(reason) => reason,
+            }
+        };
+        self.slab.remove(id);
+        out.push(Completion::Stopped { op: id, reason });
     }
 
     fn on_transfer(&mut self, id: OpId, result: i32, out: &mut Vec<Completion>) {
@@ -1484,6 +1498,8 @@ struct Slot {
     generation: u32,
     kind: OpKind,
     op: Option<Op>,
+    /// [`Ring::cancel`] was asked for this operation: its final completion stops it.
+    cancelled: bool,
 }
 
 impl Slab {
@@ -1492,6 +1508,7 @@ impl Slab {
             let slot = &mut self.slots[index as usize];
             slot.kind = kind;
             slot.op = Some(op);
+            slot.cancelled = false;
             return OpId::new(kind, index, slot.generation);
         }
         let index = u32::try_from(self.slots.len()).expect("fewer than 2^32 operations in flight");
@@ -1499,16 +1516,34 @@ impl Slab {
             generation: 0,
             kind,
             op: Some(op),
+            cancelled: false,
         });
         OpId::new(kind, index, 0)
     }
 
     fn get(&self, id: OpId) -> Option<&Op> {
+        self.live_slot(id)?.op.as_ref()
+    }
+
+    fn mark_cancelled(&mut self, id: OpId) {
+        let Some(slot) = self.slots.get_mut(id.slot as usize) else {
+            return;
+        };
+        if slot.generation == id.generation && slot.kind == id.kind && slot.op.is_some() {
+            slot.cancelled = true;
+        }
+    }
+
+    fn is_cancelled(&self, id: OpId) -> bool {
+        self.live_slot(id).is_some_and(|slot| slot.cancelled)
+    }
+
+    fn live_slot(&self, id: OpId) -> Option<&Slot> {
         let slot = self.slots.get(id.slot as usize)?;
-        if slot.generation != id.generation || slot.kind != id.kind {
+        if slot.generation != id.generation || slot.kind != id.kind || slot.op.is_none() {
             return None;
         }
-        slot.op.as_ref()
+        Some(slot)
     }
 
     fn remove(&mut self, id: OpId) -> Option<Op> {
@@ -2095,6 +2130,21 @@ mod tests {
         drop(buf);
         assert_eq!(pool.lent_count.get(), 0);
         assert!(Pool::take(&pool, 2, 40).is_some(), "returned on drop");
+    }
+
+    #[test]
+    fn a_reused_slot_does_not_inherit_a_cancel() {
+        let mut slab = Slab::default();
+        let first = slab.insert(OpKind::Cancel, Op::Cancel);
+        slab.mark_cancelled(first);
+        assert!(slab.is_cancelled(first));
+        slab.remove(first);
+
+        let second = slab.insert(OpKind::Cancel, Op::Cancel);
+
+        assert_eq!(second.slot(), first.slot());
+        assert!(!slab.is_cancelled(second));
+        assert!(!slab.is_cancelled(first), "a stale id names nothing");
     }
 
     fn push_cmsg(out: &mut Vec<u8>, level: i32, kind: i32, data: &[u8]) {
