@@ -1819,9 +1819,20 @@ impl Pool {
     }
 
     /// Lends buffer `bid` holding `len` bytes, as the kernel reported in a completion.
+    ///
+    /// A report that is refused for its length still means the kernel took the buffer out of
+    /// the ring, so it goes straight back: left out, the ring would run dry while `lent_count`
+    /// said it had buffers to give, and the re-arm logic would spin on `ENOBUFS`. An id that is
+    /// out of range or already lent is not in the ring and is not put in it.
     fn take(pool: &Rc<Pool>, bid: u16, len: usize) -> Option<ProvidedBuf> {
         let lent = pool.lent.get(usize::from(bid))?;
-        if lent.get() || len > pool.buf_size as usize {
+        if lent.get() {
+            return None;
+        }
+        if len > pool.buf_size as usize {
+            if pool.live.get() {
+                pool.write_entry(bid);
+            }
             return None;
         }
         lent.set(true);
@@ -1865,6 +1876,14 @@ impl Pool {
         // publishes the entry written above.
         let published = unsafe { AtomicU16::from_ptr(addr_of_mut!((*self.entries.as_ptr()).resv)) };
         published.store(tail, Ordering::Release);
+    }
+
+    /// The buffer id in ring entry `index` (modulo the ring size), as the kernel would read it.
+    #[cfg(test)]
+    fn entry_bid(&self, index: u16) -> u16 {
+        let index = usize::from(index & (self.count - 1));
+        // SAFETY: `index < count`, inside the entry array; tests run without a kernel reading it.
+        unsafe { addr_of_mut!((*self.entries.as_ptr().add(index)).bid).read() }
     }
 
     fn buffer_ptr(&self, bid: u16) -> *mut u8 {
@@ -2130,6 +2149,44 @@ mod tests {
         drop(buf);
         assert_eq!(pool.lent_count.get(), 0);
         assert!(Pool::take(&pool, 2, 40).is_some(), "returned on drop");
+    }
+
+    #[test]
+    fn a_buffer_refused_by_the_pool_goes_back_to_its_ring() {
+        let pool = Rc::new(Pool::new(BufGroup(1), 4, 64).unwrap());
+        pool.fill();
+        let mut head = 0u16;
+        // The kernel takes the buffer at the head and reports more bytes than it holds.
+        let bid = pool.entry_bid(head);
+        head = head.wrapping_add(1);
+
+        let refused = Pool::take(&pool, bid, 65);
+
+        assert!(refused.is_none());
+        assert_eq!(pool.lent_count.get(), 0);
+        let mut in_ring: Vec<u16> = (0..pool.tail.get().wrapping_sub(head))
+            .map(|i| pool.entry_bid(head.wrapping_add(i)))
+            .collect();
+        in_ring.sort_unstable();
+        assert_eq!(
+            in_ring,
+            vec![0, 1, 2, 3],
+            "every buffer is in the ring once"
+        );
+    }
+
+    #[test]
+    fn a_buffer_reported_while_lent_is_not_put_in_the_ring_twice() {
+        let pool = Rc::new(Pool::new(BufGroup(1), 4, 64).unwrap());
+        pool.fill();
+        let held = Pool::take(&pool, 1, 10).unwrap();
+        let tail = pool.tail.get();
+
+        assert!(Pool::take(&pool, 1, 10).is_none());
+
+        assert_eq!(pool.tail.get(), tail);
+        drop(held);
+        assert_eq!(pool.tail.get(), tail.wrapping_add(1));
     }
 
     #[test]
