@@ -113,8 +113,9 @@ pub struct TapQueue {
 
 impl TapQueue {
     /// Attaches a new queue to the TAP `name` (creating a non-persistent TAP if there is
-    /// none), then sets the vnet header length and the offloads. Those two are properties
-    /// of the device, not of the queue: every queue of one TAP must ask for the same.
+    /// none), then sets the vnet header length, its little-endian byte order
+    /// (`TUNSETVNETLE`, see [`crate::wire::vnet`]) and the offloads. Those are properties of
+    /// the device, not of the queue: every queue of one TAP must ask for the same.
     ///
     /// `TUNSETIFF` fails with `EINVAL` when `name` exists but is not a multi-queue TAP.
     pub fn open(name: &str, opts: &TapOptions) -> Result<Self, SysError> {
@@ -124,6 +125,7 @@ impl TapQueue {
         }
         let fd = attach(name, flags, opts.nonblocking)?;
         set_vnet_hdr_len(&fd, name, opts.vnet_hdr_len)?;
+        set_vnet_le(&fd, name)?;
         let offloads = set_offloads(&fd, name, opts.offloads)?;
         Ok(Self {
             fd,
@@ -151,6 +153,17 @@ impl TapQueue {
     /// Length of the virtio_net_hdr in front of each frame.
     pub fn vnet_hdr_len(&self) -> usize {
         self.vnet_hdr_len
+    }
+
+    /// Whether the device reads and writes its vnet headers little-endian whatever the host's
+    /// byte order (`TUNGETVNETLE`). False on a kernel too old to know the flag, whose headers
+    /// are then in the host's byte order.
+    pub fn vnet_le(&self) -> Result<bool, SysError> {
+        let mut le: libc::c_int = 0;
+        // SAFETY: TUNGETVNETLE writes one int through the pointer, which points to one.
+        let ret = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TUNGETVNETLE, &raw mut le) };
+        cvt(ret).map_err(|source| syscall("TUNGETVNETLE", &self.name, source))?;
+        Ok(le != 0)
     }
 
     /// Makes the device outlive its queues (`TUNSETPERSIST`), or not.
@@ -327,6 +340,27 @@ fn set_vnet_hdr_len(fd: &OwnedFd, name: &str, len: usize) -> Result<(), SysError
     Ok(())
 }
 
+/// Makes the device's vnet headers little-endian (`TUNSETVNETLE`), the byte order
+/// [`crate::wire::vnet`] reads and writes. Without the flag a legacy (pre-virtio-1.0) header is
+/// in the host's byte order.
+///
+/// A kernel older than the ioctl (4.0) answers `EINVAL`. On a little-endian host that is
+/// harmless, since its headers are in host order, which is already little-endian, so the
+/// error is ignored there. On a big-endian host such a kernel would write headers the codec
+/// misreads, so the error is returned.
+fn set_vnet_le(fd: &OwnedFd, name: &str) -> Result<(), SysError> {
+    let le: libc::c_int = 1;
+    // SAFETY: TUNSETVNETLE reads one int through the pointer, which points to one.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETVNETLE, &raw const le) };
+    match cvt(ret) {
+        Ok(_) => Ok(()),
+        Err(err) if cfg!(target_endian = "little") && err.raw_os_error() == Some(libc::EINVAL) => {
+            Ok(())
+        }
+        Err(source) => Err(syscall("TUNSETVNETLE", name, source)),
+    }
+}
+
 /// Sets the offloads, retrying without UDP segmentation when the kernel does not know it
 /// (before 6.2 `TUNSETOFFLOAD` answers `EINVAL` to any unknown bit). Returns what was set.
 fn set_offloads(fd: &OwnedFd, name: &str, wanted: TapOffloads) -> Result<TapOffloads, SysError> {
@@ -395,6 +429,46 @@ mod tests {
                 "{bad:?} accepted"
             );
         }
+    }
+
+    #[test]
+    fn queues_have_little_endian_vnet_headers() {
+        let Some(queues) = in_private_netns(|| {
+            TapQueue::open_queues("wr-vnetle", 2, &TapOptions::default()).expect("open queues")
+        }) else {
+            return;
+        };
+
+        for queue in &queues {
+            assert!(
+                queue.vnet_le().expect("TUNGETVNETLE"),
+                "TUNSETVNETLE not set"
+            );
+        }
+    }
+
+    /// Runs `f` on a thread of its own inside a new, unnamed network namespace that goes away
+    /// with its last user (the thread, the queues `f` returns), so nothing is left behind even
+    /// when the test fails. `None` (the test skips) without the privilege, except under `CI`.
+    fn in_private_netns<T: Send>(f: impl FnOnce() -> T + Send) -> Option<T> {
+        std::thread::scope(|scope| {
+            let thread = scope.spawn(|| {
+                // SAFETY: unshare takes flags only; CLONE_NEWNET moves this thread alone.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    let err = io::Error::last_os_error();
+                    assert!(
+                        std::env::var_os("CI").is_none(),
+                        "privileged test cannot run in CI: {err}"
+                    );
+                    eprintln!("skipped: no network namespace of our own ({err})");
+                    return None;
+                }
+                Some(f())
+            });
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     }
 
     #[test]

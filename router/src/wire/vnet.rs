@@ -1,7 +1,9 @@
 //! The `virtio_net_hdr` that a TAP with IFF_VNET_HDR puts before each frame.
 //!
-//! Layout (Linux `include/uapi/linux/virtio_net.h`), little-endian because the router sets
-//! TUNSETVNETLE (legacy virtio is guest-endian, which is little-endian on every host we run):
+//! Layout (Linux `include/uapi/linux/virtio_net.h`), little-endian: every TAP queue the router
+//! opens sets TUNSETVNETLE ([`crate::sys::tap::TapQueue::open`]). Without it the legacy header
+//! is guest-endian, i.e. in the host's byte order; a kernel too old for the ioctl is accepted
+//! only on a little-endian host, where that order is the same.
 //!
 //! ```text
 //! 0      1         2        4         6           8            10            12
