@@ -2,6 +2,8 @@
 //! host1 <-> host3 blocked, a pod on each host's bridge; ARP and ping between all pods
 //! (host1 <-> host3 relayed by host2), pings of every size up to the MTU with DF, a
 //! "fragmentation needed" answer just above it, and a TCP transfer checked end to end.
+//! Also: one peer pair's traffic spread over both ends' workers, and a peer that does not
+//! spread (as Weave Net) sent to and from the mesh port only.
 //! Needs root; builds and removes its own namespaces.
 
 use std::net::Ipv4Addr;
@@ -151,14 +153,156 @@ fn run(cmd: &str, args: &[&str]) {
 }
 
 fn launch(router: &Router, host: &Host, peers: &[Ipv4Addr], backend: &str) -> Process {
+    launch_with(router, host, peers, backend, &[])
+}
+
+fn launch_with(
+    router: &Router,
+    host: &Host,
+    peers: &[Ipv4Addr],
+    backend: &str,
+    extra: &[&str],
+) -> Process {
+    // The sleeve is under test: no fast datapath.
+    let mut flags = vec!["--dataplane", backend, "--workers", "2", "--no-fastdp"];
+    flags.extend_from_slice(extra);
     router
-        // The sleeve is under test: no fast datapath.
-        .launch_with(
-            host,
-            peers,
-            &["--dataplane", backend, "--workers", "2", "--no-fastdp"],
-        )
+        .launch_with(host, peers, &flags)
         .expect("spawn router")
+}
+
+/// Each worker's report from `host`'s router: `Dataplane.Workers`.
+fn workers(router: &Router, host: &Host) -> Vec<serde_json::Value> {
+    let text = host
+        .run(
+            &router.bin().to_string_lossy(),
+            &["status", "--json", "--http-addr", HTTP_ADDR],
+        )
+        .expect("status --json");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("JSON report");
+    report["Dataplane"]["Workers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Frames each worker of `host` received from peer number `from`.
+fn rx_frames_by_worker(router: &Router, host: &Host, from: usize) -> Vec<u64> {
+    workers(router, host)
+        .iter()
+        .map(|w| {
+            w["Peers"][router::peer_name(from)]["RxFrames"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// host1 and host2 spread (the default), host3 runs `--sleeve-spread off`, as a Weave Net
+/// peer would behave. Sixteen TCP streams host1 → host2 must reach both of host2's
+/// workers; host3 must see sleeve datagrams from and to the mesh port only.
+#[test]
+fn one_peer_pairs_traffic_uses_every_worker_and_other_peers_get_the_mesh_port() {
+    if !testbed::privileged_or_skip("one_peer_pairs_traffic_uses_every_worker") {
+        return;
+    }
+    let bin = router::locate_router_bin(None::<&Path>).expect("weave-router binary");
+    let router = Router::new(bin);
+    let bed = Testbed::new(&TestbedConfig::new("wss", 3).with_subnet(153)).expect("testbed");
+    let [h1, h2, h3] = [1, 2, 3].map(|i| bed.host(i).expect("host").clone());
+    // Count host3's sleeve datagrams whose source port is not the mesh port, both ways.
+    let rules = "add table inet spread {
+        chain input { type filter hook input priority 0; udp dport 6783 udp sport != 6783 counter; }
+        chain output { type filter hook output priority 0; udp dport 6783 udp sport != 6783 counter; }
+    }";
+    h3.run("nft", &[rules]).expect("nft rules on host3");
+
+    let mut r1 = launch(&router, &h1, &[], "io-uring");
+    let mut r2 = launch(&router, &h2, &[h1.addr()], "io-uring");
+    let mut r3 = launch_with(
+        &router,
+        &h3,
+        &[h1.addr(), h2.addr()],
+        "io-uring",
+        &["--sleeve-spread", "off"],
+    );
+    await_sleeve(&router, &h1, &mut r1, 2);
+    await_sleeve(&router, &h2, &mut r2, 2);
+    await_sleeve(&router, &h3, &mut r3, 2);
+    assert!(
+        r2.log_tail(200).contains("received by source port"),
+        "{}",
+        r2.log_tail(30)
+    );
+    let pods = [
+        Pod::new(&bed, &h1, 1),
+        Pod::new(&bed, &h2, 2),
+        Pod::new(&bed, &h3, 3),
+    ];
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        let ok = testbed::wait_until("ping", Duration::from_secs(10), || {
+            if pods[a].ping(pods[b].ip, 56) {
+                Ok(())
+            } else {
+                Err("no reply")
+            }
+        });
+        assert!(ok.is_ok(), "pod{} -> pod{}: {ok:?}", a + 1, b + 1);
+    }
+
+    let before = rx_frames_by_worker(&router, &h2, 1);
+    for (client, server) in [(0, 1), (0, 2), (2, 1)] {
+        let server_ip = pods[server].ip.to_string();
+        let listen = pods[server].exec(&["iperf3", "-s", "-1", "-D"]);
+        assert!(listen.status.success(), "{listen:?}");
+        let sent = testbed::wait_until("iperf3", Duration::from_secs(10), || {
+            let out = pods[client].exec(&["iperf3", "-c", &server_ip, "-P", "16", "-t", "2", "-J"]);
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stdout).to_string())
+            }
+        });
+        assert!(
+            sent.is_ok(),
+            "pod{} -> pod{}: {sent:?}",
+            client + 1,
+            server + 1
+        );
+    }
+    let after = rx_frames_by_worker(&router, &h2, 1);
+    let got: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let total: u64 = got.iter().sum();
+    println!("host2's workers received {got:?} frames from host1");
+    assert_eq!(got.len(), 2);
+    assert!(total > 10_000, "too little traffic counted: {got:?}");
+    for n in &got {
+        assert!(
+            *n * 20 >= total,
+            "a worker got under 5% of one peer pair's traffic: {got:?}"
+        );
+    }
+
+    let counters = h3
+        .run("nft", &["list", "table", "inet", "spread"])
+        .expect("nft list");
+    let packets: Vec<u64> = counters
+        .split("packets ")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(packets.len(), 2, "{counters}");
+    assert_eq!(
+        packets,
+        vec![0, 0],
+        "host3 (no spreading) saw sleeve datagrams from other ports than 6783:\n{counters}"
+    );
+    let from_1: u64 = rx_frames_by_worker(&router, &h3, 1).iter().sum();
+    assert!(
+        from_1 > 10_000,
+        "host3 received too little from host1: {from_1}"
+    );
+    drop(pods);
 }
 
 /// Waits until `host` has `n` established sleeve connections with a verified MTU.

@@ -76,6 +76,13 @@ pub struct LaunchArgs {
     /// [default: every CPU the router may run on]. Env: WEAVE_CPUS.
     #[arg(long, value_name = "LIST")]
     pub cpus: Option<String>,
+    /// Sleeve ports towards other weave-routers: `on` (the default: each worker sends from
+    /// a port of its own, next to the mesh port's, and the mesh port steers what it receives
+    /// by source port, so one peer pair's traffic uses every worker) or `off` (everything
+    /// from and to the mesh port, for firewalls that insist on source port 6783). Weave Net
+    /// peers always get the mesh port. Env: WEAVE_SLEEVE_SPREAD.
+    #[arg(long, value_name = "on|off")]
+    pub sleeve_spread: Option<String>,
     /// Sleeve offloads: `on` (UDP GSO/GRO and TAP TSO/checksum offload, the default) or
     /// `off` (one datagram per system call, frames segmented by the kernel; for measuring
     /// what batching buys). Env: WEAVE_OFFLOAD.
@@ -252,6 +259,8 @@ pub struct Config {
     pub workers: Option<usize>,
     /// CPUs the workers are pinned to, in order; `None` for every CPU the router may use.
     pub cpus: Option<Vec<usize>>,
+    /// Whether workers send to weave-routers from ports of their own (`--sleeve-spread`).
+    pub sleeve_spread: bool,
     /// Whether the sleeve batches with UDP GSO/GRO and TAP offloads.
     pub offload: bool,
     /// Address management; `None` when `--ipalloc-range ""` turned it off.
@@ -525,6 +534,19 @@ impl Config {
             None => None,
         };
 
+        let sleeve_spread = match pick(
+            &args.sleeve_spread,
+            "sleeve-spread",
+            &["WEAVE_SLEEVE_SPREAD"],
+        ) {
+            Some(s) => choose(
+                s,
+                &[("on", true), ("1", true), ("off", false), ("0", false)],
+                "expected on or off",
+            )?,
+            None => true,
+        };
+
         let offload = match pick(&args.offload, "offload", &["WEAVE_OFFLOAD"]) {
             Some(s) => choose(s, &[("on", true), ("off", false)], "expected on or off")?,
             None => true,
@@ -578,6 +600,7 @@ impl Config {
             dataplane,
             workers,
             cpus,
+            sleeve_spread,
             offload,
             name,
             nickname,

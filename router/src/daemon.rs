@@ -98,9 +98,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         }
         Dataplane::Epoll | Dataplane::IoUring | Dataplane::Auto => {
             let backend = choose_backend(config.dataplane);
-            let (workers, learned) =
-                start_dataplane(&config, backend, control_tx, !config.no_fastdp).await?;
+            let StartedDataplane {
+                workers,
+                learned,
+                spread,
+            } = start_dataplane(&config, backend, control_tx, !config.no_fastdp).await?;
             mesh = mesh.with_sleeve(underlay_mtu(config.mtu));
+            if spread {
+                mesh = mesh.with_sleeve_spread();
+            }
             let pod_mtu = pod_mtu(config.mtu);
             mesh = match learned {
                 None => {
@@ -319,8 +325,6 @@ fn pod_mtu(asked: Option<u16>) -> u16 {
     crate::mesh::sleeve::mtu_for_underlay(underlay_mtu(asked))
 }
 
-/// Sets up the bridge and TAP, opens one TAP queue and one UDP socket per worker, and
-/// starts the workers.
 /// The I/O backend the workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -375,6 +379,37 @@ async fn start_fastdp(
     Ok(shell)
 }
 
+/// Steers the mesh port's reuseport `group` by source port and opens one sending port per
+/// worker, consecutive, so that a peer's steering spreads them over its workers.
+fn own_ports(group: &[std::net::UdpSocket]) -> anyhow::Result<Vec<std::net::UdpSocket>> {
+    let n = u32::try_from(group.len()).context("too many workers")?;
+    if let Some(first) = group.first() {
+        crate::sys::socket::steer_by_source_port(first, n)
+            .context("cannot steer the sleeve port by source port")?;
+    }
+    let opts = UdpOptions {
+        reuse_port: false,
+        gro: false,
+        // Nothing is read from these sockets; a stray datagram waits in a small buffer.
+        recv_buffer: None,
+        ..UdpOptions::sleeve(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), true)
+    };
+    crate::sys::socket::open_port_block(&opts, group.len())
+        .context("cannot open the workers' sending ports")
+}
+
+/// The running data plane, as [`start_dataplane`] leaves it.
+struct StartedDataplane {
+    workers: Vec<epoll::Worker>,
+    /// With a fast datapath: the mailbox where workers post the MACs they learn.
+    learned: Option<(
+        std::sync::mpsc::Receiver<crate::dataplane::learn::Post>,
+        Arc<LearnBus>,
+    )>,
+    /// Whether the workers send to spreading peers from ports of their own.
+    spread: bool,
+}
+
 /// Sets up the bridge and TAP and starts the workers; with `fastdp`, also returns the
 /// mailbox where the workers post the MACs they learn for the fast datapath.
 async fn start_dataplane(
@@ -382,13 +417,7 @@ async fn start_dataplane(
     backend: Backend,
     control: mpsc::UnboundedSender<ControlFrame>,
     fastdp: bool,
-) -> anyhow::Result<(
-    Vec<epoll::Worker>,
-    Option<(
-        std::sync::mpsc::Receiver<crate::dataplane::learn::Post>,
-        Arc<LearnBus>,
-    )>,
-)> {
+) -> anyhow::Result<StartedDataplane> {
     let pod_mtu = u32::from(pod_mtu(config.mtu));
     let desired = plumbing::HostPlumbing::new(pod_mtu);
     let (connection, handle, _) =
@@ -448,12 +477,42 @@ async fn start_dataplane(
     } else {
         None
     };
-    for (i, tap) in queues.into_iter().enumerate() {
+    let mut group = Vec::new();
+    for _ in 0..queues.len() {
         let udp = open_udp(&UdpOptions {
             gro: config.offload,
             ..UdpOptions::sleeve(bind, true)
         })
         .with_context(|| format!("cannot open the sleeve's UDP socket on {bind}"))?;
+        group.push(udp);
+    }
+    let mut own: Vec<Option<std::net::UdpSocket>> = Vec::new();
+    if !config.sleeve_spread {
+        info!(
+            "Sleeve: every worker sends from port {} (--sleeve-spread off)",
+            config.port
+        );
+    } else {
+        match own_ports(&group) {
+            Ok(block) => {
+                let first = block.first().and_then(|s| s.local_addr().ok());
+                let first = first.map_or(0, |a| a.port());
+                info!(
+                    "Sleeve: workers send to weave-routers from ports {first}-{}, received by source port",
+                    usize::from(first) + block.len() - 1
+                );
+                own = block.into_iter().map(Some).collect();
+            }
+            Err(e) => warn!(
+                "Sleeve: every worker sends from port {}: {e:#}",
+                config.port
+            ),
+        }
+    }
+    let spread = !own.is_empty();
+    own.resize_with(group.len(), || None);
+    for (i, ((tap, udp), own)) in queues.into_iter().zip(group).zip(own).enumerate() {
+        let sockets = epoll::WorkerSockets { udp, own };
         let setup = epoll::WorkerSetup {
             index: i,
             ourself: config.name,
@@ -462,8 +521,10 @@ async fn start_dataplane(
             cpu: cpus.get(i % cpus.len().max(1)).copied(),
         };
         let worker = match backend {
-            Backend::Epoll => epoll::spawn(setup, tap, udp, control.clone()),
-            Backend::IoUring => crate::dataplane::iouring::spawn(setup, tap, udp, control.clone()),
+            Backend::Epoll => epoll::spawn(setup, tap, sockets, control.clone()),
+            Backend::IoUring => {
+                crate::dataplane::iouring::spawn(setup, tap, sockets, control.clone())
+            }
         };
         workers.push(worker.with_context(|| format!("cannot start worker {i}"))?);
     }
@@ -476,7 +537,11 @@ async fn start_dataplane(
             .join(","),
         if config.offload { "on" } else { "off" }
     );
-    Ok((workers, learned))
+    Ok(StartedDataplane {
+        workers,
+        learned,
+        spread,
+    })
 }
 
 /// Something an I/O task reports to the owner.
@@ -673,7 +738,14 @@ impl Shell {
                 .mesh
                 .sleeve_peers()
                 .into_iter()
-                .map(|(peer, (udp, mtu))| (peer, PeerPath { udp, mtu }))
+                .map(|(peer, p)| {
+                    let path = PeerPath {
+                        udp: p.udp,
+                        mtu: p.mtu,
+                        spread: p.spread,
+                    };
+                    (peer, path)
+                })
                 .collect(),
         });
         for w in &self.workers {

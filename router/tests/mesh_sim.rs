@@ -353,6 +353,8 @@ fn two_hundred_peers_with_loss_and_a_healing_partition_converge() {
 fn sleeve_heartbeats_establish_connections_and_verify_the_mtu() {
     let mut sim = Sim::new(8);
     sim.sleeve = true;
+    // h1 and h2 spread sleeve traffic over their workers; h3 does not, as Weave Net.
+    sim.spread.extend([0, 1]);
     let h1 = sim.add_peer(Sim::config(0, true));
     let h2 = sim.add_peer(Sim::config(1, true));
     let h3 = sim.add_peer(Sim::config(2, true));
@@ -376,7 +378,11 @@ fn sleeve_heartbeats_establish_connections_and_verify_the_mtu() {
     assert!(t.is_some(), "{}", sim.dump_logs(h1));
     let st = sim.mesh(h2).status(sim.instant());
     assert!(st.connections.iter().all(|c| c.info.starts_with("sleeve ")));
-    assert_eq!(sim.mesh(h2).sleeve_peers().len(), 2);
+    let paths = sim.mesh(h2).sleeve_peers();
+    assert_eq!(paths.len(), 2);
+    assert!(paths[&peer_name(h1)].spread, "both offer it");
+    assert!(!paths[&peer_name(h3)].spread, "h3 does not offer it");
+    assert!(sim.mesh(h3).sleeve_peers().values().all(|p| !p.spread));
     assert!(sim.peers[h1]
         .log
         .iter()

@@ -34,6 +34,9 @@ pub struct PeerPath {
     pub udp: SocketAddr,
     /// The largest Ethernet payload (pod MTU) the path carries.
     pub mtu: u16,
+    /// Whether each worker sends to it from its own port (the peer steers by source port);
+    /// otherwise every datagram leaves from the mesh port, as Weave Net expects.
+    pub spread: bool,
 }
 
 /// What the control plane publishes to the workers; replaced whole, never edited.
@@ -245,6 +248,8 @@ fn add(c: &AtomicU64, n: usize) {
 pub struct SendRun {
     /// Destination.
     pub to: SocketAddr,
+    /// Whether it leaves from the worker's own port rather than the mesh port.
+    pub spread: bool,
     /// The datagrams back to back.
     pub buf: Vec<u8>,
     /// Size of each datagram but the last.
@@ -281,10 +286,15 @@ impl SendBatch {
         }
     }
 
-    /// Appends one datagram made of `parts` for `to`.
-    pub fn push(&mut self, to: SocketAddr, parts: &[&[u8]]) {
+    /// Appends one datagram made of `parts` for `to`, to leave from the worker's own port
+    /// when `spread`, else from the mesh port.
+    pub fn push(&mut self, to: SocketAddr, spread: bool, parts: &[&[u8]]) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let open = self.runs.iter_mut().rev().find(|r| r.to == to && !r.closed);
+        let open = self
+            .runs
+            .iter_mut()
+            .rev()
+            .find(|r| r.to == to && r.spread == spread && !r.closed);
         let fits = |r: &SendRun| {
             len <= r.segment && r.count < self.max_segments && r.buf.len() + len <= MAX_GSO_BYTES
         };
@@ -292,9 +302,9 @@ impl SendBatch {
             Some(r) if fits(r) => r,
             Some(r) => {
                 r.closed = true;
-                self.new_run(to, len)
+                self.new_run(to, spread, len)
             }
-            None => self.new_run(to, len),
+            None => self.new_run(to, spread, len),
         };
         for p in parts {
             run.buf.extend_from_slice(p);
@@ -306,10 +316,11 @@ impl SendBatch {
         }
     }
 
-    fn new_run(&mut self, to: SocketAddr, segment: usize) -> &mut SendRun {
+    fn new_run(&mut self, to: SocketAddr, spread: bool, segment: usize) -> &mut SendRun {
         let buf = self.spare.pop().unwrap_or_default();
         self.runs.push(SendRun {
             to,
+            spread,
             buf,
             segment,
             count: 0,
@@ -596,7 +607,7 @@ impl Engine {
                 self.too_big(frame, path.mtu, out);
                 continue;
             }
-            self.emit(hop.via, path.udp, self.ourself, hop.dst, frame, out);
+            self.emit(hop.via, *path, self.ourself, hop.dst, frame, out);
         }
     }
 
@@ -611,7 +622,7 @@ impl Engine {
     fn emit(
         &mut self,
         via: PeerName,
-        to: SocketAddr,
+        path: PeerPath,
         src: PeerName,
         dst: PeerName,
         frame: &[u8],
@@ -627,7 +638,7 @@ impl Engine {
         frame_header
             .emit(&mut header[PACKET_HEADER_LEN..])
             .expect("the header buffer is exactly one frame header long");
-        out.send.push(to, &[&header, frame]);
+        out.send.push(path.udp, path.spread, &[&header, frame]);
         self.peer_pending = true;
         let t = self.peer_traffic.entry(via).or_default();
         t.tx_frames += 1;
@@ -697,7 +708,7 @@ impl Engine {
                     self.counters.count_drop(DropCause::TooBig);
                     continue;
                 }
-                self.emit(hop.via, path.udp, frame.src, hop.dst, frame.frame, out);
+                self.emit(hop.via, *path, frame.src, hop.dst, frame.frame, out);
             }
         }
     }
@@ -726,11 +737,11 @@ mod tests {
         let mut b = SendBatch::default();
         let a = addr("10.0.0.1:6783");
         for _ in 0..3 {
-            b.push(a, &[&[1u8; 100]]);
+            b.push(a, false, &[&[1u8; 100]]);
         }
-        b.push(a, &[&[2u8; 50]]);
-        b.push(a, &[&[3u8; 100]]);
-        b.push(addr("10.0.0.2:6783"), &[&[4u8; 100]]);
+        b.push(a, false, &[&[2u8; 50]]);
+        b.push(a, false, &[&[3u8; 100]]);
+        b.push(addr("10.0.0.2:6783"), false, &[&[4u8; 100]]);
         let runs = b.runs();
         assert_eq!(runs.len(), 3);
         assert_eq!(
@@ -742,11 +753,22 @@ mod tests {
     }
 
     #[test]
+    fn datagrams_from_the_mesh_port_and_the_workers_port_go_in_separate_runs() {
+        let mut b = SendBatch::default();
+        let a = addr("10.0.0.1:6783");
+        b.push(a, true, &[&[1u8; 100]]);
+        b.push(a, false, &[&[1u8; 100]]);
+        b.push(a, true, &[&[1u8; 100]]);
+        let runs: Vec<(bool, usize)> = b.runs().iter().map(|r| (r.spread, r.count)).collect();
+        assert_eq!(runs, vec![(true, 2), (false, 1)]);
+    }
+
+    #[test]
     fn send_batch_respects_the_segment_limit() {
         let mut b = SendBatch::default();
         let a = addr("10.0.0.1:6783");
         for _ in 0..(MAX_GSO_SEGMENTS + 1) {
-            b.push(a, &[&[1u8; 10]]);
+            b.push(a, false, &[&[1u8; 10]]);
         }
         assert_eq!(b.runs().len(), 2);
         assert_eq!(b.runs()[0].count, MAX_GSO_SEGMENTS);
@@ -757,7 +779,7 @@ mod tests {
         let mut b = SendBatch::unbatched();
         let a = addr("10.0.0.1:6783");
         for _ in 0..5 {
-            b.push(a, &[&[1u8; 100]]);
+            b.push(a, false, &[&[1u8; 100]]);
         }
         assert_eq!(b.runs().len(), 5);
         assert!(b.runs().iter().all(|r| r.count == 1 && r.buf.len() == 100));
@@ -783,6 +805,7 @@ mod tests {
                     PeerPath {
                         udp: addr("10.0.0.2:6783"),
                         mtu: 1438,
+                        spread: false,
                     },
                 ),
                 (
@@ -790,6 +813,7 @@ mod tests {
                     PeerPath {
                         udp: addr("10.0.0.3:6783"),
                         mtu: 1438,
+                        spread: false,
                     },
                 ),
             ]),
@@ -857,6 +881,7 @@ mod tests {
                 PeerPath {
                     udp: addr("10.0.0.2:6783"),
                     mtu: 1438,
+                    spread: false,
                 },
             )]),
         }));

@@ -81,12 +81,25 @@ impl Worker {
     }
 }
 
+/// A worker's UDP sockets.
+#[derive(Debug)]
+pub struct WorkerSockets {
+    /// Its socket in the mesh port's reuseport group: receives, and sends to peers that do
+    /// not spread (Weave Net).
+    pub udp: UdpSocket,
+    /// Its own sending port, for peers that steer by source port; `None` to send
+    /// everything from the mesh port.
+    pub own: Option<UdpSocket>,
+}
+
 /// What a worker thread owns.
 pub struct WorkerIo {
     /// Its TAP queue.
     pub tap: TapQueue,
-    /// Its UDP socket.
+    /// Its UDP socket in the mesh port's group.
     pub udp: UdpSocket,
+    /// Its own sending port, if it has one (see [`WorkerSockets`]).
+    pub own: Option<UdpSocket>,
     /// Its control channel.
     pub rx: mpsc::Receiver<ToWorker>,
     /// Readable when something was sent on `rx`.
@@ -122,7 +135,7 @@ pub fn start(
     name: String,
     setup: WorkerSetup,
     tap: TapQueue,
-    udp: UdpSocket,
+    sockets: WorkerSockets,
     control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
     body: impl FnOnce(Engine, WorkerIo) + Send + 'static,
 ) -> io::Result<Worker> {
@@ -135,7 +148,8 @@ pub fn start(
         .with_learn_bus(Arc::clone(&setup.learn), setup.index);
     let io = WorkerIo {
         tap,
-        udp,
+        udp: sockets.udp,
+        own: sockets.own,
         rx,
         wake: Arc::clone(&wake),
         control,
@@ -157,14 +171,14 @@ pub fn start(
 pub fn spawn(
     setup: WorkerSetup,
     tap: TapQueue,
-    udp: UdpSocket,
+    sockets: WorkerSockets,
     control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
 ) -> io::Result<Worker> {
     start(
         format!("weave-worker-{}", setup.index),
         setup,
         tap,
-        udp,
+        sockets,
         control,
         |engine, io| run(engine, &io),
     )
@@ -174,6 +188,7 @@ fn run(mut engine: Engine, io: &WorkerIo) {
     let WorkerIo {
         tap,
         udp,
+        own,
         rx,
         wake,
         control,
@@ -234,7 +249,7 @@ fn run(mut engine: Engine, io: &WorkerIo) {
             }
             engine.flush(&mut out);
         }
-        flush(&engine, tap, udp, &mut out, control);
+        flush(&engine, tap, (udp, own.as_ref()), &mut out, control);
         engine.publish();
         engine.share_macs();
         if now >= next_sweep {
@@ -248,14 +263,18 @@ fn run(mut engine: Engine, io: &WorkerIo) {
 fn flush(
     engine: &Engine,
     tap: &TapQueue,
-    udp: &UdpSocket,
+    (udp, own): (&UdpSocket, Option<&UdpSocket>),
     out: &mut Output,
     control: &tokio::sync::mpsc::UnboundedSender<ControlFrame>,
 ) {
     let c = engine.counters();
     for run in out.send.runs() {
         let segment = (run.count > 1).then_some(run.segment as u16);
-        match send_segments(udp, &[IoSlice::new(&run.buf)], Some(run.to), segment) {
+        let sock = match own {
+            Some(own) if run.spread => own,
+            _ => udp,
+        };
+        match send_segments(sock, &[IoSlice::new(&run.buf)], Some(run.to), segment) {
             Ok(n) => {
                 c.udp_tx_calls.fetch_add(1, Ordering::Relaxed);
                 c.udp_tx_datagrams

@@ -4,14 +4,13 @@
 //! batches. The frame engine is the same as the epoll backend's.
 
 use std::io;
-use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::dataplane::engine::{ControlFrame, Counters, Engine, Output};
-use crate::dataplane::epoll::{start, ToWorker, Worker, WorkerIo, WorkerSetup};
+use crate::dataplane::epoll::{start, ToWorker, Worker, WorkerIo, WorkerSetup, WorkerSockets};
 use crate::dataplane::uring::{
     BufGroup, Completion, Ring, RingOptions, StopReason, Target, TxBuf, UringError, RECV_OVERHEAD,
 };
@@ -44,7 +43,7 @@ pub fn probe() -> Result<(), UringError> {
 pub fn spawn(
     setup: WorkerSetup,
     tap: TapQueue,
-    udp: UdpSocket,
+    sockets: WorkerSockets,
     control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
 ) -> io::Result<Worker> {
     let index = setup.index;
@@ -52,7 +51,7 @@ pub fn spawn(
         format!("weave-uring-{index}"),
         setup,
         tap,
-        udp,
+        sockets,
         control,
         move |engine, io| {
             if let Err(e) = run(engine, &io) {
@@ -66,6 +65,7 @@ fn run(mut engine: Engine, io: &WorkerIo) -> Result<(), UringError> {
     let WorkerIo {
         tap,
         udp,
+        own,
         rx,
         wake,
         control,
@@ -74,6 +74,7 @@ fn run(mut engine: Engine, io: &WorkerIo) -> Result<(), UringError> {
     let _udp_bufs = ring.add_buf_ring(UDP_GROUP, BUFFERS, (RECV_OVERHEAD + 65_536) as u32)?;
     let _tap_bufs = ring.add_buf_ring(TAP_GROUP, BUFFERS, 65_536 + 64)?;
     let udp_fd = udp.as_raw_fd();
+    let own_fd = own.as_ref().map_or(udp_fd, AsRawFd::as_raw_fd);
     let tap_fd = tap.as_raw_fd();
     let mut recv_op = ring.recv_multi(Target::Fd(udp_fd), UDP_GROUP)?;
     let mut read_op = ring.read_multi(Target::Fd(tap_fd), TAP_GROUP)?;
@@ -164,7 +165,13 @@ fn run(mut engine: Engine, io: &WorkerIo) -> Result<(), UringError> {
         if received {
             engine.flush(&mut out);
         }
-        submit(&mut ring, udp_fd, tap_fd, &mut out, engine.counters());
+        submit(
+            &mut ring,
+            [udp_fd, own_fd],
+            tap_fd,
+            &mut out,
+            engine.counters(),
+        );
         for frame in out.control.drain(..) {
             let _ = control.send(frame);
         }
@@ -178,11 +185,13 @@ fn run(mut engine: Engine, io: &WorkerIo) -> Result<(), UringError> {
 }
 
 /// Queues the batch's sends and TAP writes; the ring owns the buffers until they complete.
-fn submit(ring: &mut Ring, udp_fd: RawFd, tap_fd: RawFd, out: &mut Output, c: &Counters) {
+/// `udp_fds` are the mesh port's socket and the worker's own port's.
+fn submit(ring: &mut Ring, udp_fds: [RawFd; 2], tap_fd: RawFd, out: &mut Output, c: &Counters) {
     for run in out.send.take() {
         let segment = (run.count > 1).then_some(run.segment as u16);
         let bufs = vec![TxBuf::Owned(run.buf)];
-        match ring.sendmsg(Target::Fd(udp_fd), Some(run.to), bufs, segment) {
+        let fd = udp_fds[usize::from(run.spread)];
+        match ring.sendmsg(Target::Fd(fd), Some(run.to), bufs, segment) {
             Ok(_) => {
                 c.udp_tx_calls.fetch_add(1, Ordering::Relaxed);
                 c.udp_tx_datagrams

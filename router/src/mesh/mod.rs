@@ -12,5 +12,6 @@ pub mod topology;
 
 pub use maker::DirectPeer;
 pub use router::{
-    ChannelEvent, Command, ConnKey, Event, FastdpPath, GossipError, Mesh, MeshConfig,
+    ChannelEvent, Command, ConnKey, Event, FastdpPath, GossipError, Mesh, MeshConfig, SleevePeer,
+    SPREAD_FEATURE,
 };

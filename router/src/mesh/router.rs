@@ -47,6 +47,25 @@ pub const GC_DELAY: Duration = Duration::from_secs(1);
 /// The gossip channel of the topology.
 pub const TOPOLOGY_CHANNEL: &str = "topology";
 
+/// The feature-map key with which a weave-router says its sleeve may receive a peer's
+/// datagrams from any of the peer's worker ports (and steers them by source port), so that
+/// each sending worker may use its own. Weave Net does not send it, and is always sent to
+/// from the mesh port.
+pub const SPREAD_FEATURE: &str = "SleeveSpread";
+/// The only version of [`SPREAD_FEATURE`] so far.
+pub const SPREAD_VERSION: &str = "1";
+
+/// How the sleeve reaches a directly connected peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SleevePeer {
+    /// Its UDP address.
+    pub udp: SocketAddr,
+    /// The largest Ethernet payload (pod MTU) the path carries.
+    pub mtu: u16,
+    /// Whether both ends offer [`SPREAD_FEATURE`].
+    pub spread: bool,
+}
+
 /// What the mesh needs to know about ourself and its limits.
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
@@ -262,6 +281,8 @@ struct Conn {
     fastdp: Option<FastdpConn>,
     /// Why there is none, when we run a fast datapath.
     no_fastdp: Option<String>,
+    /// Whether both ends spread sleeve traffic over their workers ([`SPREAD_FEATURE`]).
+    spread: bool,
 }
 
 impl Conn {
@@ -299,6 +320,7 @@ pub struct Mesh {
     fastdp_mtu: Option<u16>,
     fastdp_off: Option<String>,
     fastdp_moves: u64,
+    spread: bool,
     generation: u64,
     channels: BTreeSet<String>,
     channel_events: VecDeque<ChannelEvent>,
@@ -345,6 +367,7 @@ impl Mesh {
             fastdp_mtu: None,
             fastdp_off: None,
             fastdp_moves: 0,
+            spread: false,
             generation: 0,
             channels: BTreeSet::new(),
             channel_events: VecDeque::new(),
@@ -371,6 +394,14 @@ impl Mesh {
         if !self.config.overlays.iter().any(|o| o == "fastdp") {
             self.config.overlays.insert(0, "fastdp".to_string());
         }
+        self
+    }
+
+    /// Offers [`SPREAD_FEATURE`]: this router's workers send sleeve datagrams from one
+    /// source port each and its receive side steers by source port, so peers that offer it
+    /// too may do the same towards us.
+    pub fn with_sleeve_spread(mut self) -> Self {
+        self.spread = true;
         self
     }
 
@@ -474,7 +505,7 @@ impl Mesh {
 
     /// The peers the sleeve can reach directly: UDP address and verified MTU, for
     /// connections established over the sleeve.
-    pub fn sleeve_peers(&self) -> BTreeMap<PeerName, (SocketAddr, u16)> {
+    pub fn sleeve_peers(&self) -> BTreeMap<PeerName, SleevePeer> {
         self.by_peer
             .iter()
             .filter_map(|(name, key)| {
@@ -485,7 +516,12 @@ impl Mesh {
                 }
                 // Until its MTU is verified a path carries nothing: guessing low would
                 // teach pods a needlessly small PMTU.
-                Some((*name, (sc.udp()?, sc.mtu()?)))
+                let peer = SleevePeer {
+                    udp: sc.udp()?,
+                    mtu: sc.mtu()?,
+                    spread: c.spread,
+                };
+                Some((*name, peer))
             })
             .collect()
     }
@@ -896,6 +932,7 @@ impl Mesh {
                 overlays: Vec::new(),
                 fastdp: None,
                 no_fastdp: None,
+                spread: false,
             },
         );
         key
@@ -1005,6 +1042,9 @@ impl Mesh {
         if self.fastdp_mtu.is_some() {
             f.insert(fastdp::ACK_FEATURE.into(), fastdp::ACK_VERSION.into());
         }
+        if self.spread {
+            f.insert(SPREAD_FEATURE.into(), SPREAD_VERSION.into());
+        }
         f
     }
 
@@ -1040,6 +1080,8 @@ impl Mesh {
         };
         let c = self.conns.get_mut(&key).expect("caller holds the key");
         c.holds_ref = true;
+        c.spread =
+            self.spread && features.get(SPREAD_FEATURE).map(String::as_str) == Some(SPREAD_VERSION);
         c.remote = Some(Remote {
             name: remote.name,
             nickname: remote.nickname.clone(),

@@ -1,9 +1,16 @@
 //! UDP sockets for the sleeve: options, GSO sends and GRO receives, path MTU queries.
 //!
-//! Every worker binds its own socket to the sleeve port with `SO_REUSEPORT`, so the kernel
-//! spreads peers over workers. Whether a socket sets DF is a per-socket choice on Linux
-//! (`IP_MTU_DISCOVER`), so a worker that needs both a DF path (PMTU discovery) and a
-//! non-DF path opens two sockets; both are in the reuseport group and both receive.
+//! Every worker binds its own socket to the sleeve port with `SO_REUSEPORT`. Which socket
+//! of that group receives a datagram is chosen by a classic BPF program, by the datagram's
+//! source port ([`steer_by_source_port`]), so a peer whose workers each send from their own
+//! port ([`open_port_block`]) has its load spread over our workers, while all datagrams of
+//! one sending worker (and so of one inner flow) reach one of ours. Datagrams from the
+//! mesh port, as Weave Net sends them, all reach one worker, as the kernel's hash would
+//! have it.
+//!
+//! System calls are made here with `libc` rather than `socket2`: `socket2` has neither
+//! `UDP_SEGMENT`/`UDP_GRO` control messages nor `SO_ATTACH_REUSEPORT_CBPF`, and the rest
+//! is a handful of `setsockopt` calls next to them.
 
 use std::io::{self, IoSlice};
 use std::mem::{size_of, MaybeUninit};
@@ -161,6 +168,110 @@ pub fn open_udp(opts: &UdpOptions) -> Result<UdpSocket, SysError> {
     let ret = unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) };
     cvt(ret).map_err(|source| syscall("bind", &target, source))?;
     Ok(UdpSocket::from(fd))
+}
+
+/// `SKF_NET_OFF`: classic BPF loads at this offset plus k read the network header.
+const SKF_NET_OFF: u32 = (-0x0010_0000i32) as u32;
+
+/// The reuseport program: socket index = UDP source port modulo `sockets`. For IPv4 the
+/// header length comes from IHL; for IPv6 the UDP header is taken to follow the fixed
+/// header (a datagram with extension headers lands on whatever socket its bytes name,
+/// which is still one socket per source). Returns the instructions; the kernel falls back
+/// to its hash when the index is out of range.
+pub fn source_port_program(ipv6: bool, sockets: u32) -> Vec<libc::sock_filter> {
+    let op = |code: u16, k: u32| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    const LDX_MSH_B: u16 = 0xb1; // ldxb 4*([k]&0xf)
+    const LDX_IMM: u16 = 0x01; // ldx #k
+    const LD_IND_H: u16 = 0x48; // ldh [x + k]
+    const MOD_K: u16 = 0x94; // mod #k
+    const RET_A: u16 = 0x16; // ret a
+    let header_len = if ipv6 {
+        op(LDX_IMM, 40)
+    } else {
+        op(LDX_MSH_B, SKF_NET_OFF)
+    };
+    vec![
+        header_len,
+        op(LD_IND_H, SKF_NET_OFF),
+        op(MOD_K, sockets.max(1)),
+        op(RET_A, 0),
+    ]
+}
+
+/// Makes the reuseport group `sock` belongs to pick, for every datagram, the socket whose
+/// index (order of binding) is the datagram's source port modulo `sockets`.
+pub fn steer_by_source_port(sock: &impl AsFd, sockets: u32) -> Result<(), SysError> {
+    let local = local_addr(sock);
+    let target = local.map_or_else(|| "sleeve socket".to_string(), |a| a.to_string());
+    let ipv6 = matches!(local, Some(SocketAddr::V6(_)));
+    let program = source_port_program(ipv6, sockets);
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points at `program`'s `len` instructions, alive during the call,
+    // which the kernel copies; the option length is the struct's size.
+    let ret = unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast(),
+            socklen_of::<libc::sock_fprog>(),
+        )
+    };
+    cvt(ret).map_err(|source| syscall("SO_ATTACH_REUSEPORT_CBPF", &target, source))?;
+    Ok(())
+}
+
+/// Opens `count` sockets with `opts` on consecutive ports of `opts.bind`'s address, the
+/// first chosen by the kernel, so that their ports fall on distinct sockets of a peer's
+/// [`steer_by_source_port`] group. `opts.bind`'s port is ignored.
+pub fn open_port_block(opts: &UdpOptions, count: usize) -> Result<Vec<UdpSocket>, SysError> {
+    const ATTEMPTS: usize = 64;
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        let mut first = *opts;
+        first.bind.set_port(0);
+        let sock = open_udp(&first)?;
+        let Some(base) = local_addr(&sock).map(|a| a.port()) else {
+            return Err(syscall(
+                "getsockname",
+                &opts.bind.to_string(),
+                io::ErrorKind::InvalidData.into(),
+            ));
+        };
+        let mut block = vec![sock];
+        for i in 1..count {
+            let Some(port) = u16::try_from(usize::from(base) + i).ok() else {
+                break;
+            };
+            let mut next = *opts;
+            next.bind.set_port(port);
+            match open_udp(&next) {
+                Ok(s) => block.push(s),
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            }
+        }
+        if block.len() == count {
+            return Ok(block);
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        syscall(
+            "bind",
+            &opts.bind.to_string(),
+            io::ErrorKind::AddrInUse.into(),
+        )
+    }))
 }
 
 /// The socket's buffer sizes.
@@ -506,6 +617,48 @@ mod tests {
         assert_eq!(meta(63_500, Some(1000)).segments(), 64);
         assert_eq!(meta(1400, None).segments(), 1);
         assert_eq!(meta(0, Some(1000)).segments(), 1);
+    }
+
+    /// Four receiving sockets in one reuseport group steered by source port, and four
+    /// senders on a block of consecutive ports: each sender's datagrams all reach one
+    /// receiver, and every receiver gets one sender's.
+    #[test]
+    fn a_port_block_spreads_over_a_steered_reuseport_group() {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let first = open_udp(&UdpOptions::sleeve(any, true)).expect("open");
+        let group_addr = first.local_addr().expect("bound");
+        let mut group = vec![first];
+        for _ in 1..4 {
+            group.push(open_udp(&UdpOptions::sleeve(group_addr, true)).expect("join"));
+        }
+        steer_by_source_port(&group[0], 4).expect("attach");
+        let senders = open_port_block(&UdpOptions::sleeve(any, true), 4).expect("block");
+        let ports: Vec<u16> = senders
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect();
+        assert!(ports.windows(2).all(|w| w[1] == w[0] + 1), "{ports:?}");
+        for s in &senders {
+            for _ in 0..3 {
+                s.send_to(b"x", group_addr).expect("send");
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut seen = std::collections::BTreeMap::new();
+        for (i, r) in group.iter().enumerate() {
+            let mut buf = [0u8; 16];
+            while let Ok((_, from)) = r.recv_from(&mut buf) {
+                seen.entry(from.port()).or_insert_with(Vec::new).push(i);
+            }
+        }
+        assert_eq!(seen.len(), 4, "every sender heard: {seen:?}");
+        for (port, sockets) in &seen {
+            assert_eq!(sockets.len(), 3);
+            assert!(
+                sockets.iter().all(|s| *s == usize::from(*port) % 4),
+                "{seen:?}"
+            );
+        }
     }
 
     #[test]

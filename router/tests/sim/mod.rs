@@ -101,6 +101,8 @@ pub struct Sim<A: App = ()> {
     pub keep_logs: bool,
     /// Run every new peer's sleeve (UDP heartbeats decide establishment).
     pub sleeve: bool,
+    /// With `sleeve`: the peers that offer to spread sleeve traffic over their workers.
+    pub spread: std::collections::BTreeSet<Idx>,
 }
 
 pub fn peer_name(i: Idx) -> PeerName {
@@ -161,6 +163,7 @@ impl<A: App> Sim<A> {
             bytes: 0,
             keep_logs: true,
             sleeve: false,
+            spread: Default::default(),
         }
     }
 
@@ -192,6 +195,9 @@ impl<A: App> Sim<A> {
         let mut mesh = Mesh::new(config, seed, self.instant());
         if self.sleeve {
             mesh = mesh.with_sleeve(1500);
+            if self.spread.contains(&i) {
+                mesh = mesh.with_sleeve_spread();
+            }
         }
         let now = self.instant();
         self.peers[i].app.start(&mut mesh, now);
