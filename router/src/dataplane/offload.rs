@@ -6,7 +6,10 @@
 //! gets the full Ethernet/IP/TCP header with the IPv4 total length and an identification
 //! incremented per segment, a fresh IPv4 header checksum, the sequence number advanced by
 //! the payload offset, FIN/PSH only on the last segment, CWR only on the first, and a
-//! complete TCP checksum. UDP_L4 (USO) gets a UDP length and checksum per segment.
+//! complete TCP checksum. UDP_L4 (USO) gets a UDP length and checksum per segment. Over
+//! IPv6, hop-by-hop, routing and destination-options headers are copied to every segment
+//! and counted in its payload length, and the checksum covers a routing header's final
+//! destination (RFC 8200 §8.1); a fragment header is refused.
 //!
 //! On the way back, [`GroTable`] coalesces consecutive in-order segments of a TCP flow into
 //! one super-frame, so the TAP write path sees one skb per burst as it would from a NIC's GRO.
@@ -58,11 +61,13 @@ pub enum GsoError {
     /// A GSO frame with `gso_size` 0.
     #[error("gso_size is zero")]
     ZeroGsoSize,
-    /// The frame's headers are truncated, inconsistent, or an IPv4 fragment.
+    /// The frame's headers are truncated or inconsistent, or the packet is a fragment (IPv4,
+    /// or an IPv6 fragment header), or has an IPv6 routing header of a type whose final
+    /// destination is unknown.
     #[error("bad headers: {0}")]
     BadHeaders(HeaderError),
     /// The frame does not carry what `gso_type` says (TCPV4 on a non-TCP or non-IPv4 frame,
-    /// IPv6 extension headers, ...).
+    /// ESP or AH in front of the transport header, ...).
     #[error("frame does not match gso_type {gso_type:?}")]
     GsoTypeMismatch {
         /// The header's `gso_type`.
@@ -239,7 +244,8 @@ fn split_segments(hdr: &VirtioNetHdr, frame: &[u8], out: &mut Segments) -> Resul
         HeaderError::Truncated
         | HeaderError::BadLength
         | HeaderError::BadVersion(_)
-        | HeaderError::Fragment => GsoError::BadHeaders(e),
+        | HeaderError::Fragment
+        | HeaderError::UnsupportedRouting(_) => GsoError::BadHeaders(e),
     })?;
     let ethertype = EthernetFrame::new_unchecked(frame).ethertype();
     let is_v4 = ethertype == EtherType::Ipv4;
@@ -309,8 +315,9 @@ fn split_segments(hdr: &VirtioNetHdr, frame: &[u8], out: &mut Segments) -> Resul
             ip.set_ident(base_ident.wrapping_add(index as u16));
             ip.fill_checksum();
         } else {
+            // The payload length counts the extension headers between the fixed header and TCP.
             let mut ip = Ipv6Packet::new_unchecked(&mut seg[loc.l3_offset..]);
-            ip.set_payload_len(l4_len as u16);
+            ip.set_payload_len((ip_hdr_len - IPV6_HEADER_LEN + l4_len) as u16);
         }
         let pseudo = checksum::add(pseudo_base, l4_len as u16);
         let l4 = &mut seg[loc.l4_offset..];
@@ -1090,6 +1097,40 @@ mod tests {
         (hdr, frame)
     }
 
+    /// `frame` (IPv6 with TCP right behind its fixed header) with `extensions` put between
+    /// the two: the IPv6 next header becomes `first` (the last extension must name TCP), the
+    /// payload length grows to cover them, and the destination becomes `via` when given (a
+    /// routing header's next hop; the TCP checksum stays that of the final destination).
+    fn with_ipv6_extensions(
+        frame: &[u8],
+        first: u8,
+        extensions: &[u8],
+        via: Option<std::net::Ipv6Addr>,
+    ) -> Vec<u8> {
+        let mut out = frame[..54].to_vec();
+        out.extend_from_slice(extensions);
+        out.extend_from_slice(&frame[54..]);
+        let mut ip = Ipv6Packet::new_unchecked(&mut out[14..]);
+        ip.set_payload_len(ip.payload_len() + extensions.len() as u16);
+        ip.set_next_header(IpProtocol::from(first));
+        if let Some(via) = via {
+            ip.set_dst_addr(via);
+        }
+        out
+    }
+
+    /// Whether the TCP checksum of the segment at `l4` verifies against the IPv6
+    /// pseudo-header of `src` and `dst`, summed by the textbook.
+    fn tcp_valid_v6(frame: &[u8], l4: usize, src: &[u8; 16], dst: &[u8; 16]) -> bool {
+        let segment = &frame[l4..];
+        let mut pseudo = src.to_vec();
+        pseudo.extend_from_slice(dst);
+        pseudo.extend_from_slice(&(segment.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 6]);
+        pseudo.extend_from_slice(segment);
+        reference_sum(&pseudo) == 0xffff
+    }
+
     fn split(hdr: &VirtioNetHdr, frame: &[u8]) -> Vec<Vec<u8>> {
         let mut out = Segments::new();
         gso_split(hdr, frame, &mut out).unwrap();
@@ -1158,6 +1199,84 @@ mod tests {
         }
         assert_eq!(offset, payload.len());
         assert_eq!(segs[3].len(), 14 + 20 + 32 + 100);
+    }
+
+    #[test]
+    fn splits_a_tcpv6_tso_frame_behind_extension_headers() {
+        let final_dst: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+        let via: std::net::Ipv6Addr = "fd00::99".parse().unwrap();
+        let flow = Flow {
+            v6: true,
+            src: "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            dst: final_dst.octets(),
+            ..simple_flow()
+        };
+        let payload = pattern(1398 * 2 + 500, 13);
+        let (hdr, frame) = super_frame(&flow, &payload, 1398);
+        // Hop-by-hop options (PadN), a type 2 routing header with one segment left that names
+        // the final destination, destination options (PadN), then TCP.
+        let mut ext = vec![43, 0, 1, 4, 0, 0, 0, 0];
+        ext.extend_from_slice(&[60, 2, 2, 1, 0, 0, 0, 0]);
+        ext.extend_from_slice(&final_dst.octets());
+        ext.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+        let frame = with_ipv6_extensions(&frame, 0, &ext, Some(via));
+        let l4 = 14 + 40 + ext.len();
+        let hdr = VirtioNetHdr {
+            hdr_len: hdr.hdr_len + ext.len() as u16,
+            csum_start: l4 as u16,
+            ..hdr
+        };
+
+        let segs = split(&hdr, &frame);
+
+        assert_eq!(segs.len(), 3);
+        let mut offset = 0;
+        for (i, seg) in segs.iter().enumerate() {
+            assert!(seg.len() <= usize::from(hdr.hdr_len) + 1398, "segment {i}");
+            let ip = Ipv6Packet::new_checked(&seg[14..]).unwrap();
+            assert_eq!(
+                usize::from(ip.payload_len()),
+                seg.len() - 54,
+                "segment {i}: the payload length counts the extension headers"
+            );
+            assert_eq!(ip.dst_addr(), via);
+            assert_eq!(&seg[54..l4], &ext[..], "segment {i}: extension headers");
+            assert!(
+                tcp_valid_v6(seg, l4, &flow.src, &flow.dst),
+                "segment {i}: checksum over the final destination"
+            );
+            let tcp = TcpPacket::new_checked(&seg[l4..]).unwrap();
+            assert_eq!(tcp.seq_number(), flow.seq.wrapping_add(offset as u32));
+            assert_eq!(tcp.flags().contains(TcpFlags::PSH), i == 2);
+            assert_eq!(
+                tcp.payload(),
+                &payload[offset..offset + tcp.payload().len()]
+            );
+            offset += tcp.payload().len();
+        }
+        assert_eq!(offset, payload.len());
+    }
+
+    #[test]
+    fn a_tcpv6_tso_frame_with_a_fragment_header_is_refused_as_a_fragment() {
+        let flow = Flow {
+            v6: true,
+            ..simple_flow()
+        };
+        let (hdr, frame) = super_frame(&flow, &pattern(3000, 17), 1398);
+        let fragment = [6, 0, 0, 0, 0, 0, 0, 1];
+        let frame = with_ipv6_extensions(&frame, 44, &fragment, None);
+        let hdr = VirtioNetHdr {
+            hdr_len: hdr.hdr_len + 8,
+            csum_start: hdr.csum_start + 8,
+            ..hdr
+        };
+        let mut out = Segments::new();
+
+        let result = gso_split(&hdr, &frame, &mut out);
+
+        assert_eq!(result, Err(GsoError::BadHeaders(HeaderError::Fragment)));
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -35,13 +35,18 @@ pub enum HeaderError {
     /// The frame carries neither IPv4 nor IPv6.
     #[error("not an IP frame (ethertype {0})")]
     NotIp(EtherType),
-    /// The IP packet is a fragment, so it holds no complete TCP/UDP segment.
-    #[error("IPv4 fragment")]
+    /// The IP packet is a fragment (an IPv4 offset or MF, or an IPv6 fragment header), so
+    /// it holds no complete TCP/UDP segment.
+    #[error("IP fragment (IPv4 offset or MF, or an IPv6 fragment header)")]
     Fragment,
-    /// The IP packet carries something other than TCP or UDP directly (IPv6 extension
-    /// headers included).
+    /// The IP packet carries something other than TCP or UDP (behind any IPv6 hop-by-hop,
+    /// routing and destination-options headers): ESP, AH, ICMP, ...
     #[error("IP payload is {0}, not TCP or UDP")]
     NotTcpOrUdp(IpProtocol),
+    /// An IPv6 routing header with segments left, of a type whose final destination (which
+    /// the TCP/UDP checksum covers) this code cannot read: any but 0, 2 and 4.
+    #[error("IPv6 routing header of type {0} with segments left")]
+    UnsupportedRouting(u8),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -682,6 +687,95 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
     }
 }
 
+/// Next-header values of the IPv6 extension headers [`ipv6_upper_layer`] knows.
+pub mod ipv6_ext {
+    /// Hop-by-hop options (RFC 8200 §4.3).
+    pub const HOP_BY_HOP: u8 = 0;
+    /// Routing header (RFC 8200 §4.4).
+    pub const ROUTING: u8 = 43;
+    /// Fragment header (RFC 8200 §4.5).
+    pub const FRAGMENT: u8 = 44;
+    /// Destination options (RFC 8200 §4.6).
+    pub const DESTINATION_OPTIONS: u8 = 60;
+}
+
+/// Where the upper-layer header of an IPv6 packet lies behind its extension headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6UpperLayer {
+    /// What the last next-header field names: TCP, UDP, ICMPv6, or wherever the walk stopped
+    /// (ESP, AH, "no next header", ...).
+    pub protocol: IpProtocol,
+    /// Bytes of extension headers between the fixed header and the upper-layer header.
+    pub offset: usize,
+    /// The destination an upper-layer checksum covers (RFC 8200 §8.1): the final one named
+    /// by a routing header with segments left, else the IPv6 header's.
+    pub final_dst: Ipv6Addr,
+}
+
+/// Walks the hop-by-hop, routing and destination-options headers of an IPv6 packet, in
+/// whatever order and number they come, to its upper-layer header. A fragment header is
+/// [`HeaderError::Fragment`]: behind it there may be no complete upper-layer header. Any
+/// other next-header value ends the walk. Lengths are checked against the payload length,
+/// so no input panics.
+pub fn ipv6_upper_layer<T: AsRef<[u8]>>(ip: &Ipv6Packet<T>) -> Result<Ipv6UpperLayer, HeaderError> {
+    ip.check_len()?;
+    let payload = ip.payload();
+    let mut protocol = ip.next_header();
+    let mut offset = 0;
+    let mut final_dst = ip.dst_addr();
+    loop {
+        match u8::from(protocol) {
+            ipv6_ext::HOP_BY_HOP | ipv6_ext::ROUTING | ipv6_ext::DESTINATION_OPTIONS => {}
+            ipv6_ext::FRAGMENT => return Err(HeaderError::Fragment),
+            _ => {
+                return Ok(Ipv6UpperLayer {
+                    protocol,
+                    offset,
+                    final_dst,
+                })
+            }
+        }
+        // Each of the three: next header, length in 8-byte units not counting the first 8.
+        let fixed = payload
+            .get(offset..offset + 8)
+            .ok_or(HeaderError::Truncated)?;
+        let len = (usize::from(fixed[1]) + 1) * 8;
+        let header = payload
+            .get(offset..offset + len)
+            .ok_or(HeaderError::BadLength)?;
+        if u8::from(protocol) == ipv6_ext::ROUTING {
+            if let Some(dst) = routing_final_destination(header)? {
+                final_dst = dst;
+            }
+        }
+        protocol = IpProtocol::from(header[0]);
+        offset += len;
+    }
+}
+
+/// The final destination a routing header (at least 8 bytes) names when it has segments
+/// left; `None` when it has none, as the IPv6 destination is then the final one.
+fn routing_final_destination(header: &[u8]) -> Result<Option<Ipv6Addr>, HeaderError> {
+    let (routing_type, segments_left) = (header[2], header[3]);
+    if segments_left == 0 {
+        return Ok(None);
+    }
+    let addresses = &header[8..];
+    let at = match routing_type {
+        // Type 0 (deprecated, RFC 5095) and type 2 (Mobile IPv6, RFC 6275): a list of
+        // addresses with the final destination last.
+        0 | 2 => (addresses.len() / 16)
+            .checked_sub(1)
+            .ok_or(HeaderError::BadLength)?
+            .saturating_mul(16),
+        // Type 4, the segment routing header (RFC 8754): segment list[0] is the last one.
+        4 if addresses.len() >= 16 => 0,
+        4 => return Err(HeaderError::BadLength),
+        other => return Err(HeaderError::UnsupportedRouting(other)),
+    };
+    Ok(Some(ipv6_at(addresses, at)))
+}
+
 // ---------------------------------------------------------------------------------------
 // TCP
 // ---------------------------------------------------------------------------------------
@@ -1055,13 +1149,15 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
 pub struct L4Location {
     /// Offset of the IP header in the frame.
     pub l3_offset: usize,
-    /// Offset of the TCP/UDP header in the frame.
+    /// Offset of the TCP/UDP header in the frame (past IPv4 options or IPv6 extension
+    /// headers).
     pub l4_offset: usize,
     /// Bytes of the TCP/UDP segment (header and payload), per the IP length field.
     pub l4_len: usize,
     /// TCP or UDP.
     pub protocol: IpProtocol,
-    /// The pseudo-header sum for this segment (addresses, protocol, `l4_len`).
+    /// The pseudo-header sum for this segment (addresses, protocol, `l4_len`); over IPv6 with
+    /// a routing header, the final destination's.
     pub pseudo_header: u16,
 }
 
@@ -1083,7 +1179,8 @@ impl L4Location {
 }
 
 /// Finds the TCP or UDP segment of an Ethernet II frame carrying IPv4 (not a fragment) or
-/// IPv6 (no extension headers), checking every length on the way.
+/// IPv6 (behind any hop-by-hop, routing and destination-options headers, see
+/// [`ipv6_upper_layer`]; not a fragment), checking every length on the way.
 pub fn locate_l4(frame: &[u8]) -> Result<L4Location, HeaderError> {
     let eth = EthernetFrame::new_checked(frame)?;
     let l3_offset = ETHERNET_HEADER_LEN;
@@ -1111,17 +1208,19 @@ pub fn locate_l4(frame: &[u8]) -> Result<L4Location, HeaderError> {
         }
         EtherType::Ipv6 => {
             let ip = Ipv6Packet::new_checked(eth.payload())?;
-            let protocol = ip.next_header();
-            let l4_len = ip.payload().len();
-            check_l4(protocol, ip.payload())?;
+            let upper = ipv6_upper_layer(&ip)?;
+            let protocol = upper.protocol;
+            let segment = &ip.payload()[upper.offset..];
+            let l4_len = segment.len();
+            check_l4(protocol, segment)?;
             Ok(L4Location {
                 l3_offset,
-                l4_offset: l3_offset + IPV6_HEADER_LEN,
+                l4_offset: l3_offset + IPV6_HEADER_LEN + upper.offset,
                 l4_len,
                 protocol,
                 pseudo_header: checksum::pseudo_header_v6(
                     &ip.src_addr(),
-                    &ip.dst_addr(),
+                    &upper.final_dst,
                     protocol,
                     l4_len as u32,
                 ),
@@ -1484,6 +1583,105 @@ mod tests {
         assert!(!verify_l4_checksum(&frame).unwrap());
     }
 
+    /// An IPv6 frame from fd00::1 to `dst` with `extensions` (the IPv6 next header is
+    /// `first`) in front of a UDP datagram carrying "hello".
+    fn ipv6_udp_frame(first: u8, extensions: &[u8], dst: Ipv6Addr) -> Vec<u8> {
+        let mut frame = vec![0u8; 14 + 40];
+        frame[12..14].copy_from_slice(&[0x86, 0xdd]);
+        frame.extend_from_slice(extensions);
+        frame.extend_from_slice(&[0x14, 0xe9, 0x1a, 0x7f, 0, 13, 0, 0]);
+        frame.extend_from_slice(b"hello");
+        let mut ip = Ipv6Packet::new_unchecked(&mut frame[14..]);
+        ip.set_version_class_flow(0, 0);
+        ip.set_payload_len((extensions.len() + 13) as u16);
+        ip.set_next_header(IpProtocol::from(first));
+        ip.set_hop_limit(64);
+        ip.set_src_addr("fd00::1".parse().unwrap());
+        ip.set_dst_addr(dst);
+        frame
+    }
+
+    /// The UDP checksum of the datagram at `l4` over the IPv6 pseudo-header of `dst`.
+    fn udp_sum_to(frame: &[u8], l4: usize, dst: Ipv6Addr) -> u16 {
+        let segment = &frame[l4..];
+        let pseudo = checksum::pseudo_header_v6(
+            &"fd00::1".parse().unwrap(),
+            &dst,
+            IpProtocol::Udp,
+            segment.len() as u32,
+        );
+        checksum::combine(&[pseudo, checksum::data(segment)])
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_walked_to_the_transport_header() {
+        let next_hop: Ipv6Addr = "fd00::99".parse().unwrap();
+        let last: Ipv6Addr = "fd00::2".parse().unwrap();
+        // Hop-by-hop (PadN), then a segment routing header (type 4) with two segments, one
+        // left: segment list[0] is the final destination.
+        let mut ext = vec![43, 0, 1, 4, 0, 0, 0, 0];
+        ext.extend_from_slice(&[17, 4, 4, 1, 1, 0, 0, 0]);
+        ext.extend_from_slice(&last.octets());
+        ext.extend_from_slice(&next_hop.octets());
+        let mut frame = ipv6_udp_frame(0, &ext, next_hop);
+
+        let loc = locate_l4(&frame).unwrap();
+        fill_l4_checksum(&mut frame).unwrap();
+
+        assert_eq!(loc.protocol, IpProtocol::Udp);
+        assert_eq!(loc.l4_offset, 14 + 40 + ext.len());
+        assert_eq!(loc.l4_len, 13);
+        assert_eq!(udp_sum_to(&frame, loc.l4_offset, last), 0xffff);
+        assert!(verify_l4_checksum(&frame).unwrap());
+        let ip = Ipv6Packet::new_checked(&frame[14..]).unwrap();
+        assert_eq!(
+            ipv6_upper_layer(&ip).unwrap(),
+            Ipv6UpperLayer {
+                protocol: IpProtocol::Udp,
+                offset: ext.len(),
+                final_dst: last,
+            }
+        );
+    }
+
+    #[test]
+    fn a_routing_header_without_segments_left_keeps_the_header_destination() {
+        let dst: Ipv6Addr = "fd00::2".parse().unwrap();
+        let mut ext = vec![60, 2, 2, 0, 0, 0, 0, 0];
+        ext.extend_from_slice(&"fd00::77".parse::<Ipv6Addr>().unwrap().octets());
+        ext.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
+        let mut frame = ipv6_udp_frame(43, &ext, dst);
+
+        fill_l4_checksum(&mut frame).unwrap();
+
+        assert_eq!(udp_sum_to(&frame, 14 + 40 + ext.len(), dst), 0xffff);
+    }
+
+    #[test]
+    fn ipv6_headers_the_walk_cannot_pass_are_named() {
+        let dst: Ipv6Addr = "fd00::2".parse().unwrap();
+        let fragment = ipv6_udp_frame(44, &[17, 0, 0, 0, 0, 0, 0, 1], dst);
+        let mut rpl = vec![17, 2, 3, 1, 0, 0, 0, 0];
+        rpl.extend_from_slice(&[0; 16]);
+        let rpl = ipv6_udp_frame(43, &rpl, dst);
+        let esp = ipv6_udp_frame(50, &[0; 8], dst);
+        let mut cut = ipv6_udp_frame(0, &[17, 1, 1, 4, 0, 0, 0, 0], dst);
+        cut.truncate(14 + 40 + 8 + 3);
+        Ipv6Packet::new_unchecked(&mut cut[14..]).set_payload_len(11);
+        let mut short = ipv6_udp_frame(0, &[], dst);
+        short.truncate(14 + 40 + 4);
+        Ipv6Packet::new_unchecked(&mut short[14..]).set_payload_len(4);
+
+        assert_eq!(locate_l4(&fragment), Err(HeaderError::Fragment));
+        assert_eq!(locate_l4(&rpl), Err(HeaderError::UnsupportedRouting(3)));
+        assert_eq!(
+            locate_l4(&esp),
+            Err(HeaderError::NotTcpOrUdp(IpProtocol::Unknown(50)))
+        );
+        assert_eq!(locate_l4(&cut), Err(HeaderError::BadLength));
+        assert_eq!(locate_l4(&short), Err(HeaderError::Truncated));
+    }
+
     #[test]
     fn non_tcp_udp_frames_are_named() {
         let mut frame = syn_frame();
@@ -1556,6 +1754,21 @@ mod tests {
             let _ = locate_l4(&bytes);
             let _ = verify_l4_checksum(&bytes);
             let mut copy = bytes.clone();
+            let _ = fill_l4_checksum(&mut copy);
+        }
+
+        /// Arbitrary bytes behind an IPv6 header that names an extension header: the walk
+        /// finds a transport header inside the payload or names an error, never panics.
+        #[test]
+        fn ipv6_extension_walk_never_panics(
+            first in prop::sample::select(vec![0u8, 43, 44, 60]),
+            payload in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let frame = ipv6_udp_frame(first, &payload, "fd00::2".parse().unwrap());
+            let mut copy = frame.clone();
+            if let Ok(loc) = locate_l4(&frame) {
+                prop_assert!(loc.l4_offset + loc.l4_len <= frame.len());
+            }
             let _ = fill_l4_checksum(&mut copy);
         }
     }
