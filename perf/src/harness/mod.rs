@@ -10,8 +10,10 @@ pub mod facts;
 pub mod markdown;
 pub mod model;
 pub mod output;
+pub mod placement;
 pub mod result;
 pub mod run;
+pub mod search;
 pub mod svg;
 
 pub use model::{Metric, NetPath, WorkloadName};
