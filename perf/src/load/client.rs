@@ -28,6 +28,10 @@ const BULK_WRITE: usize = 128 * 1024;
 const WRITE_POLL: Duration = Duration::from_millis(100);
 /// Send buffer asked for on each UDP sender socket.
 const UDP_SNDBUF: usize = 4 << 20;
+/// How far a paced UDP sender may fall behind its schedule and still catch up, in packets:
+/// 16 batches, some milliseconds at the rates a machine sends, so that being descheduled for
+/// a moment does not lower the rate offered.
+const PACE_BACKLOG: u64 = 16 * MAX_BATCH as u64;
 /// Longest round trip the histogram tells apart from longer ones (60 s, in ns).
 const MAX_TRACKED_NS: u64 = 60_000_000_000;
 
@@ -269,7 +273,7 @@ fn udp_sender(
         let count = match pace {
             None => MAX_BATCH,
             Some(pace) => {
-                let batch = pace.batch(next, now, MAX_BATCH as u64);
+                let batch = pace.batch(next, now, MAX_BATCH as u64, PACE_BACKLOG);
                 next = batch.first;
                 if batch.count == 0 {
                     thread::sleep(

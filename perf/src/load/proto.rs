@@ -208,23 +208,17 @@ impl Pace {
         self.start + Duration::from_secs_f64(n as f64 / self.per_second)
     }
 
-    /// How many of the packets due by `now` to send next, counting from `next` (the first
-    /// not yet sent), and where the schedule goes on from. A sender that fell more than
-    /// `burst` behind (descheduled on a busy machine) sends `burst` and skips the rest
-    /// rather than bursting them all: the path is offered a steady rate, a little less of it.
-    pub(super) fn batch(&self, next: u64, now: Instant, burst: u64) -> PacedBatch {
+    /// How many of the packets due by `now` to send next (at most `batch`), counting from
+    /// `next` (the first not yet sent), and where the schedule goes on from. A sender behind
+    /// its schedule catches up at full speed, batch after batch, as long as it is at most
+    /// `backlog` packets behind (a short deschedule on a busy machine); further behind, it
+    /// skips the excess rather than flooding the path with it, and offers a little less.
+    pub(super) fn batch(&self, next: u64, now: Instant, batch: u64, backlog: u64) -> PacedBatch {
         let due = self.due_by(now);
-        let behind = due.saturating_sub(next);
-        if behind > burst {
-            PacedBatch {
-                count: burst,
-                first: due - burst,
-            }
-        } else {
-            PacedBatch {
-                count: behind,
-                first: next,
-            }
+        let first = next.max(due.saturating_sub(backlog));
+        PacedBatch {
+            count: due.saturating_sub(first).min(batch),
+            first,
         }
     }
 }
@@ -697,30 +691,39 @@ mod tests {
     }
 
     #[test]
-    fn a_sender_behind_its_pace_skips_rather_than_bursts() {
+    fn a_sender_behind_its_pace_catches_up_a_backlog_and_skips_beyond_it() {
         let t0 = Instant::now();
         let pace = Pace {
             start: t0,
             per_second: 1000.0,
         };
-        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let batch =
+            |next, ms, backlog| pace.batch(next, t0 + Duration::from_millis(ms), 64, backlog);
 
         // On time: packets 5..=10 are due at 10 ms.
-        assert_eq!(pace.batch(5, ms(10), 64), PacedBatch { count: 6, first: 5 });
+        assert_eq!(batch(5, 10, 512), PacedBatch { count: 6, first: 5 });
         // Nothing due yet: wait for packet 11.
         assert_eq!(
-            pace.batch(11, ms(10), 64),
+            batch(11, 10, 512),
             PacedBatch {
                 count: 0,
                 first: 11
             }
         );
-        // 200 ms late with 11 sent: the last 64 of the 201 due go, the rest are skipped.
+        // 190 behind at 200 ms: within the backlog, so a full batch now and more after.
         assert_eq!(
-            pace.batch(11, ms(200), 64),
+            batch(11, 200, 512),
             PacedBatch {
                 count: 64,
-                first: 137
+                first: 11
+            }
+        );
+        // 990 behind at 1 s: the oldest 478 are skipped, the last 512 go, 64 at a time.
+        assert_eq!(
+            batch(11, 1000, 512),
+            PacedBatch {
+                count: 64,
+                first: 489
             }
         );
     }
