@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use std::net::Ipv4Addr;
-use weave_perf::harness::{self, compare, output, run::Event, HarnessError, NetPath, WorkloadName};
+use weave_perf::harness::{
+    self, compare, output, run::Event, HarnessError, NetPath, Placement, SearchOptions,
+    WorkloadName,
+};
 
 use weave_perf::cni::{self, PodNetns};
 use weave_perf::load;
@@ -32,8 +35,9 @@ enum Cmd {
     /// until each sees all three peers, print their `status peers`, and clean up. Needs root.
     Demo(DemoArgs),
     /// Measure weave-router against the kernel's VXLAN and the bare underlay, side by side:
-    /// TCP throughput, UDP packet rates, request/response latency, router CPU and memory.
-    /// Writes run-<UTC time>.json, .md and .svg into the output folder. Needs root.
+    /// TCP throughput, UDP packet rates (flood and loss-free), request/response latency
+    /// (closed and open loop), machine and router CPU, memory. Writes run-<UTC time>.json,
+    /// .md and .svg into the output folder. Needs root.
     Run(RunArgs),
     /// Show what changed between two runs' result files.
     Compare(CompareArgs),
@@ -64,9 +68,23 @@ struct RunArgs {
     /// Seconds of traffic before counting starts [default: 1; 0.2 with --quick].
     #[arg(long, value_name = "S")]
     warmup: Option<f64>,
-    /// A smoke run: one repeat of one second per measurement, short warm-up.
+    /// A smoke run: one repeat of one second per measurement, short warm-up, a short
+    /// loss-free search.
     #[arg(long)]
     quick: bool,
+    /// Where the hosts' routers run: `split` gives each its own CPUs (`weave-router launch
+    /// --cpus`), as on separate nodes; `shared` lets every router use every CPU [default:
+    /// split where the machine has 2 CPUs and the router has --cpus, else shared].
+    #[arg(long, value_enum, value_name = "HOW")]
+    placement: Option<Placement>,
+    /// Trials of the loss-free UDP rate search per path, UDP workload and repeat; 0 turns
+    /// the search off [default: 6; 4 with --quick].
+    #[arg(long, value_name = "N")]
+    search_trials: Option<usize>,
+    /// Counted seconds per search trial, after a paced warm-up [default: 0.5, with 0.2 s of
+    /// warm-up; 0.25 with 0.1 with --quick].
+    #[arg(long, value_name = "S")]
+    search_seconds: Option<f64>,
     /// Hosts per path, all routers meshed; traffic goes host1 → host2.
     #[arg(long, value_name = "N", default_value_t = 3)]
     hosts: usize,
@@ -219,6 +237,14 @@ fn run(args: &RunArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
         hosts_per_path: args.hosts,
         subnet: args.subnet,
         router_workers: args.router_workers,
+        placement: args.placement,
+        search: SearchOptions {
+            trials: args.search_trials.unwrap_or(if args.quick { 4 } else { 6 }),
+            seconds: args
+                .search_seconds
+                .unwrap_or(if args.quick { 0.25 } else { 0.5 }),
+            warmup: if args.quick { 0.1 } else { 0.2 },
+        },
         quick: args.quick,
         router_bin,
         load_bin,

@@ -134,7 +134,11 @@ impl Router {
             .args(extra)
             .args(peers.iter().map(Ipv4Addr::to_string))
             // The log goes to a file, where colour codes only get in the way.
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            // The testbed places its routers with flags; the shell's settings for a real
+            // router would otherwise put every testbed router on the same CPUs.
+            .env_remove("WEAVE_CPUS")
+            .env_remove("WEAVE_WORKERS");
         Ok(host.spawn(&format!("router-{}", host.name()), cmd)?)
     }
 

@@ -1,7 +1,8 @@
 //! `weave-perf run --quick` end to end: the built binary builds its testbed, measures every
-//! path and workload once, and writes one JSON, one Markdown and one SVG file. Checks the
-//! files' shape and that every path moved data in every workload, never how fast. Needs root
-//! and a built weave-router next to weave-perf.
+//! path and workload once (with a loss-free search after each UDP flood), and writes one
+//! JSON, one Markdown and one SVG file. Checks the files' shape and that every path moved
+//! data in every workload, never how fast. Needs root and a built weave-router next to
+//! weave-perf.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weave_perf::harness::{NetPath, WorkloadName};
+use weave_perf::harness::{Metric, NetPath, WorkloadName};
 use weave_perf::testbed;
 
 /// A temporary folder removed on drop.
@@ -31,9 +32,9 @@ impl Drop for TempDir {
     }
 }
 
-/// How long the quick run may take before the test gives up on it. It normally takes well
-/// under a minute; this only keeps a hung harness from hanging the test run.
-const RUN_DEADLINE: Duration = Duration::from_secs(240);
+/// How long the quick run may take before the test gives up on it. It normally takes a
+/// minute or two; this only keeps a hung harness from hanging the test run.
+const RUN_DEADLINE: Duration = Duration::from_secs(360);
 /// How long the harness gets to tear its testbed down after SIGINT before it is killed.
 const TEARDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -138,7 +139,7 @@ fn quick_run_measures_every_path_and_workload_and_writes_three_files() {
     let doc: Value =
         serde_json::from_str(&std::fs::read_to_string(&json[0]).expect("read json")).unwrap();
     assert_eq!(doc["schema"], "weave-perf-run");
-    assert_eq!(doc["schema_version"], 1);
+    assert_eq!(doc["schema_version"], 2);
     let machine = &doc["machine"];
     assert!(machine["kernel"].as_str().is_some_and(|k| !k.is_empty()));
     assert!(machine["cores"].as_u64().is_some_and(|c| c >= 1));
@@ -151,6 +152,25 @@ fn quick_run_measures_every_path_and_workload_and_writes_three_files() {
     assert!(machine.get("git_commit").is_some());
     assert_eq!(doc["settings"]["quick"], true);
     assert_eq!(doc["settings"]["repeats"], 1);
+    assert_eq!(doc["settings"]["search"]["trials"], 4);
+    assert!(machine["background_busy_cpus"].is_number(), "{machine}");
+    // Where the routers ran: split or shared, each of the three hosts with its CPUs.
+    let placement = &doc["settings"]["placement"];
+    assert!(
+        ["split", "shared"].contains(&placement["placement"].as_str().unwrap_or("")),
+        "{placement}"
+    );
+    let hosts = placement["hosts"].as_array().expect("placement hosts");
+    assert_eq!(hosts.len(), 3, "{placement}");
+    assert!(
+        hosts
+            .iter()
+            .all(|h| h["cpus"].as_array().is_some_and(|c| !c.is_empty())),
+        "{placement}"
+    );
+    if placement["placement"] == "split" {
+        assert_ne!(hosts[0]["cpus"], hosts[1]["cpus"], "{placement}");
+    }
 
     let paths = doc["paths"].as_array().expect("paths");
     for p in NetPath::ALL {
@@ -174,12 +194,37 @@ fn quick_run_measures_every_path_and_workload_and_writes_three_files() {
             let moved = match workload {
                 WorkloadName::Tcp1 | WorkloadName::Tcp4 => load["bytes_received"].as_u64(),
                 WorkloadName::Udp64 | WorkloadName::Udp1400 => load["packets_received"].as_u64(),
-                WorkloadName::Rr => load["latency"]["samples"].as_u64(),
+                WorkloadName::Rr | WorkloadName::RrPaced => load["latency"]["samples"].as_u64(),
             };
             assert!(
                 moved.is_some_and(|n| n > 0),
                 "{p} {w} moved nothing: {load}"
             );
+            assert!(
+                sample["machine"]["busy_s"]
+                    .as_f64()
+                    .is_some_and(|b| b > 0.0),
+                "{p} {w}: {}",
+                sample["machine"]
+            );
+            let rr = matches!(workload, WorkloadName::Rr | WorkloadName::RrPaced);
+            if rr {
+                // Each repeat's round trips are kept, for merging across repeats.
+                assert!(
+                    load["histogram"]["buckets"]
+                        .as_array()
+                        .is_some_and(|b| !b.is_empty()),
+                    "{p} {w}: {load}"
+                );
+            }
+            let search = &sample["search"];
+            if workload.is_udp() {
+                let trials = search["trials"].as_array().expect("the search's trials");
+                assert!(!trials.is_empty(), "{p} {w}: {search}");
+                assert_eq!(trials[0]["paced"], false, "{p} {w}: {search}");
+            } else {
+                assert!(search.is_null(), "{p} {w}: {search}");
+            }
             let metrics = sample["metrics"].as_object().expect("metrics");
             for m in workload.metrics() {
                 let value = metrics
@@ -190,6 +235,13 @@ fn quick_run_measures_every_path_and_workload_and_writes_three_files() {
                         assert!(value.is_number(), "{p} {w} {}: {value}", m.key())
                     }
                     (true, _) => assert!(value.is_null(), "{p} {w} {}: {value}", m.key()),
+                    // A search that found no rate with little enough loss says so in its
+                    // record and leaves the metric null.
+                    (false, _) if *m == Metric::LossFreePacketsPerSecond => assert_eq!(
+                        value.is_number(),
+                        !search["loss_free_pps"].is_null(),
+                        "{p} {w}: {value} {search}"
+                    ),
                     (false, _) => assert!(value.is_number(), "{p} {w} {}: {value}", m.key()),
                 }
             }
@@ -200,13 +252,25 @@ fn quick_run_measures_every_path_and_workload_and_writes_three_files() {
                 .find(|r| r["path"] == p && r["workload"] == w)
                 .unwrap_or_else(|| panic!("no summary for {p} {w}"));
             assert_eq!(row["samples"], 1);
+            if matches!(workload, WorkloadName::Rr | WorkloadName::RrPaced) {
+                assert!(
+                    row["merged_latency"]["p50_us"].is_number(),
+                    "{p} {w}: {row}"
+                );
+            }
         }
     }
 
     let md = std::fs::read_to_string(&md[0]).expect("read md");
     assert!(md.contains("## Against the kernel VXLAN baseline"), "{md}");
     assert!(md.contains("| vxlan | 1.00× |"), "{md}");
-    assert!(md.contains("| udp64 | offered packets/s |"), "{md}");
+    assert!(md.contains(" udp64 loss-free pps |"), "{md}");
+    assert!(md.contains("| udp64 | loss-free packets/s |"), "{md}");
+    assert!(md.contains("| udp64 | flood offered packets/s |"), "{md}");
+    assert!(md.contains(" rr-paced p99 |"), "{md}");
+    assert!(md.contains("- CPU placement: "), "{md}");
+    assert!(md.contains("| vxlan | tcp1 |"), "{md}");
+    assert!(!md.contains('†'), "{md}");
     let svg = std::fs::read_to_string(&svg[0]).expect("read svg");
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     // The testbed is gone: no namespace of the run's process is left.

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use super::markdown::format_value;
 use super::model::{Better, Metric, WorkloadName};
+use super::placement::{format_cpu_list, Placement};
 use super::result::{RunResult, Spread};
 
 /// One metric of one path and workload, as both runs measured it.
@@ -109,6 +110,39 @@ pub fn render_compare(
             "note: the runs were taken on different machines or kernels; only ratios within each run compare well"
         );
     }
+    if (old.schema_version < 2) != (new.schema_version < 2) {
+        let _ = writeln!(
+            out,
+            "note: the runs' files are of schema versions {} and {}: before version 2, UDP \
+             received packets/s and Gbit/s were over the span between the first and last \
+             arrival, not the counted window, so they read higher on lossy paths",
+            old.schema_version, new.schema_version
+        );
+    }
+    let (old_place, new_place) = (placement(old), placement(new));
+    if old_place != new_place {
+        let _ = writeln!(
+            out,
+            "note: the routers ran on different CPUs: old {old_place}; new {new_place}"
+        );
+    }
+    for (label, rows) in [
+        ("old", missing_metrics(old, new)),
+        ("new", missing_metrics(new, old)),
+    ] {
+        if rows.is_empty() {
+            continue;
+        }
+        let listed: Vec<String> = rows
+            .iter()
+            .map(|(key, workloads)| format!("{key} ({})", workloads.join(", ")))
+            .collect();
+        let _ = writeln!(
+            out,
+            "not in {label} (its weave-perf did not record them), so not compared: {}",
+            listed.join("; ")
+        );
+    }
     let _ = writeln!(
         out,
         "'!' marks a change beyond the min–max spread of both runs"
@@ -166,6 +200,55 @@ pub fn render_compare(
         }
     }
     out
+}
+
+/// Where a run's routers ran, in a few words.
+fn placement(run: &RunResult) -> String {
+    let Some(p) = &run.settings.placement else {
+        return "not recorded (every router on every CPU)".to_owned();
+    };
+    match p.placement {
+        Placement::Split => {
+            let hosts: Vec<String> = p
+                .hosts
+                .iter()
+                .map(|h| format!("{} CPU {}", h.host, format_cpu_list(&h.cpus)))
+                .collect();
+            format!("split ({})", hosts.join(", "))
+        }
+        Placement::Shared => format!(
+            "shared (every router on CPUs {})",
+            format_cpu_list(&p.machine_cpus)
+        ),
+    }
+}
+
+/// Metric keys that rows of `has` record and the same rows of `lacks` do not (rows both runs
+/// have), each with the workloads it is missing for, in `has`'s order.
+fn missing_metrics(lacks: &RunResult, has: &RunResult) -> Vec<(String, Vec<String>)> {
+    let mut missing: Vec<(String, Vec<String>)> = Vec::new();
+    for row in &has.summary {
+        let Some(other) = lacks.row(&row.path, &row.workload) else {
+            continue;
+        };
+        for key in row
+            .metrics
+            .keys()
+            .filter(|k| !other.metrics.contains_key(*k))
+        {
+            let at = match missing.iter_mut().position(|(k, _)| k == key) {
+                Some(i) => &mut missing[i].1,
+                None => {
+                    missing.push((key.clone(), Vec::new()));
+                    &mut missing.last_mut().expect("just pushed").1
+                }
+            };
+            if !at.contains(&row.workload) {
+                at.push(row.workload.clone());
+            }
+        }
+    }
+    missing
 }
 
 #[cfg(test)]
@@ -247,5 +330,39 @@ mod tests {
 
         assert!(!changes.iter().any(|c| c.path == "sleeve-no-gso"));
         assert!(text.contains("only in old: sleeve-no-gso tcp1"), "{text}");
+    }
+
+    #[test]
+    fn metrics_and_placement_an_older_run_lacks_are_named() {
+        let mut old = sample_run();
+        old.schema_version = 1;
+        old.settings.placement = None;
+        for r in &mut old.summary {
+            r.metrics.remove("machine_cpu_s_per_gib");
+            r.metrics.remove("loss_free_packets_per_second");
+        }
+        let new = sample_run();
+
+        let changes = compare(&old, &new);
+        let text = render_compare(&old, &new, "old.json", "new.json", &changes);
+
+        assert!(
+            text.contains(
+                "not in old (its weave-perf did not record them), so not compared: \
+                 machine_cpu_s_per_gib (tcp1, tcp4, udp64, udp1400); \
+                 loss_free_packets_per_second (udp64, udp1400)"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("not in new"), "{text}");
+        assert!(text.contains("schema versions 1 and 2"), "{text}");
+        assert!(
+            text.contains(
+                "note: the routers ran on different CPUs: old not recorded (every router on \
+                 every CPU); new split (host1 CPU 0, host2 CPU 1, host3 CPU 0)"
+            ),
+            "{text}"
+        );
+        assert!(!changes.iter().any(|c| c.metric == "machine_cpu_s_per_gib"));
     }
 }

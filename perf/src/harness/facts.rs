@@ -15,6 +15,70 @@ pub struct ProcSample {
     pub peak_rss_kib: u64,
 }
 
+/// The CPU time of the whole machine, from the `cpu` line of `/proc/stat`, in clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTicks {
+    /// user + nice + system + irq + softirq + steal: everything but idle and iowait (guest
+    /// time is counted inside user already).
+    pub busy: u64,
+    /// Every field of the line but guest and guest_nice: busy, idle and iowait.
+    pub total: u64,
+}
+
+/// The machine's CPU time from the text of `/proc/stat`.
+pub fn parse_proc_stat(stat: &str) -> Option<CpuTicks> {
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("cpu"))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]; kernels before
+    // 2.6.11 had no steal, which counts as 0.
+    let field = |i: usize| fields.get(i).copied();
+    let (user, nice, system, idle, iowait, irq, softirq) = (
+        field(0)?,
+        field(1)?,
+        field(2)?,
+        field(3)?,
+        field(4)?,
+        field(5)?,
+        field(6)?,
+    );
+    let steal = field(7).unwrap_or(0);
+    let busy = user + nice + system + irq + softirq + steal;
+    Some(CpuTicks {
+        busy,
+        total: busy + idle + iowait,
+    })
+}
+
+/// Reads the machine's CPU time now.
+pub fn read_machine_cpu() -> Result<CpuTicks, String> {
+    let stat = std::fs::read_to_string("/proc/stat").map_err(|e| format!("/proc/stat: {e}"))?;
+    parse_proc_stat(&stat).ok_or_else(|| "/proc/stat: no cpu line".to_owned())
+}
+
+/// The CPUs this process may run on (`Cpus_allowed_list` of /proc/self/status), which the
+/// routers it starts inherit; every online CPU where that cannot be read.
+pub fn allowed_cpus() -> Vec<usize> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .and_then(super::placement::parse_cpu_list)
+        })
+        .filter(|cpus| !cpus.is_empty())
+        .unwrap_or_else(|| {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (0..n).collect()
+        })
+}
+
 /// utime + stime (clock ticks) from the text of `/proc/PID/stat`. The command name in
 /// parentheses may itself contain spaces and parentheses, so fields are counted from the
 /// last `)`.
@@ -107,6 +171,7 @@ pub fn machine_facts(router_bin: &Path, command_line: Vec<String>) -> MachineFac
             .map(|s| s.trim().to_owned()),
         router_bin: router_bin.display().to_string(),
         command_line,
+        background_busy_cpus: None,
     }
 }
 
@@ -169,6 +234,30 @@ mod tests {
         assert_eq!(parse_stat_cpu_ticks(stat), Some(225));
         assert_eq!(parse_stat_cpu_ticks("1 (x) S 1 2"), None);
         assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn machine_cpu_counts_everything_but_idle_and_iowait() {
+        let stat = "cpu  100 5 30 1000 40 7 8 2 50 0\n\
+                    cpu0 50 5 15 500 20 3 4 1 25 0\n\
+                    intr 12345\n";
+
+        let t = parse_proc_stat(stat).unwrap();
+
+        // user 100 + nice 5 + system 30 + irq 7 + softirq 8 + steal 2; guest (50) is in user.
+        assert_eq!(t.busy, 152);
+        assert_eq!(t.total, 152 + 1000 + 40);
+        assert_eq!(
+            parse_proc_stat("cpu  1 2 3 4 5 6 7\n"),
+            Some(CpuTicks {
+                busy: 1 + 2 + 3 + 6 + 7,
+                total: 28
+            })
+        );
+        assert_eq!(parse_proc_stat("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(parse_proc_stat("cpu 1 2 x\n"), None);
+        assert!(read_machine_cpu().unwrap().total > 0);
+        assert!(!allowed_cpus().is_empty());
     }
 
     #[test]

@@ -17,8 +17,9 @@ pub mod search;
 pub mod svg;
 
 pub use model::{Metric, NetPath, WorkloadName};
+pub use placement::Placement;
 pub use result::RunResult;
-pub use run::{HarnessError, RunOptions};
+pub use run::{HarnessError, RunOptions, SearchOptions};
 
 use markdown::format_value;
 use result::Sample;
@@ -39,6 +40,7 @@ pub fn sample_headline(sample: &Sample) -> String {
     let parts: Vec<Option<String>> = match WorkloadName::from_name(&sample.workload) {
         Some(WorkloadName::Tcp1 | WorkloadName::Tcp4) => vec![
             show(Metric::ThroughputGbps, " Gbit/s"),
+            show(Metric::MachineCpuSPerGib, " machine-s/GiB"),
             show(Metric::RouterCpuSPerGib, " router-s/GiB"),
             show(Metric::TxSegmentsPerCall, " tx/call"),
         ],
@@ -46,10 +48,18 @@ pub fn sample_headline(sample: &Sample) -> String {
             show(Metric::PacketsPerSecond, " pps received"),
             show(Metric::OfferedPacketsPerSecond, " offered"),
             show(Metric::UdpLossPercent, "% lost"),
+            show(Metric::LossFreePacketsPerSecond, " pps loss-free").or_else(|| {
+                let search = sample.search.as_ref()?;
+                Some(match &search.error {
+                    Some(e) => format!("loss-free search failed: {e}"),
+                    None => "no loss-free rate found".to_owned(),
+                })
+            }),
+            show(Metric::MachineCpuSPerGib, " machine-s/GiB"),
             show(Metric::RouterCpuSPerGib, " router-s/GiB"),
             show(Metric::TxSegmentsPerCall, " tx/call"),
         ],
-        Some(WorkloadName::Rr) => vec![
+        Some(WorkloadName::Rr | WorkloadName::RrPaced) => vec![
             show(Metric::LatencyP50Us, " µs p50"),
             show(Metric::LatencyP99Us, " µs p99"),
             show(Metric::LatencyP999Us, " µs p99.9"),
@@ -106,7 +116,8 @@ mod tests {
             .find(|s| s.path == "vxlan" && s.workload == "udp64" && s.repeat == 2)
             .unwrap();
         assert!(
-            sample_headline(udp).starts_with("400k pps received, 410k offered, 2.0% lost"),
+            sample_headline(udp)
+                .starts_with("400k pps received, 410k offered, 2.0% lost, 300k pps loss-free, "),
             "{}",
             sample_headline(udp)
         );

@@ -191,18 +191,28 @@ pub enum WorkloadName {
     Udp64,
     /// UDP, 1400-byte payloads, two sender threads: packets per second.
     Udp1400,
-    /// TCP request/response of one byte each way: round-trip latency.
+    /// TCP request/response of one byte each way, each request after the last answer
+    /// (closed loop): round-trip latency.
     Rr,
+    /// TCP request/response of one byte each way at [`RR_PACED_RATE`] requests per second,
+    /// sent on schedule whatever the answers do (open loop): latency from each request's
+    /// scheduled send time, so stalls are not hidden by the requests they hold back.
+    RrPaced,
 }
+
+/// Requests per second of [`WorkloadName::RrPaced`]: a light load that every path carries
+/// (closed-loop rr reaches several thousand per second on each), the same for all.
+pub const RR_PACED_RATE: f64 = 2000.0;
 
 impl WorkloadName {
     /// Every workload, in the order reports list them.
-    pub const ALL: [WorkloadName; 5] = [
+    pub const ALL: [WorkloadName; 6] = [
         WorkloadName::Tcp1,
         WorkloadName::Tcp4,
         WorkloadName::Udp64,
         WorkloadName::Udp1400,
         WorkloadName::Rr,
+        WorkloadName::RrPaced,
     ];
 
     /// The name used on the command line and in results.
@@ -213,6 +223,17 @@ impl WorkloadName {
             WorkloadName::Udp64 => "udp64",
             WorkloadName::Udp1400 => "udp1400",
             WorkloadName::Rr => "rr",
+            WorkloadName::RrPaced => "rr-paced",
+        }
+    }
+
+    /// Whether it is a UDP flood, which gets a loss-free rate search after it.
+    pub fn is_udp(self) -> bool {
+        match self {
+            WorkloadName::Udp64 | WorkloadName::Udp1400 => true,
+            WorkloadName::Tcp1 | WorkloadName::Tcp4 | WorkloadName::Rr | WorkloadName::RrPaced => {
+                false
+            }
         }
     }
 
@@ -223,18 +244,20 @@ impl WorkloadName {
 
     /// What the load client runs for it.
     pub fn spec(self) -> WorkloadSpec {
-        let (workload, streams, size) = match self {
-            WorkloadName::Tcp1 => (load::Workload::Tcp, 1, 0),
-            WorkloadName::Tcp4 => (load::Workload::Tcp, 4, 0),
-            WorkloadName::Udp64 => (load::Workload::Udp, 2, 64),
+        let (workload, streams, size, rate) = match self {
+            WorkloadName::Tcp1 => (load::Workload::Tcp, 1, 0, None),
+            WorkloadName::Tcp4 => (load::Workload::Tcp, 4, 0, None),
+            WorkloadName::Udp64 => (load::Workload::Udp, 2, 64, None),
             // 1400 bytes of payload plus 28 of IPv4 and UDP fit every path's MTU.
-            WorkloadName::Udp1400 => (load::Workload::Udp, 2, 1400),
-            WorkloadName::Rr => (load::Workload::Rr, 1, 1),
+            WorkloadName::Udp1400 => (load::Workload::Udp, 2, 1400, None),
+            WorkloadName::Rr => (load::Workload::Rr, 1, 1, None),
+            WorkloadName::RrPaced => (load::Workload::Rr, 1, 1, Some(RR_PACED_RATE)),
         };
         WorkloadSpec {
             workload,
             streams,
             size,
+            rate,
         }
     }
 
@@ -244,22 +267,25 @@ impl WorkloadName {
         match self {
             WorkloadName::Tcp1 | WorkloadName::Tcp4 => &[
                 Metric::ThroughputGbps,
+                Metric::MachineCpuSPerGib,
                 Metric::RouterCpuSPerGib,
                 Metric::RouterPeakRssMib,
                 Metric::TxSegmentsPerCall,
                 Metric::RxSegmentsPerCall,
             ],
             WorkloadName::Udp64 | WorkloadName::Udp1400 => &[
+                Metric::LossFreePacketsPerSecond,
                 Metric::PacketsPerSecond,
                 Metric::OfferedPacketsPerSecond,
                 Metric::ThroughputGbps,
                 Metric::UdpLossPercent,
+                Metric::MachineCpuSPerGib,
                 Metric::RouterCpuSPerGib,
                 Metric::RouterPeakRssMib,
                 Metric::TxSegmentsPerCall,
                 Metric::RxSegmentsPerCall,
             ],
-            WorkloadName::Rr => &[
+            WorkloadName::Rr | WorkloadName::RrPaced => &[
                 Metric::LatencyP50Us,
                 Metric::LatencyP90Us,
                 Metric::LatencyP99Us,
@@ -274,7 +300,7 @@ impl WorkloadName {
 }
 
 /// The load client's arguments for one workload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WorkloadSpec {
     /// The client's workload.
     pub workload: load::Workload,
@@ -282,6 +308,8 @@ pub struct WorkloadSpec {
     pub streams: usize,
     /// Payload bytes (udp, rr); 0 for tcp.
     pub size: usize,
+    /// The client's `--rate` (per second); `None` for unpaced traffic.
+    pub rate: Option<f64>,
 }
 
 /// A figure taken from one measurement.
@@ -289,7 +317,10 @@ pub struct WorkloadSpec {
 pub enum Metric {
     /// Payload bits per second received, in Gbit/s.
     ThroughputGbps,
-    /// UDP packets per second received.
+    /// The highest UDP packet rate offered (paced) that the path carried with less than
+    /// [`super::search::MAX_LOSS_PERCENT`] loss, found by a search of short trials.
+    LossFreePacketsPerSecond,
+    /// UDP packets per second received during the unpaced flood.
     PacketsPerSecond,
     /// UDP packets per second the sender put out over its counted window: what the path was
     /// offered. Received close to offered means the sender, not the path, set the rate.
@@ -306,6 +337,9 @@ pub enum Metric {
     LatencyP99Us,
     /// 99.9th percentile round trip, µs.
     LatencyP999Us,
+    /// Busy CPU seconds of the whole machine (every CPU's user, nice, system, irq, softirq
+    /// and steal time) per GiB received.
+    MachineCpuSPerGib,
     /// CPU seconds (user + system) of all routers of the path per GiB received.
     RouterCpuSPerGib,
     /// Largest peak resident set of the path's routers during the measurement, MiB.
@@ -329,8 +363,9 @@ pub enum Better {
 
 impl Metric {
     /// Every metric.
-    pub const ALL: [Metric; 13] = [
+    pub const ALL: [Metric; 15] = [
         Metric::ThroughputGbps,
+        Metric::LossFreePacketsPerSecond,
         Metric::PacketsPerSecond,
         Metric::OfferedPacketsPerSecond,
         Metric::UdpLossPercent,
@@ -339,6 +374,7 @@ impl Metric {
         Metric::LatencyP90Us,
         Metric::LatencyP99Us,
         Metric::LatencyP999Us,
+        Metric::MachineCpuSPerGib,
         Metric::RouterCpuSPerGib,
         Metric::RouterPeakRssMib,
         Metric::TxSegmentsPerCall,
@@ -349,6 +385,7 @@ impl Metric {
     pub fn key(self) -> &'static str {
         match self {
             Metric::ThroughputGbps => "throughput_gbps",
+            Metric::LossFreePacketsPerSecond => "loss_free_packets_per_second",
             Metric::PacketsPerSecond => "packets_per_second",
             Metric::OfferedPacketsPerSecond => "offered_packets_per_second",
             Metric::UdpLossPercent => "udp_loss_percent",
@@ -357,6 +394,7 @@ impl Metric {
             Metric::LatencyP90Us => "latency_p90_us",
             Metric::LatencyP99Us => "latency_p99_us",
             Metric::LatencyP999Us => "latency_p999_us",
+            Metric::MachineCpuSPerGib => "machine_cpu_s_per_gib",
             Metric::RouterCpuSPerGib => "router_cpu_s_per_gib",
             Metric::RouterPeakRssMib => "router_peak_rss_mib",
             Metric::TxSegmentsPerCall => "tx_segments_per_call",
@@ -373,14 +411,16 @@ impl Metric {
     pub fn unit(self) -> &'static str {
         match self {
             Metric::ThroughputGbps => "Gbit/s",
-            Metric::PacketsPerSecond | Metric::OfferedPacketsPerSecond => "pps",
+            Metric::LossFreePacketsPerSecond
+            | Metric::PacketsPerSecond
+            | Metric::OfferedPacketsPerSecond => "pps",
             Metric::UdpLossPercent => "%",
             Metric::RoundTripsPerSecond => "1/s",
             Metric::LatencyP50Us
             | Metric::LatencyP90Us
             | Metric::LatencyP99Us
             | Metric::LatencyP999Us => "µs",
-            Metric::RouterCpuSPerGib => "s/GiB",
+            Metric::MachineCpuSPerGib | Metric::RouterCpuSPerGib => "s/GiB",
             Metric::RouterPeakRssMib => "MiB",
             Metric::TxSegmentsPerCall | Metric::RxSegmentsPerCall => "per call",
         }
@@ -390,6 +430,7 @@ impl Metric {
     pub fn better(self) -> Better {
         match self {
             Metric::ThroughputGbps
+            | Metric::LossFreePacketsPerSecond
             | Metric::PacketsPerSecond
             | Metric::RoundTripsPerSecond
             | Metric::TxSegmentsPerCall
@@ -399,6 +440,7 @@ impl Metric {
             | Metric::LatencyP90Us
             | Metric::LatencyP99Us
             | Metric::LatencyP999Us
+            | Metric::MachineCpuSPerGib
             | Metric::RouterCpuSPerGib
             | Metric::RouterPeakRssMib => Better::Lower,
             Metric::OfferedPacketsPerSecond => Better::Neither,
@@ -413,6 +455,7 @@ impl Metric {
             | Metric::TxSegmentsPerCall
             | Metric::RxSegmentsPerCall => true,
             Metric::ThroughputGbps
+            | Metric::LossFreePacketsPerSecond
             | Metric::PacketsPerSecond
             | Metric::OfferedPacketsPerSecond
             | Metric::UdpLossPercent
@@ -420,7 +463,30 @@ impl Metric {
             | Metric::LatencyP50Us
             | Metric::LatencyP90Us
             | Metric::LatencyP99Us
-            | Metric::LatencyP999Us => false,
+            | Metric::LatencyP999Us
+            | Metric::MachineCpuSPerGib => false,
+        }
+    }
+
+    /// Whether it is a round-trip percentile, which summaries also take over the repeats'
+    /// histograms merged.
+    pub fn is_latency(self) -> bool {
+        match self {
+            Metric::LatencyP50Us
+            | Metric::LatencyP90Us
+            | Metric::LatencyP99Us
+            | Metric::LatencyP999Us => true,
+            Metric::ThroughputGbps
+            | Metric::LossFreePacketsPerSecond
+            | Metric::PacketsPerSecond
+            | Metric::OfferedPacketsPerSecond
+            | Metric::UdpLossPercent
+            | Metric::RoundTripsPerSecond
+            | Metric::MachineCpuSPerGib
+            | Metric::RouterCpuSPerGib
+            | Metric::RouterPeakRssMib
+            | Metric::TxSegmentsPerCall
+            | Metric::RxSegmentsPerCall => false,
         }
     }
 }
@@ -539,5 +605,29 @@ mod tests {
             assert_eq!(p.overlay().is_some(), p.kind() == PathKind::Router);
         }
         assert_eq!(NetPath::Fastdp.router_args(), ["--dataplane", "io-uring"]);
+    }
+
+    #[test]
+    fn only_the_paced_round_trips_and_no_flood_are_paced() {
+        for w in WorkloadName::ALL {
+            let spec = w.spec();
+            assert_eq!(
+                spec.rate.is_some(),
+                w == WorkloadName::RrPaced,
+                "{}",
+                w.name()
+            );
+            assert_eq!(
+                w.metrics().contains(&Metric::LossFreePacketsPerSecond),
+                w.is_udp(),
+                "{}",
+                w.name()
+            );
+        }
+        assert_eq!(WorkloadName::RrPaced.spec().workload, load::Workload::Rr);
+        assert_eq!(
+            WorkloadName::from_name("rr-paced"),
+            Some(WorkloadName::RrPaced)
+        );
     }
 }

@@ -169,7 +169,7 @@ mod tests {
         assert_eq!((offered.n, offered.median), (3, 1039936.0 / 5.0));
         let md = render_markdown(&run);
         assert!(
-            md.contains("| udp64 | offered packets/s | 208k (207k–248k) |"),
+            md.contains("| udp64 | flood offered packets/s | 208k (207k–248k) |"),
             "{md}"
         );
         // That run could not measure the fast datapath, and its file still says so.
@@ -182,6 +182,32 @@ mod tests {
         let svg = render_svg(&run);
         assert!(!svg.is_empty());
         assert!(!svg.contains("fastdp"));
+    }
+
+    #[test]
+    fn every_committed_result_still_reads_renders_and_compares_with_a_new_run() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+        let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "no results in {}", dir.display());
+        let new = sample_run();
+
+        for file in &files {
+            let run = read_run(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let md = render_markdown(&run);
+            assert!(md.contains("## Against the kernel VXLAN baseline"), "{md}");
+            assert!(!render_svg(&run).is_empty());
+            let changes = crate::harness::compare::compare(&run, &new);
+            let text = crate::harness::compare::render_compare(&run, &new, "old", "new", &changes);
+            if run.schema_version < 2 {
+                assert!(text.contains("schema versions"), "{text}");
+                assert!(text.contains("not in old"), "{text}");
+            }
+        }
     }
 
     #[test]

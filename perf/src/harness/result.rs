@@ -1,22 +1,29 @@
 //! The result file of one run: machine facts, settings, every raw sample and the summary.
 //!
 //! Paths, workloads and metrics are stored by name, so that a file written by an older or a
-//! newer weave-perf (with a path such as `fastdp` joining) still loads for `compare`.
+//! newer weave-perf (with a path such as `fastdp` joining) still loads for `compare`. Fields
+//! added since the first version are optional: an older file reads with them empty.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::model::{Metric, NetPath, PathKind, WorkloadName};
-use crate::load::LoadResult;
+use super::placement::PlacementRecord;
+use super::search::SearchRecord;
+use crate::load::{histogram, LatencyHistogram, LoadResult};
 
 /// The `schema` value of every result file.
 pub const SCHEMA: &str = "weave-perf-run";
 /// The version of the layout below; bumped when a field changes meaning or goes away. A new
 /// metric key is not such a change: readers take a missing key as "not measured", and
-/// [`backfill_offered`] derives the one metric added since version 1 (offered packets per
-/// second) from what older files already hold.
-pub const SCHEMA_VERSION: u32 = 1;
+/// [`backfill_offered`] derives the offered packets per second, which version 1 files did
+/// not all record, from what they already hold.
+///
+/// Version 2: UDP received packets per second (and Gbit/s) are over the nominal counted
+/// window, as the offered rate is; version 1 divided them by the span between the first and
+/// last arrival.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// One run of `weave-perf run`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +73,10 @@ pub struct MachineFacts {
     pub router_bin: String,
     /// The command line of the run.
     pub command_line: Vec<String>,
+    /// CPUs busy (busy CPU seconds per second, over all CPUs) during a short sample before
+    /// the testbed was built: other work on the machine, which machine CPU figures include.
+    #[serde(default)]
+    pub background_busy_cpus: Option<f64>,
 }
 
 /// The settings of a run.
@@ -83,6 +94,26 @@ pub struct Settings {
     pub router_workers: Option<usize>,
     /// Whether `--quick` was given.
     pub quick: bool,
+    /// Where the routers ran (`None`: a file from before weave-perf placed them; every
+    /// router then used every CPU).
+    #[serde(default)]
+    pub placement: Option<PlacementRecord>,
+    /// The loss-free rate search after each UDP flood (`None`: not searched).
+    #[serde(default)]
+    pub search: Option<SearchSettings>,
+}
+
+/// How the loss-free UDP rate was searched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchSettings {
+    /// The most trials per path, UDP workload and repeat.
+    pub trials: usize,
+    /// Counted seconds per trial.
+    pub seconds: f64,
+    /// Paced seconds before counting starts.
+    pub warmup: f64,
+    /// A trial passes with less loss than this, percent.
+    pub max_loss_percent: f64,
 }
 
 /// A path as a run saw it.
@@ -135,6 +166,9 @@ pub struct WorkloadInfo {
     pub streams: usize,
     /// Payload bytes per packet or request (0 for tcp).
     pub size: usize,
+    /// Packets or requests per second of a paced workload; `None` when unpaced.
+    #[serde(default)]
+    pub rate: Option<f64>,
 }
 
 impl WorkloadInfo {
@@ -151,6 +185,7 @@ impl WorkloadInfo {
             kind: kind.to_owned(),
             streams: spec.streams,
             size: spec.size,
+            rate: spec.rate,
         }
     }
 }
@@ -166,16 +201,32 @@ pub struct Sample {
     pub path: String,
     /// The workload's name.
     pub workload: String,
-    /// Seconds between the router samples taken at the start and end of counting.
+    /// Seconds between the machine (and router) samples taken at the start and end of
+    /// counting.
     pub window_s: f64,
     /// The load client's result as it printed it.
     pub load: Option<serde_json::Value>,
     /// The routers' raw counters over the window (router paths only).
     pub router: Option<RouterSample>,
-    /// The figures derived from the two above; null where they do not apply.
+    /// The whole machine's CPU time over the window.
+    #[serde(default)]
+    pub machine: Option<MachineSample>,
+    /// The loss-free rate search that followed a UDP flood.
+    #[serde(default)]
+    pub search: Option<SearchRecord>,
+    /// The figures derived from the above; null where they do not apply.
     pub metrics: BTreeMap<String, Option<f64>>,
     /// Why the measurement failed, if it did (then `metrics` is empty).
     pub error: Option<String>,
+}
+
+/// The whole machine's CPU time over one measurement's window, from /proc/stat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MachineSample {
+    /// Busy CPU seconds, all CPUs: user, nice, system, irq, softirq and steal.
+    pub busy_s: f64,
+    /// CPU seconds of all CPUs, busy or not (about the window times the CPUs).
+    pub total_s: f64,
 }
 
 /// Raw router figures of one measurement, summed (or, for memory, maxed) over a path's routers.
@@ -245,6 +296,52 @@ pub struct SummaryRow {
     pub failed: usize,
     /// Per metric key: its spread, or null where it does not apply.
     pub metrics: BTreeMap<String, Option<Spread>>,
+    /// Round-trip percentiles of every repeat's histogram merged (rr workloads of runs that
+    /// kept the histograms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_latency: Option<MergedLatency>,
+}
+
+/// Percentiles of the round trips of all repeats together, microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MergedLatency {
+    /// Repeats whose histograms were merged.
+    pub repeats: usize,
+    /// Round trips.
+    pub samples: u64,
+    /// Median.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Mean.
+    pub mean_us: f64,
+}
+
+impl MergedLatency {
+    /// The percentile `metric` stands for; `None` for other metrics.
+    pub fn get(&self, metric: Metric) -> Option<f64> {
+        match metric {
+            Metric::LatencyP50Us => Some(self.p50_us),
+            Metric::LatencyP90Us => Some(self.p90_us),
+            Metric::LatencyP99Us => Some(self.p99_us),
+            Metric::LatencyP999Us => Some(self.p999_us),
+            Metric::ThroughputGbps
+            | Metric::LossFreePacketsPerSecond
+            | Metric::PacketsPerSecond
+            | Metric::OfferedPacketsPerSecond
+            | Metric::UdpLossPercent
+            | Metric::RoundTripsPerSecond
+            | Metric::MachineCpuSPerGib
+            | Metric::RouterCpuSPerGib
+            | Metric::RouterPeakRssMib
+            | Metric::TxSegmentsPerCall
+            | Metric::RxSegmentsPerCall => None,
+        }
+    }
 }
 
 impl RunResult {
@@ -269,6 +366,20 @@ impl RunResult {
             .flatten()
     }
 
+    /// The figure reports show for `metric`, and how many repeats it stands on: a
+    /// round-trip percentile of the repeats' histograms merged where the run kept them, else
+    /// the median.
+    pub fn value(&self, path: &str, workload: &str, metric: Metric) -> Option<(f64, usize)> {
+        let row = self.row(path, workload)?;
+        if let Some(v) = row
+            .merged_latency
+            .and_then(|m| m.get(metric).map(|v| (v, m.repeats)))
+        {
+            return Some(v);
+        }
+        self.spread(path, workload, metric).map(|s| (s.median, s.n))
+    }
+
     /// Names of the paths measured, in run order.
     pub fn measured_paths(&self) -> Vec<&str> {
         self.paths
@@ -284,21 +395,21 @@ impl RunResult {
     }
 }
 
-/// The figures of one measurement from the load client's result and, on router paths, the
-/// routers' counters. Every metric of the workload gets a key; what does not apply is null.
+/// The figures of one measurement from the load client's result, the machine's CPU time and,
+/// on router paths, the routers' counters. Every metric of the workload gets a key; what does
+/// not apply is null (the loss-free rate is filled in by the search that follows a flood).
 ///
-/// The routers are sampled over `window_s` seconds inside the client's counted window, so CPU
-/// per GiB is the routers' CPU rate over the pod's receive rate rather than a quotient of two
-/// totals taken over slightly different spans.
+/// The machine and the routers are sampled over `window_s` seconds inside the client's
+/// counted window, so CPU per GiB is a CPU rate over the pod's receive rate rather than a
+/// quotient of two totals taken over slightly different spans.
 ///
 /// `client_s` is the counted window the load client was given (`--seconds`): the span its
-/// `packets_sent` were counted over. The result's own `seconds` is, for UDP, the span between
-/// the first and last arrival at the server, which shrinks when a path drops packets in
-/// bursts and so cannot be the denominator of what was sent.
+/// `packets_sent` were counted over, and (since schema version 2) its UDP received rate too.
 pub fn derive_metrics(
     workload: WorkloadName,
     load: &LoadResult,
     router: Option<&RouterSample>,
+    machine: Option<&MachineSample>,
     window_s: f64,
     client_s: f64,
 ) -> BTreeMap<String, Option<f64>> {
@@ -312,6 +423,7 @@ pub fn derive_metrics(
         .map(|&m| {
             let value = match m {
                 Metric::ThroughputGbps => Some(load.bits_per_second / 1e9),
+                Metric::LossFreePacketsPerSecond => None,
                 Metric::PacketsPerSecond => Some(load.packets_per_second),
                 Metric::OfferedPacketsPerSecond => offered_pps(load.packets_sent, client_s),
                 Metric::UdpLossPercent => (load.packets_sent > 0).then(|| {
@@ -323,6 +435,9 @@ pub fn derive_metrics(
                 Metric::LatencyP90Us => load.latency.as_ref().map(|l| l.p90_us),
                 Metric::LatencyP99Us => load.latency.as_ref().map(|l| l.p99_us),
                 Metric::LatencyP999Us => load.latency.as_ref().map(|l| l.p999_us),
+                Metric::MachineCpuSPerGib => machine
+                    .filter(|_| window_s > 0.0)
+                    .and_then(|c| gib_per_s.map(|g| c.busy_s / window_s / g)),
                 Metric::RouterCpuSPerGib => router
                     .filter(|_| window_s > 0.0)
                     .and_then(|r| gib_per_s.map(|g| r.cpu_s / window_s / g)),
@@ -427,10 +542,33 @@ pub fn summarize(paths: &[String], workloads: &[String], samples: &[Sample]) -> 
                 samples: ok.len(),
                 failed: mine.len() - ok.len(),
                 metrics,
+                merged_latency: merged_latency(&ok),
             });
         }
     }
     rows
+}
+
+/// The percentiles of the round-trip histograms of `samples` merged; `None` where no sample
+/// kept one (not rr, or a file from before the histograms were kept) or one does not read.
+fn merged_latency(samples: &[&Sample]) -> Option<MergedLatency> {
+    let histograms: Vec<LatencyHistogram> = samples
+        .iter()
+        .filter_map(|s| s.load.as_ref()?.get("histogram"))
+        .filter(|h| !h.is_null())
+        .map(|h| serde_json::from_value(h.clone()).ok())
+        .collect::<Option<_>>()?;
+    let merged = histogram::merge(&histograms).ok()??;
+    let l = histogram::latency_of(&merged);
+    Some(MergedLatency {
+        repeats: histograms.len(),
+        samples: l.samples,
+        p50_us: l.p50_us,
+        p90_us: l.p90_us,
+        p99_us: l.p99_us,
+        p999_us: l.p999_us,
+        mean_us: l.mean_us,
+    })
 }
 
 #[cfg(test)]
@@ -479,16 +617,21 @@ pub(crate) mod tests {
             (WorkloadName::Tcp1, Metric::ThroughputGbps) => 4.0,
             (WorkloadName::Tcp4, Metric::ThroughputGbps) => 6.0,
             (_, Metric::ThroughputGbps) => 0.5,
+            (WorkloadName::Udp64, Metric::LossFreePacketsPerSecond) => 300_000.0,
+            (_, Metric::LossFreePacketsPerSecond) => 120_000.0,
             (WorkloadName::Udp64, Metric::PacketsPerSecond) => 400_000.0,
             (_, Metric::PacketsPerSecond) => 150_000.0,
             (WorkloadName::Udp64, Metric::OfferedPacketsPerSecond) => 410_000.0,
             (_, Metric::OfferedPacketsPerSecond) => 155_000.0,
             (_, Metric::UdpLossPercent) => 2.0,
+            (WorkloadName::RrPaced, Metric::RoundTripsPerSecond) => 2_000.0,
             (_, Metric::RoundTripsPerSecond) => 20_000.0,
+            (WorkloadName::RrPaced, Metric::LatencyP50Us) => 50.0,
             (_, Metric::LatencyP50Us) => 40.0,
             (_, Metric::LatencyP90Us) => 55.0,
             (_, Metric::LatencyP99Us) => 80.0,
             (_, Metric::LatencyP999Us) => 200.0,
+            (_, Metric::MachineCpuSPerGib) => 1.5,
             (_, Metric::RouterCpuSPerGib) => 0.45,
             (_, Metric::RouterPeakRssMib) => 9.0,
             (_, Metric::TxSegmentsPerCall) => 18.0,
@@ -521,6 +664,8 @@ pub(crate) mod tests {
                 window_s: 1.0,
                 load: None,
                 router: None,
+                machine: None,
+                search: None,
                 metrics,
                 error: None,
             });
@@ -554,6 +699,7 @@ pub(crate) mod tests {
                 router_version: Some("weave-router 0.1.0".to_owned()),
                 router_bin: "/x/weave-router".to_owned(),
                 command_line: vec!["weave-perf".to_owned(), "run".to_owned()],
+                background_busy_cpus: Some(0.25),
             },
             settings: Settings {
                 repeats: 3,
@@ -562,6 +708,16 @@ pub(crate) mod tests {
                 hosts_per_path: 3,
                 router_workers: None,
                 quick: false,
+                placement: Some(
+                    crate::harness::placement::plan(None, &[0, 1], 3, true)
+                        .expect("a split placement"),
+                ),
+                search: Some(SearchSettings {
+                    trials: 6,
+                    seconds: 0.5,
+                    warmup: 0.2,
+                    max_loss_percent: crate::harness::search::MAX_LOSS_PERCENT,
+                }),
             },
             paths: infos,
             workloads: WorkloadName::ALL
@@ -652,7 +808,7 @@ pub(crate) mod tests {
     fn metrics_of_a_kernel_path_have_null_router_figures() {
         let load = load_result(Workload::Tcp, 8e9, 0.0);
 
-        let m = derive_metrics(WorkloadName::Tcp1, &load, None, 1.0, 1.0);
+        let m = derive_metrics(WorkloadName::Tcp1, &load, None, None, 1.0, 1.0);
 
         assert_eq!(m["throughput_gbps"], Some(8.0));
         assert_eq!(m["router_cpu_s_per_gib"], None);
@@ -662,21 +818,111 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn offered_rate_is_packets_sent_over_the_clients_window() {
-        // The server saw arrivals over 1.6 s only (a path that dropped the tail), while the
-        // client counted its 1000 sends over the 2 s it was given.
-        let mut load = load_result(Workload::Udp, 8e6, 900.0 / 1.6);
-        load.seconds = 1.6;
+    fn offered_and_received_rates_are_over_the_clients_window() {
+        // The client sent 1000 packets in the 2 s it was given; 900 arrived, counted over the
+        // same nominal window (the load client divides by it since schema version 2).
+        let mut load = load_result(Workload::Udp, 8e6, 900.0 / 2.0);
+        load.seconds = 2.0;
 
-        let m = derive_metrics(WorkloadName::Udp1400, &load, None, 1.6, 2.0);
+        let m = derive_metrics(WorkloadName::Udp1400, &load, None, None, 1.9, 2.0);
 
-        assert_eq!(m["offered_packets_per_second"], Some(500.0));
-        assert_eq!(m["packets_per_second"], Some(562.5));
+        let (offered, received) = (
+            m["offered_packets_per_second"].unwrap(),
+            m["packets_per_second"].unwrap(),
+        );
+        assert_eq!((offered, received), (500.0, 450.0));
+        // So received over offered is one minus the loss.
+        let loss = m["udp_loss_percent"].unwrap();
+        assert!((received / offered - (1.0 - loss / 100.0)).abs() < 1e-12);
+        // The search fills in the loss-free rate later.
+        assert_eq!(m["loss_free_packets_per_second"], None);
         assert_eq!(
-            derive_metrics(WorkloadName::Udp64, &load, None, 1.6, 0.0)
+            derive_metrics(WorkloadName::Udp64, &load, None, None, 1.9, 0.0)
                 ["offered_packets_per_second"],
             None
         );
+    }
+
+    #[test]
+    fn machine_cpu_is_per_gib_received_on_every_path() {
+        // 8 Gbit/s received is 1e9 bytes per second; the machine was busy 1.5 CPUs over 2 s.
+        let mut load = load_result(Workload::Tcp, 8e9, 0.0);
+        load.seconds = 2.0;
+        load.bytes_received = 2_000_000_000;
+        let machine = MachineSample {
+            busy_s: 3.0,
+            total_s: 4.0,
+        };
+
+        let m = derive_metrics(WorkloadName::Tcp4, &load, None, Some(&machine), 2.0, 2.0);
+
+        let per_gib = m["machine_cpu_s_per_gib"].unwrap();
+        assert!(
+            (per_gib - 1.5 / (1e9 / 1073741824.0)).abs() < 1e-9,
+            "{per_gib}"
+        );
+        assert_eq!(m["router_cpu_s_per_gib"], None);
+        let rr = derive_metrics(
+            WorkloadName::Rr,
+            &load_result(Workload::Rr, 1e3, 1e3),
+            None,
+            Some(&machine),
+            2.0,
+            2.0,
+        );
+        assert!(!rr.contains_key("machine_cpu_s_per_gib"));
+    }
+
+    #[test]
+    fn rr_percentiles_are_also_taken_over_the_merged_histograms() {
+        use crate::load::LatencyHistogram;
+        let hist = |ns: u64, count: u64| LatencyHistogram {
+            significant_figures: 3,
+            highest_ns: 60_000_000_000,
+            buckets: vec![[ns, count]],
+        };
+        let mut run = sample_run();
+        let mut repeat = 0;
+        for s in run
+            .samples
+            .iter_mut()
+            .filter(|s| s.path == "vxlan" && s.workload == "rr")
+        {
+            // Two fast repeats and one with a slow tail: 10 % of all round trips at 1 ms.
+            repeat += 1;
+            let h = match repeat {
+                3 => hist(1_000_000, 300),
+                _ => hist(40_000, 1350),
+            };
+            s.load = Some(serde_json::json!({ "histogram": h }));
+        }
+        let paths: Vec<String> = NetPath::default_set()
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect();
+
+        let summary = summarize(&paths, &["rr".to_owned()], &run.samples);
+        run.summary = summary;
+
+        let merged = run.row("vxlan", "rr").unwrap().merged_latency.unwrap();
+        assert_eq!((merged.repeats, merged.samples), (3, 3000));
+        assert!((merged.p50_us - 40.0).abs() < 0.1, "{merged:?}");
+        assert!((merged.p99_us - 1000.0).abs() < 1.0, "{merged:?}");
+        // The report's figure is the merged one; the median of the repeats' p99 is 80 µs.
+        let (p99, n) = run.value("vxlan", "rr", Metric::LatencyP99Us).unwrap();
+        assert_eq!((p99, n), (merged.p99_us, 3));
+        assert_eq!(
+            run.spread("vxlan", "rr", Metric::LatencyP99Us)
+                .unwrap()
+                .median,
+            80.0
+        );
+        // Without histograms, the median stands.
+        assert_eq!(
+            run.value("veth", "rr", Metric::LatencyP99Us),
+            Some((40.0, 3))
+        );
+        assert!(run.row("veth", "rr").unwrap().merged_latency.is_none());
     }
 
     /// A file as version 1 wrote it before the offered rate: the same run without the key.
@@ -703,12 +949,12 @@ pub(crate) mod tests {
 
         assert!(backfill_offered(&mut run));
 
-        // vxlan's udp64 repeats sent 3000, 8000 and 13000 packets in 2 s each (the schedule
-        // puts the five workloads between them).
+        // vxlan's udp64 repeats sent 3000, 9000 and 15000 packets in 2 s each (the schedule
+        // puts the six workloads between them).
         let s = run
             .spread("vxlan", "udp64", Metric::OfferedPacketsPerSecond)
             .unwrap();
-        assert_eq!((s.min, s.median, s.max, s.n), (1500.0, 4000.0, 6500.0, 3));
+        assert_eq!((s.min, s.median, s.max, s.n), (1500.0, 4500.0, 7500.0, 3));
         // Other paths have no raw load result here, tcp has no offered rate, and a second
         // pass finds nothing to add.
         assert_eq!(
@@ -753,7 +999,7 @@ pub(crate) mod tests {
         };
 
         // The routers were sampled over half a second: 1 CPU second per second.
-        let m = derive_metrics(WorkloadName::Udp64, &load, Some(&router), 0.5, 1.0);
+        let m = derive_metrics(WorkloadName::Udp64, &load, Some(&router), None, 0.5, 1.0);
 
         let per_gib = m["router_cpu_s_per_gib"].unwrap();
         assert!((per_gib - 1.0 / (1e9 / 1073741824.0)).abs() < 1e-9);
@@ -775,10 +1021,12 @@ pub(crate) mod tests {
             window_s: 1.0,
             load: None,
             router: None,
+            machine: None,
+            search: None,
             metrics: match error {
                 Some(_) => BTreeMap::new(),
                 None => {
-                    let mut m = derive_metrics(WorkloadName::Tcp1, &load, None, 1.0, 1.0);
+                    let mut m = derive_metrics(WorkloadName::Tcp1, &load, None, None, 1.0, 1.0);
                     m.insert("throughput_gbps".into(), Some(gbps));
                     m
                 }

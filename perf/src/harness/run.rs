@@ -20,12 +20,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::facts::{self, ProcSample};
-use super::model::{schedule, NetPath, PathKind, Step, WorkloadName};
+use super::facts::{self, CpuTicks, ProcSample};
+use super::model::{schedule, Metric, NetPath, PathKind, Step, WorkloadName, WorkloadSpec};
+use super::placement::{self, Placement, PlacementRecord};
 use super::result::{
-    derive_metrics, summarize, PathInfo, RouterSample, RunResult, Sample, Settings, WorkloadInfo,
-    SCHEMA, SCHEMA_VERSION,
+    derive_metrics, summarize, MachineSample, PathInfo, RouterSample, RunResult, Sample,
+    SearchSettings, Settings, WorkloadInfo, SCHEMA, SCHEMA_VERSION,
 };
+use super::search::{RateSearch, SearchRecord, Trial, MAX_LOSS_PERCENT};
 use crate::load::{self, LoadResult};
 use crate::router::{Router, RouterError, WorkerReport};
 use crate::testbed::{self, Host, InNetns, Pod, Process, Testbed, TestbedConfig, TestbedError};
@@ -44,6 +46,8 @@ const CLIENT_SLACK: Duration = Duration::from_secs(30);
 const CLIENT_START: Duration = Duration::from_millis(50);
 /// The VXLAN network id of the baseline.
 const VNI: &str = "42";
+/// The pause before each trial of a loss-free search, for queues to drain.
+const TRIAL_PAUSE: Duration = Duration::from_millis(100);
 
 /// Errors of a harness run.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +123,11 @@ pub struct RunOptions {
     pub subnet: u8,
     /// `--workers` for the routers (`None`: their default).
     pub router_workers: Option<usize>,
+    /// Where the routers run (`None`: split where the machine and the router allow it,
+    /// else shared).
+    pub placement: Option<Placement>,
+    /// The loss-free rate search after each UDP flood.
+    pub search: SearchOptions,
     /// Whether this is a `--quick` run (recorded, and shortens the pauses).
     pub quick: bool,
     /// The weave-router binary.
@@ -127,6 +136,22 @@ pub struct RunOptions {
     pub load_bin: PathBuf,
     /// The command line, for the record.
     pub command_line: Vec<String>,
+}
+
+/// How the loss-free rate of a UDP workload is searched.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SearchOptions {
+    /// The most trials per path, UDP workload and repeat (0: no search).
+    pub trials: usize,
+    /// Counted seconds per trial.
+    pub seconds: f64,
+    /// Paced seconds before counting starts.
+    pub warmup: f64,
+}
+
+impl SearchOptions {
+    /// The most trials a search may be given: past that the run gets long for little.
+    pub const MAX_TRIALS: usize = 20;
 }
 
 impl RunOptions {
@@ -148,6 +173,26 @@ impl RunOptions {
         }
         if !(self.warmup.is_finite() && (0.0..=600.0).contains(&self.warmup)) {
             return bad(format!("--warmup {} is not in 0..=600", self.warmup));
+        }
+        let search = &self.search;
+        if search.trials > SearchOptions::MAX_TRIALS {
+            return bad(format!(
+                "--search-trials {} is above {}",
+                search.trials,
+                SearchOptions::MAX_TRIALS
+            ));
+        }
+        if !(search.seconds.is_finite() && search.seconds >= 0.1 && search.seconds <= 60.0) {
+            return bad(format!(
+                "--search-seconds {} is not in 0.1..=60",
+                search.seconds
+            ));
+        }
+        if !(search.warmup.is_finite() && (0.0..=10.0).contains(&search.warmup)) {
+            return bad(format!(
+                "the search's warm-up {} is not in 0..=10",
+                search.warmup
+            ));
         }
         if self.hosts_per_path < 2 {
             return bad("--hosts must be at least 2 (traffic goes host1 → host2)".into());
@@ -198,10 +243,14 @@ pub fn run(
             "the harness creates network namespaces: run it as root".into(),
         ));
     }
-    check_router_flags(opts)?;
+    let placement = place_routers(opts)?;
+    if let Some(note) = placement.as_ref().and_then(|p| p.note.as_ref()) {
+        progress(Event::Note(format!("CPU placement: {note}")));
+    }
     let started = facts::unix_now();
-    let machine = facts::machine_facts(&opts.router_bin, opts.command_line.clone());
+    let mut machine = facts::machine_facts(&opts.router_bin, opts.command_line.clone());
     let ticks_per_s = facts::clock_ticks_per_second() as f64;
+    machine.background_busy_cpus = Some(background_cpus(opts, ticks_per_s, cancel)?);
     let router = Router::new(opts.router_bin.clone());
 
     let hosts = opts.paths.len() * opts.hosts_per_path;
@@ -213,7 +262,7 @@ pub fn run(
     let mut groups = Vec::new();
     for (g, &path) in opts.paths.iter().enumerate() {
         let t = Instant::now();
-        let group = Group::build(&bed, &router, opts, path, g, cancel)?;
+        let group = Group::build(&bed, &router, opts, placement.as_ref(), path, g, cancel)?;
         progress(Event::Note(format!(
             "{}: ready after {:.1} s",
             path.name(),
@@ -278,6 +327,13 @@ pub fn run(
             hosts_per_path: opts.hosts_per_path,
             router_workers: opts.router_workers,
             quick: opts.quick,
+            placement,
+            search: (opts.search.trials > 0).then_some(SearchSettings {
+                trials: opts.search.trials,
+                seconds: opts.search.seconds,
+                warmup: opts.search.warmup,
+                max_loss_percent: MAX_LOSS_PERCENT,
+            }),
         },
         paths,
         workloads: opts
@@ -290,20 +346,18 @@ pub fn run(
     })
 }
 
-/// Fails early, before anything is built, when the router lacks a flag a chosen path needs.
-fn check_router_flags(opts: &RunOptions) -> Result<(), HarnessError> {
-    let needed: Vec<(&NetPath, &str)> = opts
+/// Checks the router's flags against the paths and plans where the routers run; `None` when
+/// no router path is measured. Fails early, before anything is built, when the router lacks
+/// a flag a chosen path or placement needs.
+fn place_routers(opts: &RunOptions) -> Result<Option<PlacementRecord>, HarnessError> {
+    let router_paths: Vec<NetPath> = opts
         .paths
         .iter()
-        .flat_map(|p| {
-            p.router_args()
-                .iter()
-                .filter(|a| a.starts_with("--"))
-                .map(move |a| (p, *a))
-        })
+        .copied()
+        .filter(|p| p.kind() == PathKind::Router)
         .collect();
-    if needed.is_empty() {
-        return Ok(());
+    if router_paths.is_empty() {
+        return Ok(None);
     }
     let out = Command::new(&opts.router_bin)
         .args(["launch", "--help"])
@@ -314,11 +368,16 @@ fn check_router_flags(opts: &RunOptions) -> Result<(), HarnessError> {
             source,
         })?;
     let help = String::from_utf8_lossy(&out.stdout);
-    for (path, flag) in needed {
-        let known = help
-            .split(|c: char| c.is_whitespace() || c == ',' || c == '=')
-            .any(|w| w == flag);
-        if !known {
+    let has = |flag: &str| {
+        help.split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+            .any(|w| w == flag)
+    };
+    for path in router_paths {
+        let missing = path
+            .router_args()
+            .iter()
+            .find(|a| a.starts_with("--") && !has(a));
+        if let Some(flag) = missing {
             return Err(HarnessError::Config(format!(
                 "path {} needs `weave-router launch {flag}`, which {} does not have; \
                  leave the path out with --paths",
@@ -327,7 +386,39 @@ fn check_router_flags(opts: &RunOptions) -> Result<(), HarnessError> {
             )));
         }
     }
-    Ok(())
+    placement::plan(
+        opts.placement,
+        &facts::allowed_cpus(),
+        opts.hosts_per_path,
+        has("--cpus"),
+    )
+    .map(Some)
+    .map_err(HarnessError::Config)
+}
+
+/// How many CPUs the machine keeps busy before the testbed exists (other work that machine
+/// CPU figures will include): busy CPU seconds per second over a short sample.
+fn background_cpus(
+    opts: &RunOptions,
+    ticks_per_s: f64,
+    cancel: &AtomicBool,
+) -> Result<f64, HarnessError> {
+    let span = match opts.quick {
+        true => Duration::from_millis(500),
+        false => Duration::from_secs(1),
+    };
+    let read = || {
+        facts::read_machine_cpu().map_err(|e| HarnessError::Io {
+            what: "reading the machine's CPU time".into(),
+            source: std::io::Error::other(e),
+        })
+    };
+    let before = read()?;
+    let t0 = Instant::now();
+    sleep_cancellable(span, cancel)?;
+    let after = read()?;
+    let busy = machine_delta(before, after, ticks_per_s).busy_s;
+    Ok(busy / t0.elapsed().as_secs_f64())
 }
 
 /// Where a group's load client runs and its server listens.
@@ -400,6 +491,7 @@ impl Group {
         bed: &Testbed,
         router: &Router,
         opts: &RunOptions,
+        placement: Option<&PlacementRecord>,
         path: NetPath,
         g: usize,
         cancel: &AtomicBool,
@@ -422,7 +514,8 @@ impl Group {
             }
             PathKind::Underlay => None,
             PathKind::Router => {
-                routers = start_routers(router, opts, path, &hosts, cancel).map_err(setup)?;
+                routers =
+                    start_routers(router, opts, placement, path, &hosts, cancel).map_err(setup)?;
                 Some("weave")
             }
         };
@@ -463,8 +556,8 @@ impl Group {
         })
     }
 
-    /// Takes one measurement. Only cancellation is an error; anything else that goes wrong
-    /// is recorded in the sample.
+    /// Takes one measurement (with the loss-free search after a UDP flood). Only
+    /// cancellation is an error; anything else that goes wrong is recorded in the sample.
     fn measure(
         &mut self,
         router: &Router,
@@ -482,18 +575,33 @@ impl Group {
             window_s: 0.0,
             load: None,
             router: None,
+            machine: None,
+            search: None,
             metrics: Default::default(),
             error: None,
         };
         match self.measure_inner(router, opts, step, ticks_per_s, cancel, &mut sample) {
-            Ok(()) => Ok(sample),
-            Err(Failure::Cancelled(what)) => Err(TestbedError::Cancelled { what }.into()),
+            Ok(()) => {}
+            Err(Failure::Cancelled(what)) => return Err(TestbedError::Cancelled { what }.into()),
             Err(Failure::Failed(why)) => {
                 sample.error = Some(why);
                 sample.metrics.clear();
-                Ok(sample)
+                return Ok(sample);
             }
         }
+        let metric = |m: Metric| sample.metrics.get(m.key()).copied().flatten();
+        let flood = metric(Metric::OfferedPacketsPerSecond)
+            .zip(metric(Metric::UdpLossPercent))
+            .map(|(offered, loss)| Trial::flood(offered, loss));
+        if let (true, Some(flood)) = (step.workload.is_udp() && opts.search.trials > 0, flood) {
+            let record = self.search(opts, step.workload, flood, cancel)?;
+            sample.metrics.insert(
+                Metric::LossFreePacketsPerSecond.key().to_owned(),
+                record.loss_free_pps,
+            );
+            sample.search = Some(record);
+        }
+        Ok(sample)
     }
 
     fn measure_inner(
@@ -505,93 +613,47 @@ impl Group {
         cancel: &AtomicBool,
         sample: &mut Sample,
     ) -> Result<(), Failure> {
-        if !self.server.is_running() {
-            return Err(Failure::Failed(format!(
-                "the load server is not running; log {}:\n{}",
-                self.server.log_path().display(),
-                self.server.log_tail(10)
-            )));
+        if let Some(why) = self.router_exited() {
+            return Err(Failure::Failed(why));
         }
         let spec = step.workload.spec();
-        let mut cmd = self.endpoints.client_command(&opts.load_bin);
-        cmd.arg("load-client")
-            .args(["--server", &self.endpoints.server_addr().to_string()])
-            .args(["--port", &load::DEFAULT_PORT.to_string()])
-            .args(["--workload", workload_arg(spec.workload)])
-            .args(["--streams", &spec.streams.to_string()])
-            .args(["--size", &spec.size.to_string()])
-            .args(["--seconds", &opts.seconds.to_string()])
-            .args(["--warmup", &opts.warmup.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let start = Instant::now();
-        let child = cmd
-            .spawn()
-            .map_err(|e| Failure::Failed(format!("starting the load client: {e}")))?;
-        let mut client = ClientGuard(child);
+        let (mut client, start) = self.start_client(opts, spec, opts.seconds, opts.warmup)?;
 
-        // Sample the routers over a window inside the client's counted time.
+        // Sample the machine (and the routers) over a window inside the client's counted
+        // time. The routers' status requests, which start processes, run outside it.
         let warm = Duration::from_secs_f64(opts.warmup) + CLIENT_START;
         let counted = Duration::from_secs_f64(opts.seconds);
-        let has_routers = !self.routers.is_empty();
-        if has_routers {
-            wait_phase(&mut client, start + warm, cancel)?;
-            for (_, p) in &self.routers {
-                facts::reset_peak_rss(p.pid());
-            }
-            let t0 = Instant::now();
-            let before = self.router_counters(router)?;
-            wait_phase(&mut client, start + warm + counted - CLIENT_START, cancel)?;
-            let t1 = Instant::now();
-            let after = self.router_counters(router)?;
-            sample.window_s = t1.duration_since(t0).as_secs_f64();
-            sample.router = Some(router_delta(&before, &after, ticks_per_s));
+        wait_phase(&mut client, start + warm, cancel)?;
+        for (_, p) in &self.routers {
+            facts::reset_peak_rss(p.pid());
+        }
+        let reports_before = self.router_reports(router)?;
+        let t0 = Instant::now();
+        let machine_before = facts::read_machine_cpu().map_err(Failure::Failed)?;
+        let procs_before = self.router_procs()?;
+        wait_phase(&mut client, start + warm + counted - CLIENT_START, cancel)?;
+        let t1 = Instant::now();
+        let machine_after = facts::read_machine_cpu().map_err(Failure::Failed)?;
+        let procs_after = self.router_procs()?;
+        let reports_after = self.router_reports(router)?;
+        sample.window_s = t1.duration_since(t0).as_secs_f64();
+        sample.machine = Some(machine_delta(machine_before, machine_after, ticks_per_s));
+        if !self.routers.is_empty() {
+            sample.router = Some(router_delta(
+                &procs_before,
+                &procs_after,
+                &reports_before,
+                &reports_after,
+                ticks_per_s,
+            ));
         }
 
-        // The client ends on its own after its counted time; give it slack to report.
-        let deadline = start + warm + counted + CLIENT_SLACK;
-        let status = loop {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(cancelled("the load client to finish"));
-            }
-            match client.0.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() >= deadline => {
-                    return Err(Failure::Failed(format!(
-                        "the load client did not finish within {:.0} s",
-                        deadline.duration_since(start).as_secs_f64()
-                    )));
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(Failure::Failed(format!("waiting for the load client: {e}"))),
-            }
-        };
-        let (stdout, stderr) = client.output();
-        if !status.success() {
-            return Err(Failure::Failed(format!(
-                "the load client failed ({status}): {}",
-                last_lines(&stderr, 5)
-            )));
-        }
-        let line = stdout
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-            Failure::Failed(format!("the load client printed no result ({e}): {line:?}"))
-        })?;
-        let load: LoadResult = serde_json::from_value(value.clone()).map_err(|e| {
-            Failure::Failed(format!("the load client's result does not parse: {e}"))
-        })?;
-        if !has_routers {
-            sample.window_s = load.seconds;
-        }
+        let (load, value) = finish_client(client, start, warm + counted, cancel)?;
         sample.metrics = derive_metrics(
             step.workload,
             &load,
             sample.router.as_ref(),
+            sample.machine.as_ref(),
             sample.window_s,
             opts.seconds,
         );
@@ -599,24 +661,185 @@ impl Group {
         Ok(())
     }
 
-    /// CPU, memory and data-plane counters of every router of the group.
-    fn router_counters(&self, router: &Router) -> Result<Vec<Counters>, Failure> {
-        let mut all = Vec::with_capacity(self.routers.len());
-        for (host, process) in &self.routers {
-            let proc = facts::read_proc(process.pid())
-                .map_err(|e| Failure::Failed(format!("router on {}: {e}", host.name())))?;
-            all.push((host, proc));
+    /// Searches the highest rate of `workload` this path carries with less than
+    /// [`MAX_LOSS_PERCENT`] loss: the `flood` just measured, or else the best of at most
+    /// `opts.search.trials` paced trials below its offered rate. A trial that fails ends the
+    /// search, with its reason in the record; only cancellation is an error.
+    fn search(
+        &mut self,
+        opts: &RunOptions,
+        workload: WorkloadName,
+        flood: Trial,
+        cancel: &AtomicBool,
+    ) -> Result<SearchRecord, HarnessError> {
+        let mut search = RateSearch::after_flood(flood, opts.search.trials);
+        while let Some(rate) = search.poll_rate() {
+            // What the last trial (or the flood) left queued drains first.
+            sleep_cancellable(TRIAL_PAUSE, cancel)?;
+            match self.trial(opts, workload, rate, cancel) {
+                Ok(trial) => search.handle_trial(trial),
+                Err(Failure::Cancelled(what)) => {
+                    return Err(TestbedError::Cancelled { what }.into())
+                }
+                Err(Failure::Failed(why)) => {
+                    let why = format!("trial at {rate:.0} packets/s: {why}");
+                    return Ok(search.finish(Some(why)));
+                }
+            }
         }
-        let mut counters = Vec::with_capacity(all.len());
-        for (host, proc) in all {
-            let report = router.report(host).map_err(|e| {
-                Failure::Failed(format!("status of the router on {}: {e}", host.name()))
-            })?;
-            let dataplane = report.dataplane.map(|d| d.totals()).unwrap_or_default();
-            counters.push(Counters { proc, dataplane });
-        }
-        Ok(counters)
+        Ok(search.finish(None))
     }
+
+    /// One trial of the search: `workload` paced at `rate` packets/s.
+    fn trial(
+        &mut self,
+        opts: &RunOptions,
+        workload: WorkloadName,
+        rate: f64,
+        cancel: &AtomicBool,
+    ) -> Result<Trial, Failure> {
+        let spec = WorkloadSpec {
+            rate: Some(rate),
+            ..workload.spec()
+        };
+        let search = &opts.search;
+        let (client, start) = self.start_client(opts, spec, search.seconds, search.warmup)?;
+        let until = Duration::from_secs_f64(search.warmup + search.seconds);
+        let (load, _) = finish_client(client, start, until, cancel)?;
+        Ok(Trial::from_counts(
+            rate,
+            load.packets_sent,
+            load.packets_received,
+            search.seconds,
+        ))
+    }
+
+    /// Starts the load client of one measurement or trial in the group's sending pod.
+    fn start_client(
+        &mut self,
+        opts: &RunOptions,
+        spec: WorkloadSpec,
+        seconds: f64,
+        warmup: f64,
+    ) -> Result<(ClientGuard, Instant), Failure> {
+        if !self.server.is_running() {
+            return Err(Failure::Failed(format!(
+                "the load server is not running; log {}:\n{}",
+                self.server.log_path().display(),
+                self.server.log_tail(10)
+            )));
+        }
+        let mut cmd = self.endpoints.client_command(&opts.load_bin);
+        cmd.arg("load-client")
+            .args(["--server", &self.endpoints.server_addr().to_string()])
+            .args(["--port", &load::DEFAULT_PORT.to_string()])
+            .args(["--workload", workload_arg(spec.workload)])
+            .args(["--streams", &spec.streams.to_string()])
+            .args(["--size", &spec.size.to_string()])
+            .args(["--seconds", &seconds.to_string()])
+            .args(["--warmup", &warmup.to_string()]);
+        if let Some(rate) = spec.rate {
+            cmd.args(["--rate", &rate.to_string()]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let start = Instant::now();
+        let child = cmd
+            .spawn()
+            .map_err(|e| Failure::Failed(format!("starting the load client: {e}")))?;
+        Ok((ClientGuard(child), start))
+    }
+
+    /// The data-plane counters of every router of the group (read through `status`).
+    fn router_reports(&mut self, router: &Router) -> Result<Vec<WorkerReport>, Failure> {
+        let mut reports = Vec::with_capacity(self.routers.len());
+        for i in 0..self.routers.len() {
+            let host = &self.routers[i].0;
+            match router.report(host) {
+                Ok(report) => {
+                    reports.push(report.dataplane.map(|d| d.totals()).unwrap_or_default())
+                }
+                Err(e) => {
+                    let why = format!("status of the router on {}: {e}", host.name());
+                    return Err(Failure::Failed(self.router_exited().unwrap_or(why)));
+                }
+            }
+        }
+        Ok(reports)
+    }
+
+    /// What ended the first router of the group that is no longer running, with the end of
+    /// its log; `None` while all run.
+    fn router_exited(&mut self) -> Option<String> {
+        self.routers.iter_mut().find_map(|(host, process)| {
+            (!process.is_running()).then(|| {
+                format!(
+                    "the router on {} exited; log {}:\n{}",
+                    host.name(),
+                    process.log_path().display(),
+                    process.log_tail(15)
+                )
+            })
+        })
+    }
+
+    /// CPU time and memory of every router process of the group (read from /proc).
+    fn router_procs(&self) -> Result<Vec<ProcSample>, Failure> {
+        self.routers
+            .iter()
+            .map(|(host, process)| {
+                facts::read_proc(process.pid())
+                    .map_err(|e| Failure::Failed(format!("router on {}: {e}", host.name())))
+            })
+            .collect()
+    }
+}
+
+/// Waits for a client started at `start` to exit (it ends on its own `until` after it
+/// started, given [`CLIENT_SLACK`] to report) and reads its result: the parsed one and the
+/// JSON it printed.
+fn finish_client(
+    mut client: ClientGuard,
+    start: Instant,
+    until: Duration,
+    cancel: &AtomicBool,
+) -> Result<(LoadResult, serde_json::Value), Failure> {
+    let deadline = start + until + CLIENT_SLACK;
+    let status = loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(cancelled("the load client to finish"));
+        }
+        match client.0.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                return Err(Failure::Failed(format!(
+                    "the load client did not finish within {:.0} s",
+                    deadline.duration_since(start).as_secs_f64()
+                )));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(Failure::Failed(format!("waiting for the load client: {e}"))),
+        }
+    };
+    let (stdout, stderr) = client.output();
+    if !status.success() {
+        return Err(Failure::Failed(format!(
+            "the load client failed ({status}): {}",
+            last_lines(&stderr, 5)
+        )));
+    }
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+        Failure::Failed(format!("the load client printed no result ({e}): {line:?}"))
+    })?;
+    let load: LoadResult = serde_json::from_value(value.clone())
+        .map_err(|e| Failure::Failed(format!("the load client's result does not parse: {e}")))?;
+    Ok((load, value))
 }
 
 /// A load client killed if it is still running when dropped (cancellation, failure).
@@ -644,13 +867,6 @@ impl Drop for ClientGuard {
             let _ = self.0.wait();
         }
     }
-}
-
-/// One router's figures at one moment.
-#[derive(Debug)]
-struct Counters {
-    proc: ProcSample,
-    dataplane: WorkerReport,
 }
 
 /// Why a measurement did not produce figures.
@@ -705,23 +921,38 @@ fn sleep_cancellable(d: Duration, cancel: &AtomicBool) -> Result<(), HarnessErro
 }
 
 /// The routers' figures over a window: CPU and datagram counters summed, memory maxed.
-fn router_delta(before: &[Counters], after: &[Counters], ticks_per_s: f64) -> RouterSample {
+fn router_delta(
+    procs_before: &[ProcSample],
+    procs_after: &[ProcSample],
+    reports_before: &[WorkerReport],
+    reports_after: &[WorkerReport],
+    ticks_per_s: f64,
+) -> RouterSample {
     let mut s = RouterSample {
-        processes: after.len(),
+        processes: procs_after.len(),
         ..RouterSample::default()
     };
     let mut ticks = 0u64;
-    for (b, a) in before.iter().zip(after) {
-        ticks += a.proc.cpu_ticks.saturating_sub(b.proc.cpu_ticks);
-        s.peak_rss_kib = s.peak_rss_kib.max(a.proc.peak_rss_kib);
-        let (bd, ad) = (&b.dataplane, &a.dataplane);
-        s.tx_datagrams += ad.udp_tx_datagrams.saturating_sub(bd.udp_tx_datagrams);
-        s.tx_calls += ad.udp_tx_calls.saturating_sub(bd.udp_tx_calls);
-        s.rx_datagrams += ad.udp_rx_datagrams.saturating_sub(bd.udp_rx_datagrams);
-        s.rx_calls += ad.udp_rx_calls.saturating_sub(bd.udp_rx_calls);
+    for (b, a) in procs_before.iter().zip(procs_after) {
+        ticks += a.cpu_ticks.saturating_sub(b.cpu_ticks);
+        s.peak_rss_kib = s.peak_rss_kib.max(a.peak_rss_kib);
+    }
+    for (b, a) in reports_before.iter().zip(reports_after) {
+        s.tx_datagrams += a.udp_tx_datagrams.saturating_sub(b.udp_tx_datagrams);
+        s.tx_calls += a.udp_tx_calls.saturating_sub(b.udp_tx_calls);
+        s.rx_datagrams += a.udp_rx_datagrams.saturating_sub(b.udp_rx_datagrams);
+        s.rx_calls += a.udp_rx_calls.saturating_sub(b.udp_rx_calls);
     }
     s.cpu_s = ticks as f64 / ticks_per_s;
     s
+}
+
+/// The machine's busy and total CPU seconds between two reads of /proc/stat.
+fn machine_delta(before: CpuTicks, after: CpuTicks, ticks_per_s: f64) -> MachineSample {
+    MachineSample {
+        busy_s: after.busy.saturating_sub(before.busy) as f64 / ticks_per_s,
+        total_s: after.total.saturating_sub(before.total) as f64 / ticks_per_s,
+    }
 }
 
 fn workload_arg(w: load::Workload) -> &'static str {
@@ -773,13 +1004,15 @@ fn vxlan_overlay(hosts: &[Host]) -> Result<(), TestbedError> {
     Ok(())
 }
 
-/// Starts a router on every host (each knows all hosts before it), waits until each has
+/// Starts a router on every host (each knows all hosts before it, each on the CPUs
+/// `placement` gives its host), waits until each has
 /// a connection with a verified MTU to every other, carried by the path's overlay (the
 /// sleeve, or the fast datapath). A fast-datapath router that stays on the sleeve fails the
 /// path with its status (which says why) rather than being measured as the fast datapath.
 fn start_routers(
     router: &Router,
     opts: &RunOptions,
+    placement: Option<&PlacementRecord>,
     path: NetPath,
     hosts: &[Host],
     cancel: &AtomicBool,
@@ -792,7 +1025,10 @@ fn start_routers(
     let mut routers: Vec<(Host, Process)> = Vec::new();
     for (i, host) in hosts.iter().enumerate() {
         let peers: Vec<Ipv4Addr> = hosts[..i].iter().map(Host::addr).collect();
-        let mut process = router.launch_with(host, &peers, &extra)?;
+        let cpus = placement.map_or_else(Vec::new, |p| p.router_args(i + 1));
+        let mut args = extra.clone();
+        args.extend(cpus.iter().map(String::as_str));
+        let mut process = router.launch_with(host, &peers, &args)?;
         router.wait_ready(host, &mut process, CONVERGE, cancel)?;
         routers.push((host.clone(), process));
     }
@@ -874,39 +1110,58 @@ fn start_server(
 mod tests {
     use super::*;
 
-    fn counters(ticks: u64, rss: u64, tx: (u64, u64), rx: (u64, u64)) -> Counters {
-        Counters {
-            proc: ProcSample {
-                cpu_ticks: ticks,
-                peak_rss_kib: rss,
-            },
-            dataplane: WorkerReport {
-                udp_tx_datagrams: tx.0,
-                udp_tx_calls: tx.1,
-                udp_rx_datagrams: rx.0,
-                udp_rx_calls: rx.1,
-            },
+    fn proc(ticks: u64, rss: u64) -> ProcSample {
+        ProcSample {
+            cpu_ticks: ticks,
+            peak_rss_kib: rss,
+        }
+    }
+
+    fn report(tx: (u64, u64), rx: (u64, u64)) -> WorkerReport {
+        WorkerReport {
+            udp_tx_datagrams: tx.0,
+            udp_tx_calls: tx.1,
+            udp_rx_datagrams: rx.0,
+            udp_rx_calls: rx.1,
         }
     }
 
     #[test]
     fn router_delta_sums_cpu_and_counters_and_maxes_memory() {
-        let before = [
-            counters(100, 5000, (10, 5), (0, 0)),
-            counters(50, 9000, (0, 0), (7, 7)),
-        ];
-        let after = [
-            counters(150, 6000, (110, 10), (0, 0)),
-            counters(100, 8000, (0, 0), (207, 17)),
-        ];
+        let procs_before = [proc(100, 5000), proc(50, 9000)];
+        let procs_after = [proc(150, 6000), proc(100, 8000)];
+        let reports_before = [report((10, 5), (0, 0)), report((0, 0), (7, 7))];
+        let reports_after = [report((110, 10), (0, 0)), report((0, 0), (207, 17))];
 
-        let d = router_delta(&before, &after, 100.0);
+        let d = router_delta(
+            &procs_before,
+            &procs_after,
+            &reports_before,
+            &reports_after,
+            100.0,
+        );
 
         assert_eq!(d.processes, 2);
         assert!((d.cpu_s - 1.0).abs() < 1e-12);
         assert_eq!(d.peak_rss_kib, 8000);
         assert_eq!((d.tx_datagrams, d.tx_calls), (100, 5));
         assert_eq!((d.rx_datagrams, d.rx_calls), (200, 10));
+    }
+
+    #[test]
+    fn machine_delta_is_in_cpu_seconds() {
+        let before = CpuTicks {
+            busy: 1000,
+            total: 5000,
+        };
+        let after = CpuTicks {
+            busy: 1150,
+            total: 5200,
+        };
+
+        let m = machine_delta(before, after, 100.0);
+
+        assert_eq!((m.busy_s, m.total_s), (1.5, 2.0));
     }
 
     fn options() -> RunOptions {
@@ -919,6 +1174,12 @@ mod tests {
             hosts_per_path: 3,
             subnet: 120,
             router_workers: None,
+            placement: None,
+            search: SearchOptions {
+                trials: 6,
+                seconds: 0.5,
+                warmup: 0.2,
+            },
             quick: false,
             router_bin: PathBuf::from("/nonexistent"),
             load_bin: PathBuf::from("/nonexistent"),
@@ -931,8 +1192,11 @@ mod tests {
         assert!(options().validate().is_ok());
         assert!(options().paths.contains(&NetPath::Fastdp));
         type Change = fn(&mut RunOptions);
-        let cases: [(&str, Change); 6] = [
+        let cases: [(&str, Change); 9] = [
             ("one path", |o| o.paths.clear()),
+            ("--search-trials", |o| o.search.trials = 21),
+            ("--search-seconds", |o| o.search.seconds = 0.0),
+            ("warm-up", |o| o.search.warmup = f64::NAN),
             ("--repeats", |o| o.repeats = 0),
             ("--seconds", |o| o.seconds = f64::NAN),
             ("--warmup", |o| o.warmup = -1.0),
