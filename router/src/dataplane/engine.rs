@@ -611,10 +611,11 @@ impl Engine {
         }
     }
 
-    /// A frame over the path MTU: an IPv4 DF frame gets "fragmentation needed" back.
+    /// A frame over the path MTU: an IPv4 DF frame gets ICMP "fragmentation needed" back, an
+    /// IPv6 frame ICMPv6 "packet too big".
     fn too_big(&mut self, frame: &[u8], mtu: u16, out: &mut Output) {
         self.counters.count_drop(DropCause::TooBig);
-        if let Some(answer) = icmp::frag_needed(frame, mtu) {
+        if let Some(answer) = icmp::too_big(frame, mtu) {
             self.gro.push(&answer, &mut out.tap);
         }
     }
