@@ -79,10 +79,12 @@ pub enum Learned {
     },
 }
 
-/// MAC → owning peer, with last-seen times.
+/// MAC → owning peer, with last-seen times. Hashed with foldhash rather than the
+/// standard library's SipHash: the cache is looked up twice per frame, and foldhash's
+/// per-process random seed still keeps MACs chosen by a pod from colliding on purpose.
 #[derive(Debug, Default, Clone)]
 pub struct MacCache {
-    entries: HashMap<Mac, (PeerName, Instant)>,
+    entries: HashMap<Mac, (PeerName, Instant), foldhash::fast::RandomState>,
 }
 
 impl MacCache {

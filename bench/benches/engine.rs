@@ -1,0 +1,174 @@
+//! The whole frame engine per byte, as a worker runs it between its system calls: a TAP
+//! super-frame (64 KiB TSO, as a pod with MTU 1438 hands it over) switched and cut into
+//! sleeve datagrams for a peer (`tap_to_udp`), and those datagrams received, switched and
+//! coalesced back into TAP writes on the peer (`udp_to_tap`). What the kernel does around
+//! it (copies in and out, the system calls) is not in these figures; `weave-perf` has it.
+#![allow(missing_docs)] // criterion's macros generate undocumented items
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use weave_router::dataplane::engine::{Counters, Engine, PeerPath, Snapshot};
+use weave_router::ids::PeerName;
+use weave_router::switch::Routes;
+use weave_router::wire::eth::{checksum, IpProtocol, Ipv4Packet, TcpFlags, TcpPacket};
+use weave_router::wire::sleeve::{encode_packet, SleeveFrame};
+use weave_router::wire::vnet::{GsoType, VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN};
+
+const MSS: usize = 1398;
+const SEGMENTS: usize = 46;
+const HEADERS: usize = 14 + 20 + 20;
+const POD_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const POD_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+fn name(i: u64) -> PeerName {
+    PeerName::from_u64(0x0200_0000_0000 + i).expect("48 bits")
+}
+
+/// A TAP read: virtio_net_hdr, then a TSO super-frame from pod A to pod B with the
+/// pseudo-header sum in the TCP checksum field (NEEDS_CSUM).
+fn tap_read() -> Vec<u8> {
+    let payload_len = MSS * SEGMENTS;
+    let mut frame = vec![0u8; HEADERS + payload_len];
+    frame[..6].copy_from_slice(&POD_B);
+    frame[6..12].copy_from_slice(&POD_A);
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    let (src, dst) = (Ipv4Addr::new(10, 32, 0, 1), Ipv4Addr::new(10, 32, 0, 2));
+    let mut ip = Ipv4Packet::new_unchecked(&mut frame[14..]);
+    ip.set_version_and_header_len(20);
+    ip.set_total_len((20 + 20 + payload_len) as u16);
+    ip.set_ident(4242);
+    ip.set_flags_and_offset(true, false, 0);
+    ip.set_ttl(64);
+    ip.set_protocol(IpProtocol::Tcp);
+    ip.set_src_addr(src);
+    ip.set_dst_addr(dst);
+    ip.fill_checksum();
+    let mut tcp = TcpPacket::new_unchecked(&mut frame[34..]);
+    tcp.set_src_port(40_000);
+    tcp.set_dst_port(5201);
+    tcp.set_seq_number(1_000_000);
+    tcp.set_ack_number(1);
+    tcp.set_header_len(20);
+    tcp.set_flags(TcpFlags::ACK.with(TcpFlags::PSH));
+    tcp.set_window_len(502);
+    for (i, b) in tcp.payload_mut().iter_mut().enumerate() {
+        *b = (i * 7 + 3) as u8;
+    }
+    tcp.set_checksum(checksum::pseudo_header_v4(
+        src,
+        dst,
+        IpProtocol::Tcp,
+        (20 + payload_len) as u32,
+    ));
+    let hdr = VirtioNetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: GsoType::TcpV4,
+        gso_ecn: false,
+        hdr_len: HEADERS as u16,
+        gso_size: MSS as u16,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    };
+    let mut read = vec![0u8; VNET_HDR_LEN];
+    hdr.emit(&mut read).expect("header fits");
+    read.extend_from_slice(&frame);
+    read
+}
+
+/// An engine for peer `me` whose only peer is `other` at `udp`, both spreading or not.
+fn engine(me: PeerName, other: PeerName, udp: SocketAddr) -> Engine {
+    let mut e = Engine::new(me, Arc::new(Counters::default()));
+    e.set_snapshot(Arc::new(Snapshot {
+        routes: Routes {
+            ourself: me,
+            unicast: BTreeMap::from([(other, other)]),
+            broadcast: BTreeMap::from([(me, vec![other]), (other, vec![])]),
+        },
+        paths: BTreeMap::from([(
+            other,
+            PeerPath {
+                udp,
+                mtu: 1438,
+                spread: true,
+            },
+        )]),
+    }));
+    e
+}
+
+fn engine_bench(c: &mut Criterion) {
+    let (a, b) = (name(1), name(2));
+    let (udp_a, udp_b): (SocketAddr, SocketAddr) = (
+        "10.0.0.1:6783".parse().expect("addr"),
+        "10.0.0.2:6783".parse().expect("addr"),
+    );
+    let mut sender = engine(a, b, udp_b);
+    let mut receiver = engine(b, a, udp_a);
+    let now = Instant::now();
+    // Teach the sender where pod B is, as B's first frame would.
+    let mut hello = vec![0u8; 60];
+    hello[..6].copy_from_slice(&POD_A);
+    hello[6..12].copy_from_slice(&POD_B);
+    hello[12..14].copy_from_slice(&[0x08, 0x06]);
+    let learn = encode_packet(
+        b,
+        &[SleeveFrame {
+            src: b,
+            dst: a,
+            frame: &hello,
+        }],
+    )
+    .expect("encodes");
+    let mut out = sender.output();
+    sender.from_udp(udp_b, &learn, now, &mut out);
+
+    let read = tap_read();
+    let mut out = sender.output();
+    sender.from_tap(&read, now, &mut out);
+    let datagrams: Vec<Vec<u8>> = out
+        .send
+        .runs()
+        .iter()
+        .flat_map(|r| r.buf.chunks(r.segment).map(<[u8]>::to_vec))
+        .collect();
+    assert_eq!(datagrams.len(), SEGMENTS);
+
+    let mut g = c.benchmark_group("engine_tcpv4_64k_mss1398");
+    g.throughput(Throughput::Bytes(read.len() as u64));
+    g.bench_function("tap_to_udp", |bench| {
+        bench.iter(|| {
+            out.send.clear();
+            sender.from_tap(black_box(&read), now, &mut out);
+            out.send.runs().len()
+        })
+    });
+    let mut into_tap = receiver.output();
+    receiver.from_udp(udp_a, &datagrams[0], now, &mut into_tap);
+    receiver.flush(&mut into_tap);
+    into_tap.tap.clear();
+    for d in &datagrams {
+        receiver.from_udp(udp_a, d, now, &mut into_tap);
+    }
+    receiver.flush(&mut into_tap);
+    assert_eq!(into_tap.tap.len(), 1, "coalesced into one TAP write");
+    g.bench_function("udp_to_tap", |bench| {
+        bench.iter(|| {
+            into_tap.tap.clear();
+            for d in &datagrams {
+                receiver.from_udp(udp_a, black_box(d), now, &mut into_tap);
+            }
+            receiver.flush(&mut into_tap);
+            into_tap.tap.len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, engine_bench);
+criterion_main!(benches);
