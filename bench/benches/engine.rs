@@ -3,6 +3,8 @@
 //! sleeve datagrams for a peer (`tap_to_udp`), and those datagrams received, switched and
 //! coalesced back into TAP writes on the peer (`udp_to_tap`). What the kernel does around
 //! it (copies in and out, the system calls) is not in these figures; `weave-perf` has it.
+//! Each runs twice: with complete TCP checksums (`full`, as towards Weave Net peers) and
+//! with partial ones (`partial`, between weave-routers that both offer it).
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
 use std::collections::BTreeMap;
@@ -81,8 +83,9 @@ fn tap_read() -> Vec<u8> {
     read
 }
 
-/// An engine for peer `me` whose only peer is `other` at `udp`, both spreading or not.
-fn engine(me: PeerName, other: PeerName, udp: SocketAddr) -> Engine {
+/// An engine for peer `me` whose only peer is `other` at `udp`, with partial checksums
+/// or not.
+fn engine(me: PeerName, other: PeerName, udp: SocketAddr, partial_csum: bool) -> Engine {
     let mut e = Engine::new(me, Arc::new(Counters::default()));
     e.set_snapshot(Arc::new(Snapshot {
         routes: Routes {
@@ -96,6 +99,7 @@ fn engine(me: PeerName, other: PeerName, udp: SocketAddr) -> Engine {
                 udp,
                 mtu: 1438,
                 spread: true,
+                partial_csum,
             },
         )]),
     }));
@@ -103,13 +107,19 @@ fn engine(me: PeerName, other: PeerName, udp: SocketAddr) -> Engine {
 }
 
 fn engine_bench(c: &mut Criterion) {
+    for (mode, partial) in [("full", false), ("partial", true)] {
+        engine_mode(c, mode, partial);
+    }
+}
+
+fn engine_mode(c: &mut Criterion, mode: &str, partial: bool) {
     let (a, b) = (name(1), name(2));
     let (udp_a, udp_b): (SocketAddr, SocketAddr) = (
         "10.0.0.1:6783".parse().expect("addr"),
         "10.0.0.2:6783".parse().expect("addr"),
     );
-    let mut sender = engine(a, b, udp_b);
-    let mut receiver = engine(b, a, udp_a);
+    let mut sender = engine(a, b, udp_b, partial);
+    let mut receiver = engine(b, a, udp_a, partial);
     let now = Instant::now();
     // Teach the sender where pod B is, as B's first frame would.
     let mut hello = vec![0u8; 60];
@@ -139,7 +149,7 @@ fn engine_bench(c: &mut Criterion) {
         .collect();
     assert_eq!(datagrams.len(), SEGMENTS);
 
-    let mut g = c.benchmark_group("engine_tcpv4_64k_mss1398");
+    let mut g = c.benchmark_group(format!("engine_tcpv4_64k_mss1398_{mode}"));
     g.throughput(Throughput::Bytes(read.len() as u64));
     g.bench_function("tap_to_udp", |bench| {
         bench.iter(|| {

@@ -198,9 +198,12 @@ fn rx_frames_by_worker(router: &Router, host: &Host, from: usize) -> Vec<u64> {
         .collect()
 }
 
-/// host1 and host2 spread (the default), host3 runs `--sleeve-spread off`, as a Weave Net
-/// peer would behave. Sixteen TCP streams host1 → host2 must reach both of host2's
-/// workers; host3 must see sleeve datagrams from and to the mesh port only.
+/// host1 and host2 spread and send partial TCP checksums (the defaults); host3 runs
+/// `--sleeve-spread off --sleeve-checksums full`, as a Weave Net peer would behave, and
+/// reaches host1 only through host2. Sixteen TCP streams host1 → host2 must reach both of
+/// host2's workers; host3 must see sleeve datagrams from and to the mesh port only; and
+/// checked transfers host1 → host3 and back must arrive whole, so host2 finishes partial
+/// checksums for host3 and makes host3's complete ones partial for host1.
 #[test]
 fn one_peer_pairs_traffic_uses_every_worker_and_other_peers_get_the_mesh_port() {
     if !testbed::privileged_or_skip("one_peer_pairs_traffic_uses_every_worker") {
@@ -216,23 +219,34 @@ fn one_peer_pairs_traffic_uses_every_worker_and_other_peers_get_the_mesh_port() 
         chain output { type filter hook output priority 0; udp dport 6783 udp sport != 6783 counter; }
     }";
     h3.run("nft", &[rules]).expect("nft rules on host3");
+    bed.block(&h1, &h3).expect("block host1 <-> host3");
 
     let mut r1 = launch(&router, &h1, &[], "io-uring");
     let mut r2 = launch(&router, &h2, &[h1.addr()], "io-uring");
     let mut r3 = launch_with(
         &router,
         &h3,
-        &[h1.addr(), h2.addr()],
+        &[h2.addr()],
         "io-uring",
-        &["--sleeve-spread", "off"],
+        &["--sleeve-spread", "off", "--sleeve-checksums", "full"],
     );
-    await_sleeve(&router, &h1, &mut r1, 2);
+    await_sleeve(&router, &h1, &mut r1, 1);
     await_sleeve(&router, &h2, &mut r2, 2);
-    await_sleeve(&router, &h3, &mut r3, 2);
+    await_sleeve(&router, &h3, &mut r3, 1);
     assert!(
         r2.log_tail(200).contains("received by source port"),
         "{}",
         r2.log_tail(30)
+    );
+    let log1 = r1.log_tail(200);
+    assert!(
+        log1.contains("sleeve spread over workers on, partial TCP checksums on"),
+        "{log1}"
+    );
+    let log3 = r3.log_tail(200);
+    assert!(
+        log3.contains("sleeve spread over workers off, partial TCP checksums off"),
+        "{log3}"
     );
     let pods = [
         Pod::new(&bed, &h1, 1),
@@ -251,7 +265,7 @@ fn one_peer_pairs_traffic_uses_every_worker_and_other_peers_get_the_mesh_port() 
     }
 
     let before = rx_frames_by_worker(&router, &h2, 1);
-    for (client, server) in [(0, 1), (0, 2), (2, 1)] {
+    for (client, server) in [(0, 1), (2, 1)] {
         let server_ip = pods[server].ip.to_string();
         let listen = pods[server].exec(&["iperf3", "-s", "-1", "-D"]);
         assert!(listen.status.success(), "{listen:?}");
@@ -297,10 +311,30 @@ fn one_peer_pairs_traffic_uses_every_worker_and_other_peers_get_the_mesh_port() 
         vec![0, 0],
         "host3 (no spreading) saw sleeve datagrams from other ports than 6783:\n{counters}"
     );
-    let from_1: u64 = rx_frames_by_worker(&router, &h3, 1).iter().sum();
+    for (from, to) in [(0, 2), (2, 0)] {
+        const BYTES: u64 = 64 << 20;
+        let outcome = Transfer::start(
+            bed.log_dir(),
+            &pods[from],
+            &pods[to],
+            pods[to].ip,
+            BYTES,
+            None,
+        )
+        .expect("transfer")
+        .finish()
+        .expect("transfer output");
+        assert!(
+            outcome.intact(BYTES),
+            "pod{} -> pod{} through host2: {outcome:?}",
+            from + 1,
+            to + 1
+        );
+    }
+    let from_2: u64 = rx_frames_by_worker(&router, &h3, 2).iter().sum();
     assert!(
-        from_1 > 10_000,
-        "host3 received too little from host1: {from_1}"
+        from_2 > 10_000,
+        "host3 received too little from host2: {from_2}"
     );
     drop(pods);
 }

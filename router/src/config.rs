@@ -83,6 +83,12 @@ pub struct LaunchArgs {
     /// peers always get the mesh port. Env: WEAVE_SLEEVE_SPREAD.
     #[arg(long, value_name = "on|off")]
     pub sleeve_spread: Option<String>,
+    /// Checksums of TCP segments between weave-routers: `partial` (the default: the
+    /// pseudo-header sum only, as the sending pod's kernel left it; the outer UDP checksum
+    /// covers the way, and neither router sums the payload) or `full` (complete, as Weave
+    /// Net peers always get them). Env: WEAVE_SLEEVE_CHECKSUMS.
+    #[arg(long, value_name = "partial|full")]
+    pub sleeve_checksums: Option<String>,
     /// Sleeve offloads: `on` (UDP GSO/GRO and TAP TSO/checksum offload, the default) or
     /// `off` (one datagram per system call, frames segmented by the kernel; for measuring
     /// what batching buys). Env: WEAVE_OFFLOAD.
@@ -261,6 +267,8 @@ pub struct Config {
     pub cpus: Option<Vec<usize>>,
     /// Whether workers send to weave-routers from ports of their own (`--sleeve-spread`).
     pub sleeve_spread: bool,
+    /// Whether TCP checksums between weave-routers are partial (`--sleeve-checksums`).
+    pub partial_checksums: bool,
     /// Whether the sleeve batches with UDP GSO/GRO and TAP offloads.
     pub offload: bool,
     /// Address management; `None` when `--ipalloc-range ""` turned it off.
@@ -547,6 +555,19 @@ impl Config {
             None => true,
         };
 
+        let partial_checksums = match pick(
+            &args.sleeve_checksums,
+            "sleeve-checksums",
+            &["WEAVE_SLEEVE_CHECKSUMS"],
+        ) {
+            Some(s) => choose(
+                s,
+                &[("partial", true), ("full", false)],
+                "expected partial or full",
+            )?,
+            None => true,
+        };
+
         let offload = match pick(&args.offload, "offload", &["WEAVE_OFFLOAD"]) {
             Some(s) => choose(s, &[("on", true), ("off", false)], "expected on or off")?,
             None => true,
@@ -601,6 +622,7 @@ impl Config {
             workers,
             cpus,
             sleeve_spread,
+            partial_checksums,
             offload,
             name,
             nickname,

@@ -107,6 +107,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             if spread {
                 mesh = mesh.with_sleeve_spread();
             }
+            if config.partial_checksums {
+                mesh = mesh.with_partial_checksums();
+            }
             let pod_mtu = pod_mtu(config.mtu);
             mesh = match learned {
                 None => {
@@ -743,6 +746,7 @@ impl Shell {
                         udp: p.udp,
                         mtu: p.mtu,
                         spread: p.spread,
+                        partial_csum: p.partial_csum,
                     };
                     (peer, path)
                 })

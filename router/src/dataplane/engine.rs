@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::dataplane::learn::{LearnBus, Learning, Post};
-use crate::dataplane::offload::{gso_split, GroBatch, GroTable, Segments, GRO_DEFAULT_FLOWS};
+use crate::dataplane::offload::{
+    gso_split, make_full, make_partial, Checksums, GroBatch, GroTable, Segments, GRO_DEFAULT_FLOWS,
+};
 use crate::ids::PeerName;
 use crate::switch::{self, DropReason, Learned, Mac, MacCache, Routes};
 use crate::wire::icmp;
@@ -37,6 +39,9 @@ pub struct PeerPath {
     /// Whether each worker sends to it from its own port (the peer steers by source port);
     /// otherwise every datagram leaves from the mesh port, as Weave Net expects.
     pub spread: bool,
+    /// Whether TCP segments travel with partial checksums both ways (see
+    /// [`crate::dataplane::offload`]); otherwise complete, as Weave Net expects.
+    pub partial_csum: bool,
 }
 
 /// What the control plane publishes to the workers; replaced whole, never edited.
@@ -388,6 +393,10 @@ pub struct Engine {
     snapshot: Arc<Snapshot>,
     macs: MacCache,
     segments: Segments,
+    /// How frames from the TAP are split: partial checksums when every peer takes them.
+    tap_checksums: Checksums,
+    /// A frame whose checksum must change for one next hop.
+    scratch: Vec<u8>,
     gro: GroTable,
     counters: Arc<Counters>,
     /// Per-peer counts of this batch, added to the shared counters by [`Engine::publish`].
@@ -419,6 +428,8 @@ impl Engine {
             }),
             macs: MacCache::default(),
             segments: Segments::new(),
+            tap_checksums: Checksums::Full,
+            scratch: Vec::new(),
             gro: GroTable::new(GRO_DEFAULT_FLOWS),
             counters,
             peer_traffic: BTreeMap::new(),
@@ -543,6 +554,12 @@ impl Engine {
 
     /// Switches to a newer snapshot (between batches).
     pub fn set_snapshot(&mut self, snapshot: Arc<Snapshot>) {
+        let partial = !snapshot.paths.is_empty() && snapshot.paths.values().all(|p| p.partial_csum);
+        self.tap_checksums = if partial {
+            Checksums::Partial
+        } else {
+            Checksums::Full
+        };
         self.snapshot = snapshot;
     }
 
@@ -578,7 +595,7 @@ impl Engine {
         };
         let mut segments = std::mem::take(&mut self.segments);
         segments.clear();
-        match gso_split(&hdr, frame, &mut segments) {
+        match gso_split(&hdr, frame, &mut segments, self.tap_checksums) {
             Ok(_) => {
                 for seg in segments.frames() {
                     add(&self.counters.tap_rx_frames, 1);
@@ -607,7 +624,15 @@ impl Engine {
                 self.too_big(frame, path.mtu, out);
                 continue;
             }
-            self.emit(hop.via, *path, self.ourself, hop.dst, frame, out);
+            let checksums = self.tap_checksums;
+            self.emit(
+                hop.via,
+                *path,
+                (self.ourself, hop.dst),
+                frame,
+                checksums,
+                out,
+            );
         }
     }
 
@@ -620,15 +645,31 @@ impl Engine {
         }
     }
 
+    /// Queues `frame` for `path` with frame header `(src, dst)`; `checksums` says how its
+    /// TCP checksum is now, and a copy is changed when the path wants the other way.
     fn emit(
         &mut self,
         via: PeerName,
         path: PeerPath,
-        src: PeerName,
-        dst: PeerName,
+        (src, dst): (PeerName, PeerName),
         frame: &[u8],
+        checksums: Checksums,
         out: &mut Output,
     ) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let frame = match (checksums, path.partial_csum) {
+            (Checksums::Full, false) | (Checksums::Partial, true) => frame,
+            (Checksums::Full, true) | (Checksums::Partial, false) => {
+                scratch.clear();
+                scratch.extend_from_slice(frame);
+                if path.partial_csum {
+                    make_partial(&mut scratch);
+                } else {
+                    make_full(&mut scratch);
+                }
+                &scratch
+            }
+        };
         let mut header = [0u8; PACKET_HEADER_LEN + FRAME_HEADER_LEN];
         header[..PACKET_HEADER_LEN].copy_from_slice(&self.ourself.to_bytes());
         let frame_header = FrameHeader {
@@ -644,6 +685,7 @@ impl Engine {
         let t = self.peer_traffic.entry(via).or_default();
         t.tx_frames += 1;
         t.tx_bytes += frame.len() as u64;
+        self.scratch = scratch;
     }
 
     /// Handles one sleeve datagram from `from`.
@@ -656,7 +698,11 @@ impl Engine {
         };
         let sender = packet.sender();
         let snapshot = Arc::clone(&self.snapshot);
-        let known = snapshot.paths.contains_key(&sender);
+        let (known, checksums) = match snapshot.paths.get(&sender) {
+            Some(p) if p.partial_csum => (true, Checksums::Partial),
+            Some(_) => (true, Checksums::Full),
+            None => (false, Checksums::Full),
+        };
         for frame in packet.into_frames() {
             let Ok(frame) = frame else {
                 self.counters.count_drop(DropCause::BadSleeveHeader);
@@ -694,10 +740,15 @@ impl Engine {
                 continue;
             }
             if decision.deliver_locally {
-                if self.kernel_gro || !self.offload {
-                    out.tap.push_plain(frame.frame);
-                } else {
-                    self.gro.push(frame.frame, &mut out.tap);
+                match (self.kernel_gro || !self.offload, checksums) {
+                    (true, Checksums::Full) => out.tap.push_plain(frame.frame),
+                    (true, Checksums::Partial) => out.tap.push_partial(frame.frame),
+                    (false, Checksums::Full) => {
+                        self.gro.push(frame.frame, &mut out.tap);
+                    }
+                    (false, Checksums::Partial) => {
+                        self.gro.push_partial(frame.frame, &mut out.tap);
+                    }
                 }
             }
             for hop in decision.forward {
@@ -709,7 +760,8 @@ impl Engine {
                     self.counters.count_drop(DropCause::TooBig);
                     continue;
                 }
-                self.emit(hop.via, *path, frame.src, hop.dst, frame.frame, out);
+                let header = (frame.src, hop.dst);
+                self.emit(hop.via, *path, header, frame.frame, checksums, out);
             }
         }
     }
@@ -807,6 +859,7 @@ mod tests {
                         udp: addr("10.0.0.2:6783"),
                         mtu: 1438,
                         spread: false,
+                        partial_csum: false,
                     },
                 ),
                 (
@@ -815,6 +868,7 @@ mod tests {
                         udp: addr("10.0.0.3:6783"),
                         mtu: 1438,
                         spread: false,
+                        partial_csum: false,
                     },
                 ),
             ]),
@@ -883,6 +937,7 @@ mod tests {
                     udp: addr("10.0.0.2:6783"),
                     mtu: 1438,
                     spread: false,
+                    partial_csum: false,
                 },
             )]),
         }));

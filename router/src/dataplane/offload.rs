@@ -33,6 +33,18 @@
 //! - The router verifies every segment's IPv4 and TCP checksum before coalescing (the kernel's
 //!   GRO does the same), so marking the result "partial" vouches only for bytes that were
 //!   checked. Segments that fail are passed through untouched for the kernel to drop.
+//!
+//! # Partial checksums between weave-routers
+//!
+//! Two weave-routers that both offer `SleevePartialCsum` ([`Checksums::Partial`]) send
+//! each other every TCP segment (whatever [`locate_l4`] finds TCP in) with the pseudo-header
+//! sum in its checksum field, as the sending pod's kernel left it, instead of a complete
+//! checksum: neither end sums the payload, as on a kernel path between two pods, where a
+//! CHECKSUM_PARTIAL skb is never summed either. The datagram's outer UDP checksum, which the
+//! receiving kernel or NIC checks, covers the frame on the way. The receiver trusts such
+//! segments ([`GroTable::push_partial`]) and hands them to its TAP with NEEDS_CSUM; a frame
+//! relayed to a peer that wants complete checksums is finished first ([`make_full`]), and
+//! one that arrived complete is made partial for a peer that wants that ([`make_partial`]).
 
 use std::mem;
 use std::ops::Range;
@@ -41,10 +53,63 @@ use thiserror::Error;
 
 use crate::wire::eth::{
     checksum, locate_l4, EtherType, EthernetFrame, HeaderError, IpProtocol, Ipv4Packet, Ipv6Packet,
-    TcpFlags, TcpPacket, UdpPacket, ETHERNET_HEADER_LEN, IPV6_HEADER_LEN, TCP_CHECKSUM_OFFSET,
-    UDP_CHECKSUM_OFFSET, UDP_HEADER_LEN,
+    L4Location, TcpFlags, TcpPacket, UdpPacket, ETHERNET_HEADER_LEN, IPV6_HEADER_LEN,
+    TCP_CHECKSUM_OFFSET, UDP_CHECKSUM_OFFSET, UDP_HEADER_LEN,
 };
 use crate::wire::vnet::{GsoType, VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN};
+
+/// How TCP checksums leave [`gso_split`] and travel to a peer (see the module head).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksums {
+    /// Complete, as Weave Net peers need them.
+    Full,
+    /// The pseudo-header sum only (CHECKSUM_PARTIAL), between weave-routers.
+    Partial,
+}
+
+/// Where a TCP segment's header starts and its pseudo-header sum, if `frame` carries one
+/// that travels with a partial checksum.
+fn partial_tcp(frame: &[u8]) -> Option<L4Location> {
+    let loc = locate_l4(frame).ok()?;
+    (loc.protocol == IpProtocol::Tcp).then_some(loc)
+}
+
+/// Puts the pseudo-header sum in a TCP segment's checksum field; returns whether `frame`
+/// is a TCP segment (anything else is left alone).
+pub fn make_partial(frame: &mut [u8]) -> bool {
+    let Some(loc) = partial_tcp(frame) else {
+        return false;
+    };
+    let at = loc.l4_offset + TCP_CHECKSUM_OFFSET;
+    frame[at..at + 2].copy_from_slice(&loc.pseudo_header.to_be_bytes());
+    true
+}
+
+/// Completes a TCP segment's partial checksum (the field holds the pseudo-header sum);
+/// returns whether `frame` is a TCP segment (anything else is left alone).
+pub fn make_full(frame: &mut [u8]) -> bool {
+    let Some(loc) = partial_tcp(frame) else {
+        return false;
+    };
+    let segment = &mut frame[loc.l4_offset..loc.l4_offset + loc.l4_len];
+    let value = !checksum::data(segment);
+    segment[TCP_CHECKSUM_OFFSET..TCP_CHECKSUM_OFFSET + 2].copy_from_slice(&value.to_be_bytes());
+    true
+}
+
+/// The virtio_net_hdr for writing one TCP segment with a partial checksum to the TAP.
+fn partial_header(loc: &L4Location) -> VirtioNetHdr {
+    VirtioNetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: GsoType::None,
+        gso_ecn: false,
+        hdr_len: 0,
+        gso_size: 0,
+        csum_start: loc.l4_offset as u16,
+        csum_offset: TCP_CHECKSUM_OFFSET as u16,
+        num_buffers: 0,
+    }
+}
 
 /// Why a frame read from the TAP could not be split. The data plane counts each as a drop
 /// reason; none of them is a reason to stop.
@@ -189,8 +254,14 @@ impl Segments {
 /// the kernel's `hdr_len` is only a hint: each segment is at most `hdr_len + gso_size`
 /// bytes whenever `hdr_len` covers the headers, as the kernel's does). A NONE frame with
 /// NEEDS_CSUM has its partial checksum finished; any other NONE frame is copied unchanged.
-/// On error nothing is appended.
-pub fn gso_split(hdr: &VirtioNetHdr, frame: &[u8], out: &mut Segments) -> Result<usize, GsoError> {
+/// On error nothing is appended. With [`Checksums::Partial`], TCP segments get the
+/// pseudo-header sum instead of a complete checksum (UDP still gets a complete one).
+pub fn gso_split(
+    hdr: &VirtioNetHdr,
+    frame: &[u8],
+    out: &mut Segments,
+    checksums: Checksums,
+) -> Result<usize, GsoError> {
     if usize::from(hdr.hdr_len) > frame.len() {
         return Err(GsoError::HdrLenBeyondFrame {
             hdr_len: hdr.hdr_len,
@@ -199,8 +270,10 @@ pub fn gso_split(hdr: &VirtioNetHdr, frame: &[u8], out: &mut Segments) -> Result
     }
     let mark = out.mark();
     let result = match hdr.gso_type {
-        GsoType::None => split_none(hdr, frame, out),
-        GsoType::TcpV4 | GsoType::TcpV6 | GsoType::UdpL4 => split_segments(hdr, frame, out),
+        GsoType::None => split_none(hdr, frame, out, checksums),
+        GsoType::TcpV4 | GsoType::TcpV6 | GsoType::UdpL4 => {
+            split_segments(hdr, frame, out, checksums)
+        }
         GsoType::Udp | GsoType::Unknown(_) => Err(GsoError::UnsupportedGsoType(hdr.gso_type)),
     };
     if result.is_err() {
@@ -209,13 +282,29 @@ pub fn gso_split(hdr: &VirtioNetHdr, frame: &[u8], out: &mut Segments) -> Result
     result
 }
 
-fn split_none(hdr: &VirtioNetHdr, frame: &[u8], out: &mut Segments) -> Result<usize, GsoError> {
+fn split_none(
+    hdr: &VirtioNetHdr,
+    frame: &[u8],
+    out: &mut Segments,
+    checksums: Checksums,
+) -> Result<usize, GsoError> {
     if hdr.gso_ecn {
         return Err(GsoError::EcnWithoutTcp(hdr.gso_type));
     }
     let start = out.begin_record();
     out.buf.extend_from_slice(frame);
     let copy = out.finish_record(start);
+    if checksums == Checksums::Partial {
+        if let Some(loc) = partial_tcp(copy) {
+            let in_place = hdr.needs_csum()
+                && usize::from(hdr.csum_start) == loc.l4_offset
+                && usize::from(hdr.csum_offset) == TCP_CHECKSUM_OFFSET;
+            if !in_place {
+                make_partial(copy);
+            }
+            return Ok(1);
+        }
+    }
     if hdr.needs_csum() {
         let from = usize::from(hdr.csum_start);
         let at = from + usize::from(hdr.csum_offset);
@@ -235,7 +324,12 @@ fn split_none(hdr: &VirtioNetHdr, frame: &[u8], out: &mut Segments) -> Result<us
     Ok(1)
 }
 
-fn split_segments(hdr: &VirtioNetHdr, frame: &[u8], out: &mut Segments) -> Result<usize, GsoError> {
+fn split_segments(
+    hdr: &VirtioNetHdr,
+    frame: &[u8],
+    out: &mut Segments,
+    checksums: Checksums,
+) -> Result<usize, GsoError> {
     let gso_type = hdr.gso_type;
     let loc = locate_l4(frame).map_err(|e| match e {
         HeaderError::NotIp(_) | HeaderError::NotTcpOrUdp(_) => {
@@ -320,6 +414,7 @@ fn split_segments(hdr: &VirtioNetHdr, frame: &[u8], out: &mut Segments) -> Resul
             ip.set_payload_len((ip_hdr_len - IPV6_HEADER_LEN + l4_len) as u16);
         }
         let pseudo = checksum::add(pseudo_base, l4_len as u16);
+        let partial = is_tcp && checksums == Checksums::Partial;
         let l4 = &mut seg[loc.l4_offset..];
         if is_tcp {
             let mut tcp = TcpPacket::new_unchecked(&mut *l4);
@@ -332,11 +427,14 @@ fn split_segments(hdr: &VirtioNetHdr, frame: &[u8], out: &mut Segments) -> Resul
                 flags = flags.without(TcpFlags::CWR);
             }
             tcp.set_flags(flags);
-            tcp.set_checksum(0);
+            tcp.set_checksum(if partial { pseudo } else { 0 });
         } else {
             let mut udp = UdpPacket::new_unchecked(&mut *l4);
             udp.set_len(l4_len as u16);
             udp.set_checksum(0);
+        }
+        if partial {
+            continue;
         }
         // Sum the header copy and the payload from the source, where it is still in cache.
         let sum = checksum::combine(&[
@@ -439,6 +537,25 @@ impl GroBatch {
         buf.extend_from_slice(frame);
         self.ready.push(buf);
     }
+
+    /// Appends a frame from a peer that sends partial checksums, unchanged: a TCP segment
+    /// behind a NEEDS_CSUM header, anything else behind a zero header.
+    pub fn push_partial(&mut self, frame: &[u8]) {
+        let mut buf = self.take_spare();
+        match partial_tcp(frame) {
+            Some(loc) => buf.extend_from_slice(&partial_header(&loc).to_bytes()),
+            None => buf.extend_from_slice(&[0u8; VNET_HDR_LEN]),
+        }
+        buf.extend_from_slice(frame);
+        self.ready.push(buf);
+    }
+
+    fn push_as(&mut self, frame: &[u8], checksums: Checksums) {
+        match checksums {
+            Checksums::Full => self.push_plain(frame),
+            Checksums::Partial => self.push_partial(frame),
+        }
+    }
 }
 
 /// Coalesces consecutive in-order TCP segments of a flow into super-frames.
@@ -485,6 +602,8 @@ struct Slot {
     next_seq: u32,
     cwr: bool,
     born: u64,
+    /// The segments came with partial checksums (trusted, not verified).
+    checksums: Option<Checksums>,
 }
 
 /// A TCP segment that may be coalesced, with the offsets the table needs.
@@ -497,6 +616,7 @@ struct Candidate<'a> {
     seq: u32,
     flags: TcpFlags,
     eligible: bool,
+    checksums: Checksums,
 }
 
 enum Class<'a> {
@@ -532,19 +652,29 @@ impl GroTable {
         self.slots.iter().filter(|s| s.active).count()
     }
 
-    /// Takes one Ethernet frame (with a complete checksum, as peers send them). Whatever
-    /// becomes ready goes to `out`; the rest waits for a later frame or [`flush`].
+    /// Takes one Ethernet frame (with a complete checksum, as Weave Net peers send them).
+    /// Whatever becomes ready goes to `out`; the rest waits for a later frame or [`flush`].
     ///
     /// [`flush`]: GroTable::flush
     pub fn push(&mut self, frame: &[u8], out: &mut GroBatch) -> GroOutcome {
-        let candidate = match classify(frame) {
+        self.push_with(frame, out, Checksums::Full)
+    }
+
+    /// [`GroTable::push`] for a frame from a peer that sends TCP segments with partial
+    /// checksums: they are trusted, not verified, and reach the TAP with NEEDS_CSUM.
+    pub fn push_partial(&mut self, frame: &[u8], out: &mut GroBatch) -> GroOutcome {
+        self.push_with(frame, out, Checksums::Partial)
+    }
+
+    fn push_with(&mut self, frame: &[u8], out: &mut GroBatch, checksums: Checksums) -> GroOutcome {
+        let candidate = match classify(frame, checksums) {
             Class::Unrelated => {
-                out.push_plain(frame);
+                out.push_as(frame, checksums);
                 return GroOutcome::Passed;
             }
             Class::Opaque => {
                 self.flush(out);
-                out.push_plain(frame);
+                out.push_as(frame, checksums);
                 return GroOutcome::Passed;
             }
             Class::Tcp(candidate) => candidate,
@@ -557,7 +687,7 @@ impl GroTable {
             if let Some(index) = found {
                 self.flush_slot(index, out);
             }
-            out.push_plain(frame);
+            out.push_as(frame, checksums);
             return GroOutcome::Passed;
         }
         if let Some(index) = found {
@@ -572,7 +702,7 @@ impl GroTable {
         }
         if candidate.flags.contains(TcpFlags::PSH) {
             // A pushed segment ends its super-frame, so on its own it is one already.
-            out.push_plain(frame);
+            out.push_as(frame, checksums);
             return GroOutcome::Passed;
         }
         let index = self.free_slot(out);
@@ -614,6 +744,12 @@ impl GroTable {
         slot.active = false;
         if slot.segments > 1 {
             slot.finish();
+        } else if slot.checksums == Some(Checksums::Partial) {
+            // One segment alone keeps its partial checksum: the TAP must be told.
+            if let Some(loc) = partial_tcp(slot.frame()) {
+                let hdr = partial_header(&loc).to_bytes();
+                slot.buf[..VNET_HDR_LEN].copy_from_slice(&hdr);
+            }
         }
         let fresh = out.take_spare();
         let full = mem::replace(&mut slot.buf, fresh);
@@ -635,6 +771,7 @@ impl Slot {
         self.next_seq = c.seq.wrapping_add(c.payload_len as u32);
         self.cwr = c.flags.contains(TcpFlags::CWR);
         self.born = born;
+        self.checksums = Some(c.checksums);
     }
 
     fn frame(&self) -> &[u8] {
@@ -643,6 +780,7 @@ impl Slot {
 
     fn can_merge(&self, c: &Candidate<'_>) -> bool {
         if c.seq != self.next_seq
+            || Some(c.checksums) != self.checksums
             || c.payload_len > self.mss
             || c.headers_end != self.headers_end
             || c.l4_offset != self.l4_offset
@@ -760,7 +898,7 @@ fn eq_except(a: &[u8], b: &[u8], skip: &[Range<usize>]) -> bool {
     a[from..] == b[from..]
 }
 
-fn classify(frame: &[u8]) -> Class<'_> {
+fn classify(frame: &[u8], checksums: Checksums) -> Class<'_> {
     let Ok(eth) = EthernetFrame::new_checked(frame) else {
         return Class::Unrelated;
     };
@@ -791,7 +929,15 @@ fn classify(frame: &[u8]) -> Class<'_> {
                     len as u32,
                 )
             };
-            tcp_candidate(frame, key, l4_offset, ip.payload(), ip_ok, pseudo)
+            tcp_candidate(
+                frame,
+                key,
+                l4_offset,
+                ip.payload(),
+                ip_ok,
+                pseudo,
+                checksums,
+            )
         }
         EtherType::Ipv6 => {
             let Ok(ip) = Ipv6Packet::new_checked(eth.payload()) else {
@@ -827,6 +973,7 @@ fn classify(frame: &[u8]) -> Class<'_> {
                 ip.payload(),
                 ip_ok,
                 pseudo,
+                checksums,
             )
         }
         EtherType::Arp | EtherType::Unknown(_) => Class::Unrelated,
@@ -840,6 +987,7 @@ fn tcp_candidate<'a>(
     segment: &[u8],
     ip_ok: bool,
     pseudo: impl Fn(usize) -> u16,
+    checksums: Checksums,
 ) -> Class<'a> {
     let Ok(tcp) = TcpPacket::new_checked(segment) else {
         return Class::Unrelated;
@@ -855,7 +1003,7 @@ fn tcp_candidate<'a>(
     let eligible = ip_ok
         && payload_len > 0
         && flags.without(allowed) == TcpFlags::default()
-        && tcp.verify_checksum(pseudo(segment.len()));
+        && (checksums == Checksums::Partial || tcp.verify_checksum(pseudo(segment.len())));
     Class::Tcp(Candidate {
         frame,
         key,
@@ -865,6 +1013,7 @@ fn tcp_candidate<'a>(
         seq: tcp.seq_number(),
         flags,
         eligible,
+        checksums,
     })
 }
 
@@ -1133,7 +1282,7 @@ mod tests {
 
     fn split(hdr: &VirtioNetHdr, frame: &[u8]) -> Vec<Vec<u8>> {
         let mut out = Segments::new();
-        gso_split(hdr, frame, &mut out).unwrap();
+        gso_split(hdr, frame, &mut out, Checksums::Full).unwrap();
         out.frames().map(<[u8]>::to_vec).collect()
     }
 
@@ -1273,7 +1422,7 @@ mod tests {
         };
         let mut out = Segments::new();
 
-        let result = gso_split(&hdr, &frame, &mut out);
+        let result = gso_split(&hdr, &frame, &mut out, Checksums::Full);
 
         assert_eq!(result, Err(GsoError::BadHeaders(HeaderError::Fragment)));
         assert!(out.is_empty());
@@ -1284,7 +1433,7 @@ mod tests {
         let (hdr, frame) = super_frame(&simple_flow(), &pattern(3000, 1), 1398);
         let mut out = Segments::with_headroom(20);
 
-        let n = gso_split(&hdr, &frame, &mut out).unwrap();
+        let n = gso_split(&hdr, &frame, &mut out, Checksums::Full).unwrap();
         out.record_mut(1).unwrap()[..20].copy_from_slice(&[9; 20]);
 
         assert_eq!(n, 3);
@@ -1382,7 +1531,7 @@ mod tests {
     fn inconsistent_headers_are_named_errors_and_append_nothing() {
         let (hdr, frame) = super_frame(&simple_flow(), &pattern(3000, 2), 1398);
         let mut out = Segments::new();
-        gso_split(&hdr, &frame, &mut out).unwrap();
+        gso_split(&hdr, &frame, &mut out, Checksums::Full).unwrap();
         let before = out.as_bytes().to_vec();
         let cases: Vec<(VirtioNetHdr, Vec<u8>, GsoError)> = vec![
             (
@@ -1470,7 +1619,10 @@ mod tests {
         ];
 
         for (bad, bytes, want) in cases {
-            assert_eq!(gso_split(&bad, &bytes, &mut out), Err(want));
+            assert_eq!(
+                gso_split(&bad, &bytes, &mut out, Checksums::Full),
+                Err(want)
+            );
         }
 
         assert_eq!(out.as_bytes(), &before[..]);
@@ -1680,6 +1832,68 @@ mod tests {
             }
         }
 
+        /// Between two weave-routers with partial checksums: split without summing, and
+        /// every segment is the full split's with the pseudo-header sum in place of the
+        /// checksum ([`make_full`] gives the full split's back); coalescing them untrusted
+        /// would refuse them, trusted gives the super-frame back byte for byte, and one
+        /// segment alone reaches the TAP with NEEDS_CSUM at its TCP header.
+        #[test]
+        fn partial_checksums_split_and_coalesce_without_summing(
+            flow in arb_flow(),
+            len in arb_payload_len(),
+            mss in prop_oneof![8u16..200, 500u16..=1500],
+            seed in any::<u64>(),
+        ) {
+            let payload = pattern(len.min(max_payload(&flow)), seed);
+            let (hdr, frame) = super_frame(&flow, &payload, mss);
+            let full = split(&hdr, &frame);
+            let mut partial = Segments::new();
+            gso_split(&hdr, &frame, &mut partial, Checksums::Partial).unwrap();
+            let partial: Vec<Vec<u8>> = partial.frames().map(<[u8]>::to_vec).collect();
+            prop_assert_eq!(partial.len(), full.len());
+            for (p, f) in partial.iter().zip(&full) {
+                let loc = locate_l4(p).unwrap();
+                let at = loc.l4_offset + TCP_CHECKSUM_OFFSET;
+                prop_assert_eq!(&p[..at], &f[..at]);
+                prop_assert_eq!(&p[at + 2..], &f[at + 2..]);
+                prop_assert_eq!(u16::from_be_bytes([p[at], p[at + 1]]), loc.pseudo_header);
+                let mut finished = p.clone();
+                prop_assert!(make_full(&mut finished));
+                prop_assert_eq!(&finished, f);
+                let mut again = f.clone();
+                prop_assert!(make_partial(&mut again));
+                prop_assert_eq!(&again, p);
+            }
+
+            let mut gro = GroTable::default();
+            let mut out = GroBatch::new();
+            for seg in &partial {
+                gro.push_partial(seg, &mut out);
+            }
+            gro.flush(&mut out);
+            let got = items(&out);
+            prop_assert_eq!(got.len(), 1);
+            if partial.len() > 1 {
+                prop_assert_eq!(&got[0].0, &hdr);
+                prop_assert_eq!(&got[0].1, &frame);
+            } else {
+                let loc = locate_l4(&partial[0]).unwrap();
+                prop_assert_eq!(got[0].0.flags, VIRTIO_NET_HDR_F_NEEDS_CSUM);
+                prop_assert_eq!(usize::from(got[0].0.csum_start), loc.l4_offset);
+                prop_assert_eq!(usize::from(got[0].0.csum_offset), TCP_CHECKSUM_OFFSET);
+                prop_assert_eq!(&got[0].1, &partial[0]);
+            }
+            if partial.len() > 1 && payload.len() >= 2 {
+                // Untrusted, a partial checksum does not verify: nothing merges.
+                let mut out = GroBatch::new();
+                for seg in &partial {
+                    gro.push(seg, &mut out);
+                }
+                gro.flush(&mut out);
+                prop_assert_eq!(out.len(), partial.len());
+            }
+        }
+
         /// Interleaved flows, pure ACKs and non-IP frames through a small table: after
         /// splitting whatever GRO emits again, every flow's frames come out exactly as they
         /// went in, in the same order.
@@ -1755,7 +1969,7 @@ mod tests {
         ) {
             let hdr = VirtioNetHdr::parse(&raw_hdr).unwrap();
             let mut out = Segments::with_headroom(3);
-            let _ = gso_split(&hdr, &bytes, &mut out);
+            let _ = gso_split(&hdr, &bytes, &mut out, Checksums::Full);
         }
 
         /// Valid super-frames with random bytes and header fields changed: never a panic; a
@@ -1784,7 +1998,7 @@ mod tests {
                 _ => {}
             }
             let mut out = Segments::new();
-            let Ok(n) = gso_split(&hdr, &frame, &mut out) else {
+            let Ok(n) = gso_split(&hdr, &frame, &mut out, Checksums::Full) else {
                 prop_assert!(out.is_empty());
                 return Ok(());
             };

@@ -54,6 +54,12 @@ pub const TOPOLOGY_CHANNEL: &str = "topology";
 pub const SPREAD_FEATURE: &str = "SleeveSpread";
 /// The only version of [`SPREAD_FEATURE`] so far.
 pub const SPREAD_VERSION: &str = "1";
+/// The feature-map key with which a weave-router says it sends and takes TCP segments
+/// with partial checksums (the pseudo-header sum only) over the sleeve; see
+/// [`crate::dataplane::offload`]. Weave Net does not send it and always gets complete ones.
+pub const PARTIAL_CSUM_FEATURE: &str = "SleevePartialCsum";
+/// The only version of [`PARTIAL_CSUM_FEATURE`] so far.
+pub const PARTIAL_CSUM_VERSION: &str = "1";
 
 /// How the sleeve reaches a directly connected peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +70,8 @@ pub struct SleevePeer {
     pub mtu: u16,
     /// Whether both ends offer [`SPREAD_FEATURE`].
     pub spread: bool,
+    /// Whether both ends offer [`PARTIAL_CSUM_FEATURE`].
+    pub partial_csum: bool,
 }
 
 /// What the mesh needs to know about ourself and its limits.
@@ -283,6 +291,8 @@ struct Conn {
     no_fastdp: Option<String>,
     /// Whether both ends spread sleeve traffic over their workers ([`SPREAD_FEATURE`]).
     spread: bool,
+    /// Whether both ends use partial TCP checksums ([`PARTIAL_CSUM_FEATURE`]).
+    partial_csum: bool,
 }
 
 impl Conn {
@@ -321,6 +331,7 @@ pub struct Mesh {
     fastdp_off: Option<String>,
     fastdp_moves: u64,
     spread: bool,
+    partial_csum: bool,
     generation: u64,
     channels: BTreeSet<String>,
     channel_events: VecDeque<ChannelEvent>,
@@ -368,6 +379,7 @@ impl Mesh {
             fastdp_off: None,
             fastdp_moves: 0,
             spread: false,
+            partial_csum: false,
             generation: 0,
             channels: BTreeSet::new(),
             channel_events: VecDeque::new(),
@@ -402,6 +414,13 @@ impl Mesh {
     /// too may do the same towards us.
     pub fn with_sleeve_spread(mut self) -> Self {
         self.spread = true;
+        self
+    }
+
+    /// Offers [`PARTIAL_CSUM_FEATURE`]: this router's data plane sends TCP segments with
+    /// partial checksums to peers that offer it too, and takes them from those peers.
+    pub fn with_partial_checksums(mut self) -> Self {
+        self.partial_csum = true;
         self
     }
 
@@ -520,6 +539,7 @@ impl Mesh {
                     udp: sc.udp()?,
                     mtu: sc.mtu()?,
                     spread: c.spread,
+                    partial_csum: c.partial_csum,
                 };
                 Some((*name, peer))
             })
@@ -933,6 +953,7 @@ impl Mesh {
                 fastdp: None,
                 no_fastdp: None,
                 spread: false,
+                partial_csum: false,
             },
         );
         key
@@ -1045,6 +1066,9 @@ impl Mesh {
         if self.spread {
             f.insert(SPREAD_FEATURE.into(), SPREAD_VERSION.into());
         }
+        if self.partial_csum {
+            f.insert(PARTIAL_CSUM_FEATURE.into(), PARTIAL_CSUM_VERSION.into());
+        }
         f
     }
 
@@ -1082,6 +1106,8 @@ impl Mesh {
         c.holds_ref = true;
         c.spread =
             self.spread && features.get(SPREAD_FEATURE).map(String::as_str) == Some(SPREAD_VERSION);
+        c.partial_csum = self.partial_csum
+            && features.get(PARTIAL_CSUM_FEATURE).map(String::as_str) == Some(PARTIAL_CSUM_VERSION);
         c.remote = Some(Remote {
             name: remote.name,
             nickname: remote.nickname.clone(),
@@ -1100,6 +1126,15 @@ impl Mesh {
         self.info(format!(
             "{prefix}: connection ready; using protocol version 2"
         ));
+        if self.sleeve_mtu.is_some() {
+            let c = &self.conns[&key];
+            let on_off = |on: bool| if on { "on" } else { "off" };
+            self.info(format!(
+                "{prefix}: sleeve spread over workers {}, partial TCP checksums {}",
+                on_off(c.spread),
+                on_off(c.partial_csum)
+            ));
+        }
         self.add_connection(key, remote.name, restarted, now)?;
         if self.conns.get(&key).is_some_and(|c| c.outbound) {
             self.maker.connection_created(addr);
