@@ -56,6 +56,7 @@ fn gso_sends_arrive_through_gro_complete_and_in_order_with_recycled_buffers() {
                     Some(dest),
                     bufs,
                     Some(SEGMENT as u16),
+                    0,
                 )
                 .expect("queue sendmsg");
             }
@@ -118,6 +119,7 @@ fn one_sendmsg_cannot_carry_64_segments_of_1400_bytes() {
             Some(rx.local_addr().unwrap()),
             payload,
             Some(SEGMENT as u16),
+            0,
         )
         .unwrap();
 
@@ -153,6 +155,7 @@ fn an_empty_buffer_ring_ends_the_receive_with_enobufs_and_it_is_rearmed() {
                 Some(dest),
                 bufs,
                 Some(SEGMENT as u16),
+                0,
             )
             .unwrap();
         }
@@ -256,6 +259,7 @@ fn registered_files_carry_sends_and_receives() {
             Some(rx.local_addr().unwrap()),
             vec![TxBuf::Owned(b"through the file table".to_vec())],
             None,
+            0,
         )
         .unwrap();
         let mut got = None;
@@ -421,6 +425,7 @@ fn shutdown_cancels_and_drains_operations_in_flight() {
                 None,
                 vec![TxBuf::Owned(vec![9; 5])],
                 None,
+                0,
             )
             .unwrap_err();
         assert!(matches!(rejected.error, UringError::ShutDown));
@@ -584,6 +589,7 @@ fn burst(count: u64, gso: bool) -> Figures {
                 Some(dest),
                 vec![TxBuf::Owned(payload)],
                 gso.then_some(SEGMENT as u16),
+                0,
             )
             .unwrap();
             send_sqes += 1;

@@ -97,7 +97,7 @@ fn run(mut engine: Engine, io: &WorkerIo) -> Result<(), UringError> {
                 Ok(ToWorker::Send(d)) => {
                     let bufs = vec![TxBuf::Owned(d.datagram)];
                     if ring
-                        .sendmsg(Target::Fd(udp_fd), Some(d.to), bufs, None)
+                        .sendmsg(Target::Fd(udp_fd), Some(d.to), bufs, None, 0)
                         .is_ok()
                     {
                         engine
@@ -191,7 +191,7 @@ fn submit(ring: &mut Ring, udp_fds: [RawFd; 2], tap_fd: RawFd, out: &mut Output,
         let segment = (run.count > 1).then_some(run.segment as u16);
         let bufs = vec![TxBuf::Owned(run.buf)];
         let fd = udp_fds[usize::from(run.spread)];
-        match ring.sendmsg(Target::Fd(fd), Some(run.to), bufs, segment) {
+        match ring.sendmsg(Target::Fd(fd), Some(run.to), bufs, segment, 0) {
             Ok(_) => {
                 c.udp_tx_calls.fetch_add(1, Ordering::Relaxed);
                 c.udp_tx_datagrams

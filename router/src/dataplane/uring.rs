@@ -726,12 +726,15 @@ impl Ring {
     /// Queues one `sendmsg` of the concatenated `bufs` to `dest` (`None` on a connected
     /// socket). With `gso_size`, a `UDP_SEGMENT` control message makes the kernel cut the
     /// payload into datagrams of that size (the last may be shorter); see [`max_gso_segments`].
+    /// `flags` are `sendmsg`'s `MSG_*` flags: with `MSG_DONTWAIT`, a full send buffer fails the
+    /// send with `EAGAIN` at once; without, the send waits in the kernel until there is room.
     pub fn sendmsg(
         &mut self,
         target: Target,
         dest: Option<SocketAddr>,
         bufs: Vec<TxBuf>,
         gso_size: Option<u16>,
+        flags: libc::c_int,
     ) -> Result<OpId, Rejected> {
         if self.state != RingState::Running {
             return Err(Rejected {
@@ -744,7 +747,9 @@ impl Ring {
         let id = self.slab.insert(OpKind::SendMsg, Op::Send(state));
         let entry = match self.slab.get(id) {
             Some(Op::Send(state)) => {
-                build_on!(target, |fd| opcode::SendMsg::new(fd, &state.hdr).build())
+                build_on!(target, |fd| opcode::SendMsg::new(fd, &state.hdr)
+                    .flags(flags as u32)
+                    .build())
             }
             Some(_) | None => unreachable!("slot {id:?} was just filled with a send"),
         };
