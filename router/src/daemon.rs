@@ -22,9 +22,12 @@ use crate::api::{self, ApiRequest, ApiState};
 use crate::cli::http::io_reason;
 use crate::config::{Config, Dataplane};
 use crate::dataplane::engine::{ControlFrame, DataplaneCounters, PeerPath, Snapshot};
-use crate::dataplane::epoll::{self, ToWorker};
 use crate::dataplane::learn::LearnBus;
 use crate::dataplane::plumbing;
+use crate::dataplane::supervise::{RestartPolicy, Supervisor};
+use crate::dataplane::worker::{
+    self, Backend, WorkerExit, WorkerLimits, WorkerSetup, WorkerSockets,
+};
 use crate::fastdp::shell::FastdpShell;
 use crate::ids::PeerUid;
 use crate::ipam::shell::IpamShell;
@@ -88,21 +91,20 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             None
         }
     };
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let (control_tx, control_rx) = mpsc::channel(worker::CONTROL_QUEUE);
+    let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let (fastdp_tx, fastdp_rx) = mpsc::channel(crate::fastdp::shell::FRAME_QUEUE);
     let mut fastdp = None;
-    let (workers, dataplane_counters) = match config.dataplane {
+    let mut workers = Supervisor::new(control_tx, exits_tx, RestartPolicy::default());
+    let dataplane_counters = match config.dataplane {
         Dataplane::None => {
             info!("No data plane: connections establish on the TCP handshake");
-            (Vec::new(), None)
+            None
         }
         Dataplane::Epoll | Dataplane::IoUring | Dataplane::Auto => {
             let backend = choose_backend(config.dataplane);
-            let StartedDataplane {
-                workers,
-                learned,
-                spread,
-            } = start_dataplane(&config, backend, control_tx, !config.no_fastdp).await?;
+            let StartedDataplane { learned, spread } =
+                start_dataplane(&config, backend, &mut workers, !config.no_fastdp).await?;
             mesh = mesh.with_sleeve(underlay_mtu(config.mtu));
             if spread {
                 mesh = mesh.with_sleeve_spread();
@@ -133,9 +135,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             };
             let counters = DataplaneCounters {
                 backend: backend.name(),
-                workers: workers.iter().map(|w| Arc::clone(&w.counters)).collect(),
+                workers: workers.counters(),
             };
-            (workers, Some(Arc::new(counters)))
+            Some(Arc::new(counters))
         }
     };
 
@@ -228,7 +230,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         ipam,
         fastdp,
     };
-    let signal = shell.run(io_rx, api_rx, control_rx, fastdp_rx).await?;
+    let signal = shell
+        .run(io_rx, api_rx, control_rx, exits_rx, fastdp_rx)
+        .await?;
     info!("=== received {signal} ===");
 
     acceptor.abort();
@@ -239,9 +243,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     if let Some(f) = shell.fastdp.take() {
         f.stop();
     }
-    for w in std::mem::take(&mut shell.workers) {
-        w.stop();
-    }
+    shell.workers.stop();
     let writers = shell.close_all();
     let wait = async {
         for w in writers {
@@ -328,22 +330,6 @@ fn pod_mtu(asked: Option<u16>) -> u16 {
     crate::mesh::sleeve::mtu_for_underlay(underlay_mtu(asked))
 }
 
-/// The I/O backend the workers run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Epoll,
-    IoUring,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Epoll => "epoll",
-            Backend::IoUring => "io_uring",
-        }
-    }
-}
-
 /// Picks the backend: io_uring unless refused (seccomp, old kernel) or epoll was asked for.
 fn choose_backend(asked: Dataplane) -> Backend {
     if asked == Dataplane::Epoll {
@@ -403,7 +389,6 @@ fn own_ports(group: &[std::net::UdpSocket]) -> anyhow::Result<Vec<std::net::UdpS
 
 /// The running data plane, as [`start_dataplane`] leaves it.
 struct StartedDataplane {
-    workers: Vec<epoll::Worker>,
     /// With a fast datapath: the mailbox where workers post the MACs they learn.
     learned: Option<(
         std::sync::mpsc::Receiver<crate::dataplane::learn::Post>,
@@ -413,12 +398,12 @@ struct StartedDataplane {
     spread: bool,
 }
 
-/// Sets up the bridge and TAP and starts the workers; with `fastdp`, also returns the
-/// mailbox where the workers post the MACs they learn for the fast datapath.
+/// Sets up the bridge and TAP and starts the workers under `workers`; with `fastdp`, also
+/// returns the mailbox where the workers post the MACs they learn for the fast datapath.
 async fn start_dataplane(
     config: &Config,
     backend: Backend,
-    control: mpsc::UnboundedSender<ControlFrame>,
+    workers: &mut Supervisor,
     fastdp: bool,
 ) -> anyhow::Result<StartedDataplane> {
     let pod_mtu = u32::from(pod_mtu(config.mtu));
@@ -459,7 +444,7 @@ async fn start_dataplane(
     };
     let count = config.workers.unwrap_or(cpus.len().max(1));
     let tap_options = TapOptions {
-        napi: epoll::kernel_gro(),
+        napi: worker::kernel_gro(),
         offloads: if config.offload {
             TapOffloads::SLEEVE
         } else {
@@ -470,7 +455,6 @@ async fn start_dataplane(
     let queues = TapQueue::open_queues(&desired.tap, count, &tap_options)
         .with_context(|| format!("cannot open {count} queues of TAP {}", desired.tap))?;
     let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
-    let mut workers = Vec::new();
     // With a fast datapath, one mailbox more than workers: its programming task's.
     let learn = LearnBus::new(queues.len() + usize::from(fastdp));
     let learned = if fastdp {
@@ -515,21 +499,18 @@ async fn start_dataplane(
     let spread = !own.is_empty();
     own.resize_with(group.len(), || None);
     for (i, ((tap, udp), own)) in queues.into_iter().zip(group).zip(own).enumerate() {
-        let sockets = epoll::WorkerSockets { udp, own };
-        let setup = epoll::WorkerSetup {
+        let sockets = WorkerSockets { udp, own };
+        let setup = WorkerSetup {
             index: i,
             ourself: config.name,
             learn: Arc::clone(&learn),
             offload: config.offload,
             cpu: cpus.get(i % cpus.len().max(1)).copied(),
+            limits: WorkerLimits::default(),
         };
-        let worker = match backend {
-            Backend::Epoll => epoll::spawn(setup, tap, sockets, control.clone()),
-            Backend::IoUring => {
-                crate::dataplane::iouring::spawn(setup, tap, sockets, control.clone())
-            }
-        };
-        workers.push(worker.with_context(|| format!("cannot start worker {i}"))?);
+        workers
+            .start(backend, setup, tap, sockets, Instant::now())
+            .with_context(|| format!("cannot start worker {i}"))?;
     }
     info!(
         "Data plane: {count} {} workers on UDP {bind} (CPUs {}), offloads {}",
@@ -540,11 +521,7 @@ async fn start_dataplane(
             .join(","),
         if config.offload { "on" } else { "off" }
     );
-    Ok(StartedDataplane {
-        workers,
-        learned,
-        spread,
-    })
+    Ok(StartedDataplane { learned, spread })
 }
 
 /// Something an I/O task reports to the owner.
@@ -582,7 +559,8 @@ struct Shell {
     conns: HashMap<ConnKey, ConnIo>,
     dialing: HashMap<ConnKey, JoinHandle<()>>,
     io_tx: mpsc::Sender<IoEvent>,
-    workers: Vec<epoll::Worker>,
+    /// The data plane's workers (none without a data plane).
+    workers: Supervisor,
     published: Option<u64>,
     ipam: Option<IpamShell>,
     fastdp: Option<FastdpShell>,
@@ -594,7 +572,8 @@ impl Shell {
         &mut self,
         mut io_rx: mpsc::Receiver<IoEvent>,
         mut api_rx: mpsc::Receiver<ApiRequest>,
-        mut control_rx: mpsc::UnboundedReceiver<ControlFrame>,
+        mut control_rx: mpsc::Receiver<ControlFrame>,
+        mut exits_rx: mpsc::UnboundedReceiver<WorkerExit>,
         mut fastdp_rx: mpsc::Receiver<Vec<u8>>,
     ) -> anyhow::Result<&'static str> {
         // The signal streams are made once so a signal between two loop turns is not lost.
@@ -604,7 +583,8 @@ impl Shell {
             self.drain()?;
             let now = Instant::now();
             let ipam_deadline = self.ipam.as_ref().map(|i| i.poll_timeout(now));
-            let deadline = [self.mesh.poll_timeout(), ipam_deadline]
+            let restarts = self.workers.poll_timeout();
+            let deadline = [self.mesh.poll_timeout(), ipam_deadline, restarts]
                 .into_iter()
                 .flatten()
                 .min();
@@ -624,6 +604,7 @@ impl Shell {
                 Some(f) = control_rx.recv() => {
                     self.mesh.handle_sleeve_frame(f.from, f.src, &f.frame, Instant::now());
                 }
+                Some(exit) = exits_rx.recv() => self.workers.handle_exit(exit, Instant::now()),
                 Some(frame) = fastdp_rx.recv() => {
                     self.mesh.handle_fastdp_frame(&frame, Instant::now());
                 }
@@ -633,6 +614,7 @@ impl Shell {
                     if let Some(ipam) = &mut self.ipam {
                         ipam.handle_timeout(now);
                     }
+                    self.workers.handle_timeout(now);
                 }
                 _ = sigint.recv() => return Ok("SIGINT"),
                 _ = sigterm.recv() => return Ok("SIGTERM"),
@@ -752,9 +734,7 @@ impl Shell {
                 })
                 .collect(),
         });
-        for w in &self.workers {
-            w.send(ToWorker::Snapshot(Arc::clone(&snapshot)));
-        }
+        self.workers.publish(snapshot);
         if let Some(f) = &self.fastdp {
             f.publish(self.mesh.fastdp_view());
         }
@@ -790,16 +770,14 @@ impl Shell {
                     f.send(to, &datagram);
                 }
             }
-            Command::SendUdp(udp) => match self.workers.first() {
-                Some(w) => {
-                    w.send(ToWorker::Send(udp));
+            Command::SendUdp(udp) => {
+                let to = udp.to;
+                // The mesh runs the sleeve only together with the workers; they are all
+                // down only while restarting, or after every one was given up.
+                if !self.workers.send_datagram(udp) {
+                    warn!("Dropping a sleeve datagram to {to}: no data plane worker is running");
                 }
-                // The mesh runs the sleeve only together with the workers.
-                None => warn!(
-                    "Dropping a sleeve datagram to {}: no data plane is running",
-                    udp.to
-                ),
-            },
+            }
         }
     }
 

@@ -71,6 +71,30 @@ pub struct WorkerStats {
     pub udp_tx_calls: u64,
     /// Drops by reason (every reason listed, zero or not).
     pub drops: BTreeMap<String, u64>,
+    /// The backend it runs (`io_uring`, or `epoll`, also after falling back).
+    #[serde(default)]
+    pub backend: String,
+    /// `running`, `restarting` or `failed`.
+    #[serde(default)]
+    pub state: String,
+    /// Times it was restarted after a failure.
+    #[serde(default)]
+    pub restarts: u64,
+    /// Datagrams dropped before the kernel took them (full send buffer, too many in flight).
+    #[serde(default)]
+    pub send_dropped: u64,
+    /// Segmented sends the kernel refused, sent again one datagram at a time.
+    #[serde(default)]
+    pub gso_fallbacks: u64,
+    /// Special frames dropped because the control task's queue was full.
+    #[serde(default)]
+    pub control_dropped: u64,
+    /// Times a stopped input was armed again after a wait.
+    #[serde(default)]
+    pub rearms: u64,
+    /// Transient io_uring errors retried in place.
+    #[serde(default)]
+    pub ring_retries: u64,
 }
 
 /// One peer: its connection and the traffic exchanged with it.
@@ -215,6 +239,14 @@ fn worker_stats(worker: usize, w: &WorkerStatus) -> WorkerStats {
         udp_tx_bytes: w.udp_tx_bytes,
         udp_tx_calls: w.udp_tx_calls,
         drops: w.drops.clone(),
+        backend: w.io.backend.clone(),
+        state: w.io.state.clone(),
+        restarts: w.io.restarts,
+        send_dropped: w.io.send_dropped,
+        gso_fallbacks: w.io.gso_fallbacks,
+        control_dropped: w.io.control_dropped,
+        rearms: w.io.rearms,
+        ring_retries: w.io.ring_retries,
     }
 }
 
@@ -275,6 +307,16 @@ mod tests {
                     (n.to_string(), t)
                 })
                 .collect(),
+            io: crate::mesh::status::WorkerIoStatus {
+                backend: "epoll".into(),
+                state: "running".into(),
+                restarts: 12,
+                send_dropped: 13,
+                gso_fallbacks: 14,
+                control_dropped: 15,
+                rearms: 16,
+                ring_retries: 17,
+            },
         }
     }
 
@@ -315,6 +357,16 @@ mod tests {
         assert_eq!(d.workers[1].worker, 1);
         assert_eq!(d.workers[1].udp_tx_calls, 10);
         assert_eq!(d.workers[0].drops["no_route"], 11);
+        let w = &d.workers[1];
+        assert_eq!(
+            (w.backend.as_str(), w.state.as_str(), w.restarts),
+            ("epoll", "running", 12)
+        );
+        assert_eq!(
+            (w.send_dropped, w.gso_fallbacks, w.control_dropped),
+            (13, 14, 15)
+        );
+        assert_eq!((w.rearms, w.ring_retries), (16, 17));
 
         let names: Vec<&str> = s.peers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(

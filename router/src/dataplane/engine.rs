@@ -135,6 +135,9 @@ pub struct Counters {
     pub udp_tx_bytes: AtomicU64,
     /// Send system calls (or submissions).
     pub udp_tx_calls: AtomicU64,
+    /// What the worker's I/O loop counts beside the traffic: its own drops (sends beyond
+    /// its bounds, control frames beyond the control task's queue), recoveries and state.
+    pub io: crate::dataplane::worker::IoCounters,
     drops: [AtomicU64; DropCause::ALL.len()],
     /// The per-peer counters, by peer. The worker takes this lock only to add a peer it has
     /// not counted before (and never waits for it); readers hold it only to clone the list.
@@ -181,6 +184,7 @@ impl Counters {
                 .map(|(d, n)| (d.name().to_string(), n))
                 .collect(),
             peers: self.peer_status(),
+            io: self.io.status(),
         }
     }
 

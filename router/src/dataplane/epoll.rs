@@ -1,7 +1,12 @@
 //! The readiness backend: one thread per worker waiting with `poll(2)` on its TAP queue
 //! and UDP socket, reading in batches, sending with UDP GSO and receiving with UDP GRO.
-//! Used where io_uring is refused (seccomp profiles, old kernels) or asked for with
-//! `--dataplane epoll`.
+//! Used where io_uring is refused (seccomp profiles, old kernels), asked for with
+//! `--dataplane epoll`, or for a worker whose io_uring kept failing.
+//!
+//! Failures mirror the io_uring backend's: an input whose reads fail (a deleted TAP answers
+//! `EBADFD` and polls as an error for ever) leaves the poll set for a wait that doubles from
+//! 1 ms to 1 s, and after too many failures in a row the worker gives up and the supervisor
+//! restarts it. The sockets are non-blocking, so a full send buffer drops the send (counted).
 #![allow(unsafe_code)]
 
 use std::io::{self, IoSlice};
@@ -9,13 +14,13 @@ use std::net::UdpSocket;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::dataplane::engine::{ControlFrame, Counters, Engine, Output, Snapshot};
-use crate::dataplane::learn::LearnBus;
-use crate::ids::PeerName;
+use crate::dataplane::engine::{Counters, Engine, Output, SendRun};
+use crate::dataplane::worker::{
+    forward_control, send_failure, transient_input_error, Backoff, IoCounters, SendFailure,
+    ToWorker, WorkerError, WorkerIo,
+};
 use crate::mesh::sleeve::Udp;
 use crate::sys::eventfd::Wake;
 use crate::sys::socket::{recv_segments, send_segments, send_without_df};
@@ -29,162 +34,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// How often learned MACs are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
-/// What the control plane tells a worker.
-#[derive(Debug)]
-pub enum ToWorker {
-    /// Forward by this snapshot from now on.
-    Snapshot(Arc<Snapshot>),
-    /// Send this datagram (heartbeats, MTU probes).
-    Send(Udp),
-    /// Finish and exit.
-    Stop,
-}
-
-/// A running worker.
-pub struct Worker {
-    tx: mpsc::Sender<ToWorker>,
-    wake: Arc<Wake>,
-    /// Its counters.
-    pub counters: Arc<Counters>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Worker {
-    /// A handle on a started worker thread, woken through `wake` when told something.
-    pub fn new(
-        tx: mpsc::Sender<ToWorker>,
-        wake: Arc<Wake>,
-        counters: Arc<Counters>,
-        thread: JoinHandle<()>,
-    ) -> Self {
-        Worker {
-            tx,
-            wake,
-            counters,
-            thread: Some(thread),
-        }
-    }
-
-    /// Tells the worker `msg` and wakes it; false when the worker has exited.
-    pub fn send(&self, msg: ToWorker) -> bool {
-        let sent = self.tx.send(msg).is_ok();
-        self.wake.notify();
-        sent
-    }
-
-    /// Stops the worker and waits for its thread.
-    pub fn stop(mut self) {
-        self.send(ToWorker::Stop);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A worker's UDP sockets.
-#[derive(Debug)]
-pub struct WorkerSockets {
-    /// Its socket in the mesh port's reuseport group: receives, and sends to peers that do
-    /// not spread (Weave Net).
-    pub udp: UdpSocket,
-    /// Its own sending port, for peers that steer by source port; `None` to send
-    /// everything from the mesh port.
-    pub own: Option<UdpSocket>,
-}
-
-/// What a worker thread owns.
-pub struct WorkerIo {
-    /// Its TAP queue.
-    pub tap: TapQueue,
-    /// Its UDP socket in the mesh port's group.
-    pub udp: UdpSocket,
-    /// Its own sending port, if it has one (see [`WorkerSockets`]).
-    pub own: Option<UdpSocket>,
-    /// Its control channel.
-    pub rx: mpsc::Receiver<ToWorker>,
-    /// Readable when something was sent on `rx`.
-    pub wake: Arc<Wake>,
-    /// Where special frames go.
-    pub control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
-}
-
-/// Whether frames go to the TAP through the kernel's GRO (IFF_NAPI) rather than ours:
-/// `WEAVE_TAP_NAPI=1`, for measuring one against the other.
-pub fn kernel_gro() -> bool {
-    std::env::var("WEAVE_TAP_NAPI").is_ok_and(|v| v == "1")
-}
-
-/// What a worker is started with besides its sockets.
-#[derive(Debug, Clone)]
-pub struct WorkerSetup {
-    /// The worker's index, from 0.
-    pub index: usize,
-    /// The local peer.
-    pub ourself: PeerName,
-    /// Where the workers share MAC learning.
-    pub learn: Arc<LearnBus>,
-    /// Whether the engine batches (UDP GSO/GRO, TAP offloads); see `--offload`.
-    pub offload: bool,
-    /// The CPU to pin the thread to, if any.
-    pub cpu: Option<usize>,
-}
-
-/// Starts a worker thread called `name`, pinned to `setup.cpu` when given, running `body`
-/// with a fresh engine. Both backends start their workers this way.
-pub fn start(
-    name: String,
-    setup: WorkerSetup,
-    tap: TapQueue,
-    sockets: WorkerSockets,
-    control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
-    body: impl FnOnce(Engine, WorkerIo) + Send + 'static,
-) -> io::Result<Worker> {
-    let (tx, rx) = mpsc::channel();
-    let wake = Arc::new(Wake::new()?);
-    let counters = Arc::new(Counters::default());
-    let engine = Engine::new(setup.ourself, Arc::clone(&counters))
-        .with_kernel_gro(kernel_gro())
-        .with_offload(setup.offload)
-        .with_learn_bus(Arc::clone(&setup.learn), setup.index);
-    let io = WorkerIo {
-        tap,
-        udp: sockets.udp,
-        own: sockets.own,
-        rx,
-        wake: Arc::clone(&wake),
-        control,
-    };
-    let thread = std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            if let Some(cpu) = setup.cpu {
-                if let Err(e) = crate::sys::cpu::pin_current_thread(cpu) {
-                    tracing::warn!("{name}: cannot pin to CPU {cpu}: {e}");
-                }
-            }
-            body(engine, io);
-        })?;
-    Ok(Worker::new(tx, wake, counters, thread))
-}
-
-/// Starts epoll worker `setup.index` on its own thread.
-pub fn spawn(
-    setup: WorkerSetup,
-    tap: TapQueue,
-    sockets: WorkerSockets,
-    control: tokio::sync::mpsc::UnboundedSender<ControlFrame>,
-) -> io::Result<Worker> {
-    start(
-        format!("weave-worker-{}", setup.index),
-        setup,
-        tap,
-        sockets,
-        control,
-        |engine, io| run(engine, &io),
-    )
-}
-
-fn run(mut engine: Engine, io: &WorkerIo) {
+/// Runs an epoll worker's loop until it is told to stop (`Ok`) or fails for good (the
+/// caller, [`crate::dataplane::worker::start`], reports that to the supervisor).
+pub(crate) fn run(engine: &mut Engine, io: &WorkerIo) -> Result<(), WorkerError> {
     let WorkerIo {
         tap,
         udp,
@@ -192,35 +44,48 @@ fn run(mut engine: Engine, io: &WorkerIo) {
         rx,
         wake,
         control,
+        limits,
     } = io;
     let mut out = engine.output();
     let mut tap_buf = vec![0u8; 65_536 + 64];
     let mut udp_buf = vec![0u8; 65_536];
+    let mut tap_input = Paused::new("TAP read", limits.input_failures);
+    let mut udp_input = Paused::new("UDP receive", limits.input_failures);
+    let mut gso = [true; 2];
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
     loop {
         loop {
             match rx.try_recv() {
                 Ok(ToWorker::Snapshot(s)) => engine.set_snapshot(s),
                 Ok(ToWorker::Send(d)) => send_one(udp, &d, engine.counters()),
-                Ok(ToWorker::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
+                Ok(ToWorker::Stop) | Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
                 Err(mpsc::TryRecvError::Empty) => break,
             }
         }
-        let (tap_ready, udp_ready) = match wait(tap, udp, wake, POLL_INTERVAL) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!("worker poll failed: {e}");
-                return;
-            }
-        };
+        let now = Instant::now();
+        let timeout = [tap_input.until, udp_input.until]
+            .into_iter()
+            .flatten()
+            .map(|until| until.saturating_duration_since(now))
+            .fold(POLL_INTERVAL, Duration::min);
+        let (tap_ready, udp_ready) = wait(
+            tap_input.ready(now).then_some(tap),
+            udp_input.ready(now).then_some(udp),
+            wake,
+            timeout,
+        )
+        .map_err(WorkerError::Poll)?;
         let now = Instant::now();
         if tap_ready {
             for _ in 0..BATCH {
                 match tap.read(&mut tap_buf) {
-                    Ok(n) => engine.from_tap(&tap_buf[..n], now, &mut out),
+                    Ok(n) => {
+                        tap_input.delivered();
+                        engine.from_tap(&tap_buf[..n], now, &mut out);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
-                        tracing::warn!("TAP read: {e}");
+                        tap_input.failed(&e, now, &engine.counters().io)?;
                         break;
                     }
                 }
@@ -230,6 +95,7 @@ fn run(mut engine: Engine, io: &WorkerIo) {
             for _ in 0..BATCH {
                 match recv_segments(udp, &mut udp_buf) {
                     Ok(meta) => {
+                        udp_input.delivered();
                         let c = engine.counters();
                         c.udp_rx_calls.fetch_add(1, Ordering::Relaxed);
                         let Some(from) = meta.source else { continue };
@@ -240,16 +106,22 @@ fn run(mut engine: Engine, io: &WorkerIo) {
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        // ICMP errors from earlier sends surface here; they are not fatal.
+                    Err(e) if transient_input_error(&e) => {
+                        // ICMP errors from earlier sends surface here; they are not the
+                        // socket's.
                         tracing::debug!("UDP receive: {e}");
+                        break;
+                    }
+                    Err(e) => {
+                        udp_input.failed(&e, now, &engine.counters().io)?;
                         break;
                     }
                 }
             }
             engine.flush(&mut out);
         }
-        flush(&engine, tap, (udp, own.as_ref()), &mut out, control);
+        flush(engine, tap, (udp, own.as_ref()), &mut gso, &mut out);
+        forward_control(&mut out.control, control, &engine.counters().io);
         engine.publish();
         engine.share_macs();
         if now >= next_sweep {
@@ -259,30 +131,68 @@ fn run(mut engine: Engine, io: &WorkerIo) {
     }
 }
 
-/// Performs what a batch produced: sends, TAP writes, control frames.
+/// An input taken out of the poll set for a while after its reads failed.
+#[derive(Debug)]
+struct Paused {
+    name: &'static str,
+    /// Back in the poll set from then on.
+    until: Option<Instant>,
+    backoff: Backoff,
+}
+
+impl Paused {
+    fn new(name: &'static str, limit: u32) -> Self {
+        Paused {
+            name,
+            until: None,
+            backoff: Backoff::input(limit),
+        }
+    }
+
+    /// Whether it is polled now.
+    fn ready(&mut self, now: Instant) -> bool {
+        if self.until.is_some_and(|until| until <= now) {
+            self.until = None;
+        }
+        self.until.is_none()
+    }
+
+    fn delivered(&mut self) {
+        self.backoff.succeed();
+    }
+
+    /// A read failed with `e` at `now`: pauses the input, or gives up.
+    fn failed(&mut self, e: &io::Error, now: Instant, c: &IoCounters) -> Result<(), WorkerError> {
+        let Some(after) = self.backoff.fail() else {
+            return Err(WorkerError::Input {
+                input: self.name,
+                failures: self.backoff.failures(),
+                last: e.to_string(),
+            });
+        };
+        tracing::warn!("{} failed: {e}; polling it again in {after:?}", self.name);
+        self.until = Some(now + after);
+        IoCounters::add(&c.rearms, 1);
+        Ok(())
+    }
+}
+
+/// Performs what a batch produced: sends and TAP writes. `gso` says, per socket (the mesh
+/// port's, the worker's own), whether the kernel still takes segmented sends from it.
 fn flush(
     engine: &Engine,
     tap: &TapQueue,
     (udp, own): (&UdpSocket, Option<&UdpSocket>),
+    gso: &mut [bool; 2],
     out: &mut Output,
-    control: &tokio::sync::mpsc::UnboundedSender<ControlFrame>,
 ) {
     let c = engine.counters();
     for run in out.send.runs() {
-        let segment = (run.count > 1).then_some(run.segment as u16);
-        let sock = match own {
-            Some(own) if run.spread => own,
-            _ => udp,
+        let (sock, socket) = match own {
+            Some(own) if run.spread => (own, 1),
+            _ => (udp, 0),
         };
-        match send_segments(sock, &[IoSlice::new(&run.buf)], Some(run.to), segment) {
-            Ok(n) => {
-                c.udp_tx_calls.fetch_add(1, Ordering::Relaxed);
-                c.udp_tx_datagrams
-                    .fetch_add(run.count as u64, Ordering::Relaxed);
-                c.udp_tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(e) => tracing::debug!("UDP send to {}: {e}", run.to),
-        }
+        send_run(sock, run, &mut gso[socket], c);
     }
     out.send.clear();
     for write in out.tap.iter() {
@@ -295,13 +205,69 @@ fn flush(
         }
     }
     out.tap.clear();
-    for frame in out.control.drain(..) {
-        let _ = control.send(frame);
+}
+
+/// Sends one run: segmented while the socket takes it (`gso`), else one datagram at a time.
+fn send_run(sock: &UdpSocket, run: &SendRun, gso: &mut bool, c: &Counters) {
+    if run.count > 1 && !*gso {
+        for datagram in run.buf.chunks(run.segment.max(1)) {
+            send_datagrams(sock, run, datagram, None, 1, c);
+        }
+        return;
+    }
+    let segment = (run.count > 1).then_some(run.segment as u16);
+    let Some(e) = send_datagrams(sock, run, &run.buf, segment, run.count, c) else {
+        return;
+    };
+    if std::mem::replace(gso, false) {
+        tracing::warn!(
+            "Data plane: the kernel refuses segmented (UDP GSO) sends to {} ({e}), as an \
+             IPsec policy on the underlay does; this worker sends from that socket one \
+             datagram at a time from now on",
+            run.to
+        );
+    }
+    IoCounters::add(&c.io.gso_fallbacks, 1);
+    for datagram in run.buf.chunks(run.segment.max(1)) {
+        send_datagrams(sock, run, datagram, None, 1, c);
+    }
+}
+
+/// One `sendmsg` of `count` datagrams in `bytes` to `run.to`, counted. Returns the error
+/// when the kernel refused to segment it, for the caller to send it again unsegmented; other
+/// failures drop it here.
+fn send_datagrams(
+    sock: &UdpSocket,
+    run: &SendRun,
+    bytes: &[u8],
+    segment: Option<u16>,
+    count: usize,
+    c: &Counters,
+) -> Option<io::Error> {
+    match send_segments(sock, &[IoSlice::new(bytes)], Some(run.to), segment) {
+        Ok(n) => {
+            c.udp_tx_calls.fetch_add(1, Ordering::Relaxed);
+            c.udp_tx_datagrams
+                .fetch_add(count as u64, Ordering::Relaxed);
+            c.udp_tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            None
+        }
+        Err(e) => match send_failure(&e, segment.is_some()) {
+            SendFailure::GsoRefused => Some(e),
+            SendFailure::BufferFull => {
+                IoCounters::add(&c.io.send_dropped, count as u64);
+                None
+            }
+            SendFailure::Other => {
+                tracing::debug!("UDP send to {}: {e}", run.to);
+                None
+            }
+        },
     }
 }
 
 /// Sends one control datagram; one without DF (the fragmentation test) is sent with the
-/// socket's DF policy lifted for that send.
+/// socket's DF policy lifted for that send. A full send buffer drops it (counted).
 pub fn send_one(udp: &UdpSocket, d: &Udp, c: &Counters) {
     let sent = if d.df {
         send_segments(udp, &[IoSlice::new(&d.datagram)], Some(d.to), None)
@@ -314,28 +280,34 @@ pub fn send_one(udp: &UdpSocket, d: &Udp, c: &Counters) {
             c.udp_tx_datagrams.fetch_add(1, Ordering::Relaxed);
             c.udp_tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
         }
-        // An oversized probe fails locally with EMSGSIZE: the search then tries smaller.
-        Err(e) => tracing::debug!("sleeve control datagram to {}: {e}", d.to),
+        Err(e) => match send_failure(&e, false) {
+            SendFailure::BufferFull => IoCounters::add(&c.io.send_dropped, 1),
+            // An oversized probe fails locally with EMSGSIZE: the search then tries smaller.
+            SendFailure::GsoRefused | SendFailure::Other => {
+                tracing::debug!("sleeve control datagram to {}: {e}", d.to);
+            }
+        },
     }
 }
 
-/// Waits until the TAP or the socket is readable, or `timeout` passes.
-/// Waits until the TAP or the socket is readable, the control channel was written to (the
-/// wake descriptor, drained here), or `timeout` passed.
+/// Waits until the TAP or the socket is readable (each only when given), the control channel
+/// was written to (the wake descriptor, drained here), or `timeout` passed.
 fn wait(
-    tap: &TapQueue,
-    udp: &UdpSocket,
+    tap: Option<&TapQueue>,
+    udp: Option<&UdpSocket>,
     wake: &Wake,
     timeout: Duration,
 ) -> io::Result<(bool, bool)> {
+    // A negative descriptor is skipped by poll: how a paused input leaves the set.
+    let fd = |f: Option<std::os::fd::BorrowedFd<'_>>| f.map_or(-1, |f| f.as_raw_fd());
     let mut fds = [
         libc::pollfd {
-            fd: tap.as_fd().as_raw_fd(),
+            fd: fd(tap.map(AsFd::as_fd)),
             events: libc::POLLIN,
             revents: 0,
         },
         libc::pollfd {
-            fd: udp.as_raw_fd(),
+            fd: fd(udp.map(AsFd::as_fd)),
             events: libc::POLLIN,
             revents: 0,
         },
@@ -345,7 +317,9 @@ fn wait(
             revents: 0,
         },
     ];
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // Rounded up, so that a wait for a paused input's time does not spin on zero.
+    let ms = timeout.as_micros().div_ceil(1000);
+    let ms = libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX);
     // SAFETY: `fds` is a live array of three initialised pollfd structs and its true length
     // is passed; poll only writes their `revents` fields.
     let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
@@ -361,4 +335,39 @@ fn wait(
         wake.drain();
     }
     Ok((ready(&fds[0]), ready(&fds[1])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_input_leaves_the_poll_set_for_longer_each_time_then_fails_the_worker() {
+        let c = IoCounters::default();
+        let mut input = Paused::new("TAP read", 3);
+        let start = Instant::now();
+        let badfd = io::Error::from_raw_os_error(libc::EBADFD);
+        let mut now = start;
+        for expected in [1, 2, 4] {
+            assert!(input.ready(now));
+            input.failed(&badfd, now, &c).unwrap();
+            assert!(!input.ready(now), "paused");
+            let until = input.until.unwrap();
+            assert_eq!((until - now).as_millis(), expected);
+            now = until;
+        }
+        assert!(input.ready(now));
+
+        let err = input.failed(&badfd, now, &c).unwrap_err();
+
+        assert!(matches!(
+            err,
+            WorkerError::Input {
+                input: "TAP read",
+                failures: 4,
+                ..
+            }
+        ));
+        assert_eq!(c.rearms.load(Ordering::Relaxed), 3);
+    }
 }

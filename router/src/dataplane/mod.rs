@@ -7,4 +7,6 @@ pub mod iouring;
 pub mod learn;
 pub mod offload;
 pub mod plumbing;
+pub mod supervise;
 pub mod uring;
+pub mod worker;

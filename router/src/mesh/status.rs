@@ -192,6 +192,35 @@ pub struct WorkerStatus {
     pub drops: BTreeMap<String, u64>,
     /// Traffic per directly connected peer.
     pub peers: BTreeMap<String, PeerTrafficStatus>,
+    /// Its backend and state, and what its I/O loop dropped and recovered from.
+    #[serde(flatten)]
+    pub io: WorkerIoStatus,
+}
+
+/// A worker's backend and state, and what its I/O loop counted beside the traffic (not in
+/// Weave's report).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct WorkerIoStatus {
+    /// The backend it runs: `io_uring`, or `epoll` (also after falling back from io_uring).
+    pub backend: String,
+    /// `running`, `restarting` (it failed and is started again after a backoff) or `failed`
+    /// (it failed more often than it may be restarted).
+    pub state: String,
+    /// Times it was restarted after a failure.
+    pub restarts: u64,
+    /// Datagrams dropped before the kernel took them (a full send buffer, or more sends in
+    /// flight than the worker allows).
+    pub send_dropped: u64,
+    /// Segmented sends the kernel refused (an IPsec policy on the underlay), sent again one
+    /// datagram at a time.
+    pub gso_fallbacks: u64,
+    /// Special frames dropped because the control task's queue was full.
+    pub control_dropped: u64,
+    /// Times a stopped input (TAP read, UDP receive) was armed again after a wait.
+    pub rearms: u64,
+    /// Transient io_uring errors retried in place.
+    pub ring_retries: u64,
 }
 
 /// Frames and bytes exchanged with one directly connected peer.
