@@ -187,7 +187,7 @@ fn encode_workers(
 ) -> Result<(), std::fmt::Error> {
     let ids: Vec<String> = workers.iter().map(|w| w.worker.to_string()).collect();
     type Field = fn(&WorkerStats) -> u64;
-    let fields: [(&str, &str, Field); 10] = [
+    let fields: [(&str, &str, Field); 16] = [
         (
             "weave_router_tap_rx_frames",
             "Frames read from the TAP, after GSO split.",
@@ -238,6 +238,37 @@ fn encode_workers(
             "Send calls or submissions (datagrams per call is the batching factor).",
             |w| w.udp_tx_calls,
         ),
+        (
+            "weave_router_udp_tx_dropped",
+            "Sleeve datagrams dropped before the kernel took them: a full send buffer, \
+             or more sends in flight than the worker allows.",
+            |w| w.send_dropped,
+        ),
+        (
+            "weave_router_gso_fallbacks",
+            "Segmented (UDP GSO) sends the kernel refused, sent again one datagram at a time.",
+            |w| w.gso_fallbacks,
+        ),
+        (
+            "weave_router_control_dropped",
+            "Special frames (heartbeats, probes) dropped because the control task's queue was full.",
+            |w| w.control_dropped,
+        ),
+        (
+            "weave_router_input_rearms",
+            "Times a stopped input (TAP read, UDP receive) was armed again after a wait.",
+            |w| w.rearms,
+        ),
+        (
+            "weave_router_ring_retries",
+            "Transient io_uring errors retried in place.",
+            |w| w.ring_retries,
+        ),
+        (
+            "weave_router_worker_restarts",
+            "Times a data-plane worker was restarted after it failed.",
+            |w| w.restarts,
+        ),
     ];
     for (name, help, get) in fields {
         let series: Vec<(Labels, u64)> = workers
@@ -261,8 +292,32 @@ fn encode_workers(
         "weave_router_drops",
         "Frames or datagrams the data plane dropped, by reason.",
         &drops,
+    )?;
+    let states: Vec<(Labels, u64)> = workers
+        .iter()
+        .zip(&ids)
+        .flat_map(|(w, id)| {
+            WORKER_STATES.into_iter().map(move |state| {
+                let labels = vec![
+                    ("worker", id.as_str()),
+                    ("backend", w.backend.as_str()),
+                    ("state", state),
+                ];
+                (labels, u64::from(w.state == state))
+            })
+        })
+        .collect();
+    gauges(
+        encoder,
+        "weave_router_worker_state",
+        "1 for the state a data-plane worker is in (restarting: it failed and starts \
+         again after a backoff; failed: given up), with the backend it runs.",
+        &states,
     )
 }
+
+/// The states of a worker, each a series of `weave_router_worker_state`.
+const WORKER_STATES: [&str; 3] = ["running", "restarting", "failed"];
 
 fn encode_peers(
     encoder: &mut DescriptorEncoder,
@@ -693,6 +748,11 @@ mod tests {
             drops: [("no_route".to_string(), 3), ("too_big".to_string(), 0)]
                 .into_iter()
                 .collect(),
+            backend: ["io_uring", "epoll"][i].into(),
+            state: "running".into(),
+            restarts: 4 * i as u64,
+            send_dropped: 5,
+            control_dropped: 6,
             ..WorkerStats::default()
         };
         let peer = PeerStats {
@@ -738,6 +798,12 @@ mod tests {
             "weave_router_udp_tx_calls_total{worker=\"1\"} 2",
             "weave_router_drops_total{worker=\"1\",reason=\"no_route\"} 3",
             "weave_router_drops_total{worker=\"0\",reason=\"too_big\"} 0",
+            "weave_router_worker_restarts_total{worker=\"1\"} 4",
+            "weave_router_udp_tx_dropped_total{worker=\"0\"} 5",
+            "weave_router_control_dropped_total{worker=\"1\"} 6",
+            "weave_router_gso_fallbacks_total{worker=\"1\"} 0",
+            "weave_router_worker_state{worker=\"1\",backend=\"epoll\",state=\"running\"} 1",
+            "weave_router_worker_state{worker=\"1\",backend=\"epoll\",state=\"failed\"} 0",
             "weave_router_peer_rx_frames_total{peer=\"aa:00:00:00:00:02\",nickname=\"ho\\\"st2\"} 10",
             "weave_router_peer_tx_bytes_total{peer=\"aa:00:00:00:00:02\",nickname=\"ho\\\"st2\"} 2000",
             "weave_router_peer_rtt_seconds{peer=\"aa:00:00:00:00:02\",nickname=\"ho\\\"st2\",quantile=\"0.9\"} 0.00025",
