@@ -399,6 +399,15 @@ fn a_deleted_tap_backs_off_then_the_worker_restarts_on_its_socket_falls_back_and
             "each life re-arms the dead read its bound of times, no more"
         );
         assert_eq!(w.supervisor.poll_timeout(), None, "given up");
+        let probe = Udp {
+            to: bed.y.local_addr().unwrap(),
+            df: true,
+            datagram: vec![0; 8],
+        };
+        assert!(
+            !w.supervisor.send_datagram(probe),
+            "no worker left to send through"
+        );
         w.supervisor.stop();
     });
 }

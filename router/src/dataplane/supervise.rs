@@ -226,13 +226,18 @@ impl Supervisor {
         self.snapshot = Some(snapshot);
     }
 
-    /// Sends a control datagram (heartbeat, probe) through the first running worker; false
-    /// when none runs.
+    /// Sends a control datagram (heartbeat, probe) through the first worker that runs (one
+    /// that has just failed, its report not yet handled, is passed over); false when none
+    /// runs.
     pub fn send_datagram(&self, udp: Udp) -> bool {
-        match self.slots.iter().find_map(|s| s.running.as_ref()) {
-            Some(w) => w.send(ToWorker::Send(udp)),
-            None => false,
+        let mut msg = ToWorker::Send(udp);
+        for w in self.slots.iter().filter_map(|s| s.running.as_ref()) {
+            match w.deliver(msg) {
+                Ok(()) => return true,
+                Err(back) => msg = back,
+            }
         }
+        false
     }
 
     /// A worker failed: waits for its thread and schedules its restart, or gives it up.

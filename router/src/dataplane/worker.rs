@@ -97,8 +97,15 @@ pub struct Worker {
 impl Worker {
     /// Tells the worker `msg` and wakes it; false when the worker has exited.
     pub fn send(&self, msg: ToWorker) -> bool {
-        let sent = self.tx.send(msg).is_ok();
-        self.wake.notify();
+        self.deliver(msg).is_ok()
+    }
+
+    /// Tells the worker `msg` and wakes it; hands `msg` back when the worker has exited.
+    pub fn deliver(&self, msg: ToWorker) -> Result<(), ToWorker> {
+        let sent = self.tx.send(msg).map_err(|e| e.0);
+        if sent.is_ok() {
+            self.wake.notify();
+        }
         sent
     }
 
