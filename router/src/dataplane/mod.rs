@@ -1,6 +1,7 @@
 //! The thread-per-core data plane: host plumbing, the frame engine, offload helpers and
 //! the I/O engines.
 
+pub mod bufsize;
 pub mod engine;
 pub mod epoll;
 pub mod iouring;
