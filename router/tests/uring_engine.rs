@@ -11,9 +11,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use weave_router::dataplane::bufsize::Limits;
 use weave_router::dataplane::uring::{
-    max_gso_segments, BufGroup, Completion, Ring, RingOptions, StopReason, Target, TxBuf,
-    UringError, RECV_OVERHEAD,
+    max_gso_segments, BufGroup, Completion, Ring, RingOptions, SetupMode, SizedBufRings,
+    StopReason, Target, TxBuf, UringError, RECV_OVERHEAD,
 };
 
 const SEGMENT: usize = 1400;
@@ -522,6 +523,169 @@ fn a_cancel_that_crosses_the_final_completion_stops_the_operation() {
 }
 
 #[test]
+fn a_growable_ring_circulates_only_its_count_and_follows_resizes() {
+    with_watchdog(30, || {
+        let (tx, rx) = udp_pair();
+        let dest = rx.local_addr().unwrap();
+        let mut ring = Ring::new(32, RingOptions::default()).unwrap();
+        let pool = ring.add_growable_buf_ring(RECV_GROUP, 2, 8, 2048).unwrap();
+        ring.recv_multi(Target::Fd(rx.as_raw_fd()), RECV_GROUP)
+            .unwrap();
+        let mut checker = SegmentChecker::default();
+        assert_eq!((pool.count(), pool.capacity(), pool.in_ring()), (2, 8, 2));
+
+        let small = receive_round(&mut ring, &tx, dest, &mut checker);
+        assert_eq!(small, [0, 1].into(), "only the first two circulate");
+        assert!(pool.enobufs() > 0, "16 datagrams for 2 buffers");
+
+        assert_eq!(ring.resize_buf_ring(RECV_GROUP, 8).unwrap(), 8);
+        let grown = receive_round(&mut ring, &tx, dest, &mut checker);
+        assert_eq!(grown, (0..8).collect(), "all eight circulate");
+
+        assert_eq!(ring.resize_buf_ring(RECV_GROUP, 2).unwrap(), 2);
+        // The ring still holds the other six: they leave as the kernel hands them back.
+        receive_round(&mut ring, &tx, dest, &mut checker);
+        let shrunk = receive_round(&mut ring, &tx, dest, &mut checker);
+        assert_eq!(shrunk, [0, 1].into());
+        assert_eq!((pool.count(), pool.in_ring(), pool.lent()), (2, 2, 0));
+        let stats = ring.stats();
+        assert_eq!(stats.malformed + stats.bad_buffers + stats.unknown_cqes, 0);
+    });
+}
+
+#[test]
+fn idle_buffers_give_their_memory_back_and_fill_again() {
+    with_watchdog(30, || {
+        let (tx, rx) = udp_pair();
+        enable_gro(&rx);
+        set_rcvbuf(&rx, 4 << 20);
+        // Every send is cut into 1400-byte datagrams that GRO joins again on receipt.
+        setsockopt_int(
+            tx.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            SEGMENT as i32,
+        );
+        let dest = rx.local_addr().unwrap();
+        let mut ring = Ring::new(32, RingOptions::default()).unwrap();
+        println!("setup: {:?}", ring.capabilities().setup);
+        let pool = ring.add_buf_ring(RECV_GROUP, 4, GRO_BUF).unwrap();
+        ring.recv_multi(Target::Fd(rx.as_raw_fd()), RECV_GROUP)
+            .unwrap();
+        let mut checker = SegmentChecker::default();
+        assert_eq!(pool.resident_bytes(), 0, "nothing written yet");
+        let per_send = max_gso_segments(SEGMENT as u16, false) as u64;
+
+        // Eight full batches through four buffers: each buffer written nearly whole.
+        let mut held = None;
+        for _ in 0..8 {
+            let datagram = gso_round(&mut ring, &tx, dest, per_send, &mut checker);
+            held = Some(datagram);
+        }
+        let held = held.unwrap();
+        let busy = pool.resident_bytes();
+        println!("resident after traffic: {busy} bytes");
+        assert!(busy >= 3 * 60_000, "{busy} bytes resident");
+        let held_bytes = held.payload.to_vec();
+
+        let released = ring.release_buffers(RECV_GROUP).unwrap();
+
+        let idle = pool.resident_bytes();
+        println!("released {released} buffers; resident when idle: {idle} bytes");
+        assert_eq!(
+            &held.payload[..],
+            &held_bytes[..],
+            "a lent buffer is left alone"
+        );
+        if ring.capabilities().setup == SetupMode::SingleIssuerDeferTaskrun && kernel_at_least(6, 8)
+        {
+            assert_eq!(released, 3, "the three buffers waiting in the ring");
+            assert!(idle <= GRO_BUF as usize + 4096, "{idle} bytes resident");
+        }
+        drop(held);
+        // The kernel writes into released memory as into fresh memory.
+        for _ in 0..8 {
+            gso_round(&mut ring, &tx, dest, per_send, &mut checker);
+        }
+        assert!(pool.resident_bytes() > idle);
+        let stats = ring.stats();
+        assert_eq!(stats.malformed + stats.bad_buffers + stats.truncated, 0);
+    });
+}
+
+#[test]
+fn sized_rings_grow_under_a_burst_and_shrink_when_quiet() {
+    with_watchdog(30, || {
+        let (read_end, write_end) = pipe();
+        let mut ring = Ring::new(32, RingOptions::default()).unwrap();
+        let limits = Limits {
+            min: 2,
+            max: 16,
+            quiet: Duration::from_millis(100),
+        };
+        let mut rings = SizedBufRings::new(limits);
+        let pool = rings
+            .add(&mut ring, READ_GROUP, 4096, Instant::now())
+            .unwrap();
+        ring.read_multi(Target::Fd(read_end.as_raw_fd()), READ_GROUP)
+            .unwrap();
+        assert_eq!((pool.count(), pool.capacity()), (2, 16));
+        let mut expected = Vec::new();
+        let mut got = Vec::new();
+        let mut out = Vec::new();
+        let mut most = 0;
+
+        // Bursts of 48 KiB: twelve buffers' worth waiting at every turn.
+        for round in 0..20u32 {
+            let chunk: Vec<u8> = (0..48 * 1024u32).map(|i| (round * 13 + i) as u8).collect();
+            write_fd(write_end.as_raw_fd(), &chunk);
+            expected.extend_from_slice(&chunk);
+            while got.len() < expected.len() {
+                ring.submit_and_wait(1, WAIT).unwrap();
+                assert!(ring.reap(&mut out) > 0, "no completion within {WAIT:?}");
+                for completion in out.drain(..) {
+                    let Completion::Read { buf, .. } = completion else {
+                        panic!("unexpected {completion:?}");
+                    };
+                    got.extend_from_slice(&buf);
+                }
+                rings.tick(Instant::now(), &mut ring);
+                most = most.max(pool.count());
+            }
+        }
+        assert_eq!(got, expected);
+        println!(
+            "grew to {most} buffers, {} resident; {} ENOBUFS",
+            pool.resident_bytes(),
+            pool.enobufs()
+        );
+        assert!(most >= 8, "grew to {most} only");
+        let busy = pool.resident_bytes();
+
+        // Quiet: turns go by with nothing to read until the ring has shrunk.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.count() > limits.min && Instant::now() < deadline {
+            ring.submit_and_wait(1, Some(Duration::from_millis(20)))
+                .unwrap();
+            assert_eq!(ring.reap(&mut out), 0);
+            rings.tick(Instant::now(), &mut ring);
+        }
+
+        let idle = pool.resident_bytes();
+        println!("shrunk to {} buffers, {idle} bytes resident", pool.count());
+        assert_eq!(pool.count(), limits.min);
+        assert!(idle < busy, "{idle} bytes resident after {busy}");
+        // Still reads, in order, from the small ring.
+        write_fd(write_end.as_raw_fd(), b"after the quiet");
+        let completion = next_completion(&mut ring);
+        let Completion::Read { buf, .. } = completion else {
+            panic!("unexpected {completion:?}");
+        };
+        assert_eq!(&buf[..], b"after the quiet");
+    });
+}
+
+#[test]
 fn measure_datagrams_per_submit_and_per_completion_with_and_without_gso() {
     with_watchdog(120, || {
         for gso in [true, false] {
@@ -646,6 +810,82 @@ fn segment(seq: u64, len: usize) -> Vec<u8> {
         .collect();
     bytes[..8].copy_from_slice(&seq.to_be_bytes());
     bytes
+}
+
+/// Sends 16 single datagrams and receives them; returns the buffer ids they arrived in.
+fn receive_round(
+    ring: &mut Ring,
+    tx: &UdpSocket,
+    dest: std::net::SocketAddr,
+    checker: &mut SegmentChecker,
+) -> std::collections::BTreeSet<u16> {
+    let first = checker.next;
+    for seq in first..first + 16 {
+        tx.send_to(&segment(seq, SEGMENT), dest).unwrap();
+    }
+    let mut bids = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    while checker.next < first + 16 {
+        ring.submit_and_wait(1, WAIT).unwrap();
+        assert!(
+            ring.reap(&mut out) > 0,
+            "datagrams lost at {}",
+            checker.next
+        );
+        for completion in out.drain(..) {
+            let Completion::Received { datagram, .. } = completion else {
+                panic!("unexpected {completion:?}");
+            };
+            bids.insert(datagram.payload.bid());
+            datagram.segments().for_each(|seg| checker.check(seg));
+        }
+    }
+    bids
+}
+
+/// Sends `segments` datagrams in one GSO send and receives them (normally as one GRO batch);
+/// returns the last receive, still holding its buffer.
+fn gso_round(
+    ring: &mut Ring,
+    tx: &UdpSocket,
+    dest: std::net::SocketAddr,
+    segments: u64,
+    checker: &mut SegmentChecker,
+) -> weave_router::dataplane::uring::Datagram {
+    let first = checker.next;
+    let payload: Vec<u8> = (first..first + segments)
+        .flat_map(|seq| segment(seq, SEGMENT))
+        .collect();
+    tx.send_to(&payload, dest).unwrap();
+    let mut out = Vec::new();
+    let mut last = None;
+    while checker.next < first + segments {
+        ring.submit_and_wait(1, WAIT).unwrap();
+        assert!(
+            ring.reap(&mut out) > 0,
+            "datagrams lost at {}",
+            checker.next
+        );
+        for completion in out.drain(..) {
+            let Completion::Received { datagram, .. } = completion else {
+                panic!("unexpected {completion:?}");
+            };
+            datagram.segments().for_each(|seg| checker.check(seg));
+            last = Some(datagram);
+        }
+    }
+    last.unwrap()
+}
+
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let running = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    running >= (major, minor)
 }
 
 fn next_completion(ring: &mut Ring) -> Completion {

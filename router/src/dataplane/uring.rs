@@ -26,13 +26,15 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ops::{Deref, DerefMut, Range};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::{addr_of_mut, NonNull};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, EnterFlags, IoUring, Probe};
+
+use crate::dataplane::bufsize::{Action, Limits, Sizer, Usage};
 
 /// Segments one `UDP_SEGMENT` send may carry on every kernel since 4.18 (`UDP_MAX_SEGMENTS`).
 pub const UDP_MAX_SEGMENTS: usize = 64;
@@ -578,6 +580,8 @@ pub struct Ring {
     drain_timeout: Duration,
     /// Reused between reaps so that reaping does not allocate.
     scratch: Vec<(u64, i32, u32)>,
+    /// `IORING_REGISTER_PBUF_STATUS` has not been refused (it arrived in 6.8).
+    buf_status: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -619,6 +623,7 @@ impl Ring {
             stats: RingStats::default(),
             drain_timeout: options.drain_timeout,
             scratch: Vec::new(),
+            buf_status: true,
         })
     }
 
@@ -666,20 +671,34 @@ impl Ring {
         count: u16,
         buf_size: u32,
     ) -> Result<BufRing, UringError> {
+        self.add_growable_buf_ring(group, count, count, buf_size)
+    }
+
+    /// Registers a ring with room for `capacity` buffers of `buf_size` bytes for `group`, the
+    /// first `count` of them in circulation ([`Ring::resize_buf_ring`] changes that).
+    /// `capacity` must be a power of two up to 32768, `count` from 1 to `capacity`. Buffer
+    /// memory is only resident once written, so room costs nothing until it is used.
+    pub fn add_growable_buf_ring(
+        &mut self,
+        group: BufGroup,
+        count: u16,
+        capacity: u16,
+        buf_size: u32,
+    ) -> Result<BufRing, UringError> {
         if self.state != RingState::Running {
             return Err(UringError::ShutDown);
         }
         if self.pools.iter().any(|pool| pool.group == group) || group.0 == PROBE_GROUP {
             return Err(UringError::GroupInUse(group.0));
         }
-        let pool = Rc::new(Pool::new(group, count, buf_size)?);
-        // SAFETY: the entry array is page-aligned, `count` entries long, and stays allocated
+        let pool = Rc::new(Pool::new(group, count, capacity, buf_size)?);
+        // SAFETY: the entry array is page-aligned, `capacity` entries long, and stays allocated
         // until the group is unregistered: shutdown unregisters before the pool can be freed,
         // and a failed shutdown leaks the pool.
         unsafe {
             self.ring.submitter().register_buf_ring_with_flags(
                 pool.entries.as_ptr() as u64,
-                count,
+                capacity,
                 group.0,
                 0,
             )
@@ -691,6 +710,73 @@ impl Ring {
         pool.fill();
         self.pools.push(Rc::clone(&pool));
         Ok(BufRing(pool))
+    }
+
+    /// Puts `count` buffers of `group` in circulation (clamped to 1..=its capacity) and returns
+    /// the count. Growing publishes the new buffers at once (and lets a receive waiting for
+    /// buffers re-arm); after shrinking, buffers above the count leave circulation as they
+    /// come back from the kernel and the application.
+    pub fn resize_buf_ring(&mut self, group: BufGroup, count: u16) -> Result<u16, UringError> {
+        self.check_group(group)?;
+        let pool = self.pool(group).ok_or(UringError::UnknownGroup(group.0))?;
+        Ok(pool.resize(count))
+    }
+
+    /// Gives the memory of `group`'s idle buffers back to the system: those out of circulation
+    /// and, on a `SINGLE_ISSUER | DEFER_TASKRUN` ring of a kernel that reports a buffer ring's
+    /// head (6.8), those waiting in the ring. They read as zeros afterwards and cost memory
+    /// again once the kernel fills them. Returns the number of buffers released.
+    ///
+    /// On such a ring the kernel fills buffers only inside this thread's `io_uring_enter`
+    /// (sockets and TAP queues are pollable, so no receive goes to a worker thread): between
+    /// two enters, the buffers from the kernel's head to our tail are neither filled nor about
+    /// to be reported, and discarding their contents loses nothing. Other setups run completions
+    /// at any time, so only buffers out of circulation are released there.
+    pub fn release_buffers(&mut self, group: BufGroup) -> Result<usize, UringError> {
+        self.check_group(group)?;
+        let pool = Rc::clone(self.pool(group).ok_or(UringError::UnknownGroup(group.0))?);
+        let unread = match self.capabilities.setup {
+            SetupMode::SingleIssuerDeferTaskrun if pool.touched_in_ring() => self
+                .buf_ring_head(group)
+                .map_or_else(Vec::new, |head| pool.unread(head)),
+            SetupMode::SingleIssuerDeferTaskrun | SetupMode::CoopTaskrun | SetupMode::Plain => {
+                Vec::new()
+            }
+        };
+        Ok(pool.release(&unread))
+    }
+
+    /// The kernel's head of `group`'s buffer ring (`IORING_REGISTER_PBUF_STATUS`); `None` where
+    /// the kernel does not report it.
+    fn buf_ring_head(&mut self, group: BufGroup) -> Option<u16> {
+        if !self.buf_status {
+            return None;
+        }
+        let mut status = BufStatus {
+            buf_group: u32::from(group.0),
+            ..BufStatus::default()
+        };
+        // SAFETY: `status` is a live `io_uring_buf_status` the kernel reads the group from and
+        // writes the head into; one argument, as the opcode takes.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                self.ring.as_raw_fd(),
+                REGISTER_PBUF_STATUS,
+                std::ptr::from_mut(&mut status),
+                1,
+            )
+        };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINVAL) {
+                self.buf_status = false;
+            }
+            tracing::debug!(group = group.0, %err, "buffer ring status");
+            return None;
+        }
+        // The kernel's head is a u16 counter like our tail, widened for the ABI.
+        Some(status.head as u16)
     }
 
     /// Starts a multishot `recvmsg` on a UDP socket: every datagram (or GRO batch) becomes a
@@ -1086,8 +1172,7 @@ impl Ring {
             Some(Op::ReadMulti(op)) => op.group,
             Some(Op::Send(_) | Op::Write(_) | Op::Cancel) | None => return true,
         };
-        self.pool(group)
-            .is_none_or(|pool| pool.lent_count.get() < pool.count)
+        self.pool(group).is_none_or(|pool| pool.in_ring.get() > 0)
     }
 
     fn handle_cqe(&mut self, user_data: u64, result: i32, flags: u32, out: &mut Vec<Completion>) {
@@ -1300,7 +1385,7 @@ fn probe(ring: &IoUring, setup: SetupMode) -> Capabilities {
 /// Registers and unregisters a one-entry buffer ring: the only way to learn whether
 /// `IORING_REGISTER_PBUF_RING` exists.
 fn probe_buf_ring(ring: &IoUring) -> bool {
-    let Ok(pool) = Pool::new(BufGroup(PROBE_GROUP), 1, 64) else {
+    let Ok(pool) = Pool::new(BufGroup(PROBE_GROUP), 1, 1, 64) else {
         return false;
     };
     // SAFETY: the entry array is page-aligned and one entry long; it is unregistered below
@@ -1699,9 +1784,14 @@ impl BufRing {
         self.0.group
     }
 
-    /// Number of buffers.
+    /// Buffers in circulation (see [`Ring::resize_buf_ring`]).
     pub fn count(&self) -> u16 {
-        self.0.count
+        self.0.active.get()
+    }
+
+    /// The most buffers the ring can circulate.
+    pub fn capacity(&self) -> u16 {
+        self.0.capacity
     }
 
     /// Bytes per buffer.
@@ -1714,6 +1804,11 @@ impl BufRing {
         self.0.lent_count.get()
     }
 
+    /// Buffers in the ring for the kernel to fill, as far as reaped completions tell.
+    pub fn in_ring(&self) -> u16 {
+        self.0.in_ring.get()
+    }
+
     /// How often an operation on this group found the ring empty.
     pub fn enobufs(&self) -> u64 {
         self.0.enobufs.get()
@@ -1723,16 +1818,106 @@ impl BufRing {
     pub fn recycled(&self) -> u64 {
         self.0.recycled.get()
     }
+
+    /// How many buffers the kernel has filled.
+    pub fn taken(&self) -> u64 {
+        self.0.taken.get()
+    }
+
+    /// The counters the sizing policy reads.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            taken: self.taken(),
+            enobufs: self.enobufs(),
+            lent: self.lent(),
+        }
+    }
+
+    /// Bytes of the ring's buffer memory that are resident, as the kernel reports them
+    /// (`mincore`); 0 where it cannot tell.
+    pub fn resident_bytes(&self) -> usize {
+        self.0.resident_bytes()
+    }
 }
 
 impl fmt::Debug for BufRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BufRing")
             .field("group", &self.0.group)
-            .field("count", &self.0.count)
+            .field("count", &self.0.active.get())
+            .field("capacity", &self.0.capacity)
             .field("buf_size", &self.0.buf_size)
             .field("lent", &self.0.lent_count.get())
             .finish()
+    }
+}
+
+/// Growable buffer rings, each sized by its own [`Sizer`] once per loop turn: the shell of the
+/// policy in [`crate::dataplane::bufsize`].
+#[derive(Debug)]
+pub struct SizedBufRings {
+    limits: Limits,
+    rings: Vec<(BufRing, Sizer)>,
+}
+
+impl SizedBufRings {
+    /// No rings yet; each ring added is sized within `limits`.
+    pub fn new(limits: Limits) -> SizedBufRings {
+        SizedBufRings {
+            limits,
+            rings: Vec::new(),
+        }
+    }
+
+    /// Registers a ring for `group` with room for `limits.max` buffers of `buf_size` bytes,
+    /// `limits.min` of them in circulation.
+    pub fn add(
+        &mut self,
+        ring: &mut Ring,
+        group: BufGroup,
+        buf_size: u32,
+        now: Instant,
+    ) -> Result<BufRing, UringError> {
+        let sizer = Sizer::new(self.limits, now);
+        let capacity = self
+            .limits
+            .max
+            .max(sizer.size())
+            .checked_next_power_of_two()
+            .ok_or(UringError::BadBufRing("more than 32768 buffers"))?;
+        let buf_ring = ring.add_growable_buf_ring(group, sizer.size(), capacity, buf_size)?;
+        self.rings.push((buf_ring.clone(), sizer));
+        Ok(buf_ring)
+    }
+
+    /// Feeds each ring's counters to its policy and applies what it decides. Call once per loop
+    /// turn, between two waits on the ring.
+    pub fn tick(&mut self, now: Instant, ring: &mut Ring) {
+        for (buf_ring, sizer) in &mut self.rings {
+            let Some(action) = sizer.handle_turn(now, buf_ring.usage()) else {
+                continue;
+            };
+            let group = buf_ring.group();
+            let applied = match action {
+                Action::Grow(count) => ring.resize_buf_ring(group, count).map(|_| 0),
+                Action::Shrink(count) => ring
+                    .resize_buf_ring(group, count)
+                    .and_then(|_| ring.release_buffers(group)),
+                Action::Release => ring.release_buffers(group),
+            };
+            match applied {
+                Ok(released) => tracing::debug!(
+                    group = group.0,
+                    ?action,
+                    released,
+                    resident = buf_ring.resident_bytes(),
+                    "buffer ring resized"
+                ),
+                Err(err) => {
+                    tracing::debug!(group = group.0, ?action, %err, "buffer ring not resized")
+                }
+            }
+        }
     }
 }
 
@@ -1748,99 +1933,183 @@ struct RawBuf {
 const _: () = assert!(std::mem::size_of::<RawBuf>() == 16);
 const _: () = assert!(std::mem::size_of::<RawBuf>() == std::mem::size_of::<types::BufRingEntry>());
 
-/// A provided-buffer ring and the buffers it lends: `count` entries shared with the kernel, and
-/// `count` buffers of `buf_size` bytes. Each buffer id is at any time either in the ring
-/// (the kernel may write it) or lent out as exactly one [`ProvidedBuf`] (only that guard
-/// touches it); `lent` records which, so a bogus or repeated id from a completion is refused.
+/// `struct io_uring_buf_status`, for `IORING_REGISTER_PBUF_STATUS` (6.8).
+#[repr(C)]
+#[derive(Default)]
+struct BufStatus {
+    buf_group: u32,
+    head: u32,
+    resv: [u32; 8],
+}
+
+/// `IORING_REGISTER_PBUF_STATUS`: the kernel's head of a buffer ring.
+const REGISTER_PBUF_STATUS: libc::c_uint = 26;
+
+/// Where one buffer of a pool is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// Published in the ring: the kernel may fill it (or has, and the completion is unreaped).
+    Ring,
+    /// Lent out as exactly one [`ProvidedBuf`]; only that guard touches it.
+    Lent,
+    /// Neither: out of circulation (its id is at or above the pool's count, or the ring is
+    /// unregistered). Nobody reads or writes it.
+    Spare,
+}
+
+/// One buffer's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BufState {
+    place: Place,
+    /// Written since its memory was last released: its pages may be resident.
+    touched: bool,
+}
+
+/// A provided-buffer ring and the buffers it lends: `capacity` entries shared with the kernel,
+/// and `capacity` buffers of `buf_size` bytes of which the first `active` circulate. Each buffer
+/// is at any time in the ring (the kernel may write it), lent out as exactly one [`ProvidedBuf`]
+/// (only that guard touches it) or spare; `states` records which, so a bogus or repeated id
+/// from a completion is refused.
+///
+/// The buffers live in an anonymous mapping made without backing: a page costs memory only
+/// once written, so a buffer that never circulates costs none, and a small datagram in a
+/// 64 KiB buffer costs a page. Growing publishes spare buffers; shrinking lets buffers at or
+/// above the new count go spare as they come back. [`Pool::release`] gives the memory of spare
+/// buffers (and of unread ones in the ring, when the caller can vouch for them) back.
 struct Pool {
     group: BufGroup,
-    count: u16,
+    /// Ring entries: the most buffers the pool can circulate.
+    capacity: u16,
+    /// Buffer ids below this circulate; the others go spare when they come back.
+    active: Cell<u16>,
     buf_size: u32,
+    /// Bytes from one buffer to the next: `buf_size` rounded up to whole pages, so that each
+    /// buffer's memory can be released on its own.
+    stride: usize,
     entries: NonNull<RawBuf>,
     entries_layout: Layout,
+    /// `capacity * stride` bytes mapped with `mmap`, page-aligned.
     memory: NonNull<u8>,
-    memory_layout: Layout,
+    memory_len: usize,
     /// Our copy of the tail; the kernel reads the published one in entry 0.
     tail: Cell<u16>,
-    lent: Box<[Cell<bool>]>,
+    states: Box<[Cell<BufState>]>,
     lent_count: Cell<u16>,
-    /// Registered with a ring: recycled buffers are published to the kernel only while true.
+    /// Buffers whose place is [`Place::Ring`].
+    in_ring: Cell<u16>,
+    /// Registered with a ring: buffers are published to the kernel only while true.
     live: Cell<bool>,
     enobufs: Cell<u64>,
     recycled: Cell<u64>,
+    taken: Cell<u64>,
 }
 
 impl Pool {
-    fn new(group: BufGroup, count: u16, buf_size: u32) -> Result<Pool, UringError> {
-        if count == 0 || !count.is_power_of_two() || count > 32_768 {
+    fn new(group: BufGroup, active: u16, capacity: u16, buf_size: u32) -> Result<Pool, UringError> {
+        if capacity == 0 || !capacity.is_power_of_two() || capacity > 32_768 {
             return Err(UringError::BadBufRing(
                 "count must be a power of two from 1 to 32768",
+            ));
+        }
+        if active == 0 || active > capacity {
+            return Err(UringError::BadBufRing(
+                "buffers in circulation must be from 1 to the capacity",
             ));
         }
         if buf_size == 0 {
             return Err(UringError::BadBufRing("buffer size must not be zero"));
         }
         let page = page_size();
-        let entries_layout =
-            Layout::from_size_align(usize::from(count) * std::mem::size_of::<RawBuf>(), page)
-                .map_err(|_| UringError::BadBufRing("entry array too large"))?;
-        let memory_size = usize::from(count)
-            .checked_mul(buf_size as usize)
+        let stride = (buf_size as usize)
+            .checked_next_multiple_of(page)
             .ok_or(UringError::BadBufRing("buffers too large"))?;
-        let memory_layout = Layout::from_size_align(memory_size, 64)
-            .map_err(|_| UringError::BadBufRing("buffers too large"))?;
-        // SAFETY: both layouts have a non-zero size (count >= 1, buf_size >= 1).
+        let memory_len = usize::from(capacity)
+            .checked_mul(stride)
+            .ok_or(UringError::BadBufRing("buffers too large"))?;
+        let entries_layout =
+            Layout::from_size_align(usize::from(capacity) * std::mem::size_of::<RawBuf>(), page)
+                .map_err(|_| UringError::BadBufRing("entry array too large"))?;
+        // SAFETY: the layout has a non-zero size (capacity >= 1).
         let entries = NonNull::new(unsafe { alloc::alloc_zeroed(entries_layout) }.cast::<RawBuf>())
             .ok_or(UringError::BadBufRing("out of memory"))?;
-        // SAFETY: as above. Zeroed so that every byte a guard can show is initialised.
-        let Some(memory) = NonNull::new(unsafe { alloc::alloc_zeroed(memory_layout) }) else {
+        // SAFETY: a fresh private anonymous mapping; it aliases nothing. MAP_NORESERVE: pages
+        // are zero-filled on first touch and cost nothing before.
+        let mapped = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                memory_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        let memory = (mapped != libc::MAP_FAILED)
+            .then(|| NonNull::new(mapped.cast::<u8>()))
+            .flatten();
+        let Some(memory) = memory else {
             // SAFETY: allocated just above with this layout and not shared with anyone yet.
             unsafe { alloc::dealloc(entries.as_ptr().cast(), entries_layout) };
             return Err(UringError::BadBufRing("out of memory"));
         };
+        let spare = BufState {
+            place: Place::Spare,
+            touched: false,
+        };
         Ok(Pool {
             group,
-            count,
+            capacity,
+            active: Cell::new(active),
             buf_size,
+            stride,
             entries,
             entries_layout,
             memory,
-            memory_layout,
+            memory_len,
             tail: Cell::new(0),
-            lent: (0..count).map(|_| Cell::new(false)).collect(),
+            states: (0..capacity).map(|_| Cell::new(spare)).collect(),
             lent_count: Cell::new(0),
+            in_ring: Cell::new(0),
             live: Cell::new(false),
             enobufs: Cell::new(0),
             recycled: Cell::new(0),
+            taken: Cell::new(0),
         })
     }
 
-    /// Publishes every buffer to the freshly registered ring.
+    /// Publishes the circulating buffers to the freshly registered ring.
     fn fill(&self) {
         self.live.set(true);
-        for bid in 0..self.count {
-            self.write_entry(bid);
+        for bid in 0..self.active.get() {
+            self.publish(bid);
         }
     }
 
     /// Lends buffer `bid` holding `len` bytes, as the kernel reported in a completion.
     ///
     /// A report that is refused for its length still means the kernel took the buffer out of
-    /// the ring, so it goes straight back: left out, the ring would run dry while `lent_count`
+    /// the ring, so it goes straight back: left out, the ring would run dry while `in_ring`
     /// said it had buffers to give, and the re-arm logic would spin on `ENOBUFS`. An id that is
-    /// out of range or already lent is not in the ring and is not put in it.
+    /// out of range or not in the ring is not put in it.
     fn take(pool: &Rc<Pool>, bid: u16, len: usize) -> Option<ProvidedBuf> {
-        let lent = pool.lent.get(usize::from(bid))?;
-        if lent.get() {
+        let state = pool.states.get(usize::from(bid))?;
+        if state.get().place != Place::Ring {
             return None;
         }
+        pool.in_ring.set(pool.in_ring.get() - 1);
+        pool.taken.set(pool.taken.get() + 1);
         if len > pool.buf_size as usize {
-            if pool.live.get() {
-                pool.write_entry(bid);
-            }
+            state.set(BufState {
+                place: Place::Spare,
+                touched: true,
+            });
+            pool.put_back(bid);
             return None;
         }
-        lent.set(true);
+        state.set(BufState {
+            place: Place::Lent,
+            touched: true,
+        });
         pool.lent_count.set(pool.lent_count.get() + 1);
         Some(ProvidedBuf {
             pool: Rc::clone(pool),
@@ -1851,29 +2120,125 @@ impl Pool {
     }
 
     fn recycle(&self, bid: u16) {
-        self.lent[usize::from(bid)].set(false);
+        let state = &self.states[usize::from(bid)];
+        state.set(BufState {
+            place: Place::Spare,
+            ..state.get()
+        });
         self.lent_count.set(self.lent_count.get() - 1);
         self.recycled.set(self.recycled.get() + 1);
-        if self.live.get() {
-            self.write_entry(bid);
+        self.put_back(bid);
+    }
+
+    /// Publishes spare buffer `bid` again if it still circulates; it stays spare otherwise.
+    fn put_back(&self, bid: u16) {
+        if self.live.get() && bid < self.active.get() {
+            self.publish(bid);
         }
     }
 
-    /// Puts buffer `bid` at the tail and publishes the new tail.
-    fn write_entry(&self, bid: u16) {
+    /// Puts `count` buffers (clamped to 1..=capacity) in circulation and returns the count.
+    /// Growing publishes the spare ones at once; shrinking leaves the buffers above the count
+    /// where they are (in the ring or lent) and lets them go spare as they come back.
+    fn resize(&self, count: u16) -> u16 {
+        let count = count.clamp(1, self.capacity);
+        self.active.set(count);
+        if self.live.get() {
+            for bid in 0..count {
+                if self.states[usize::from(bid)].get().place == Place::Spare {
+                    self.publish(bid);
+                }
+            }
+        }
+        count
+    }
+
+    /// Gives back the memory of every written spare buffer and of the written ones among
+    /// `unread`, which the caller vouches the kernel will not fill before its next
+    /// `io_uring_enter` (ids not in the ring are skipped). Lent buffers are never touched.
+    /// Returns the number of buffers released.
+    fn release(&self, unread: &[u16]) -> usize {
+        let mut bids: Vec<u16> = (0..self.capacity)
+            .filter(|&bid| {
+                let state = self.states[usize::from(bid)].get();
+                state.touched
+                    && (state.place == Place::Spare
+                        || (state.place == Place::Ring && unread.contains(&bid)))
+            })
+            .collect();
+        bids.sort_unstable();
+        let mut released = 0;
+        for run in bids.chunk_by(|a, b| b.wrapping_sub(*a) == 1) {
+            let first = run[0];
+            // SAFETY: the run's buffers lie inside the mapping (ids < capacity) and start on a
+            // page boundary (the mapping is page-aligned, the stride a whole number of pages).
+            // None is lent, so no guard refers to them; spare buffers are out of the ring, and
+            // the caller vouched that the kernel does not write the unread ones before it
+            // next enters io_uring. Private anonymous pages read back as zeros after this.
+            let rc = unsafe {
+                libc::madvise(
+                    self.buffer_ptr(first).cast(),
+                    run.len() * self.stride,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            if rc != 0 {
+                tracing::debug!(err = %io::Error::last_os_error(), "madvise on buffer ring");
+                continue;
+            }
+            for &bid in run {
+                let state = &self.states[usize::from(bid)];
+                state.set(BufState {
+                    touched: false,
+                    ..state.get()
+                });
+            }
+            released += run.len();
+        }
+        released
+    }
+
+    /// Whether any written buffer sits in the ring (only those need the kernel's head).
+    fn touched_in_ring(&self) -> bool {
+        self.states.iter().any(|state| {
+            let state = state.get();
+            state.touched && state.place == Place::Ring
+        })
+    }
+
+    /// The buffer ids between the kernel's `head` and our tail: in the ring and not yet picked.
+    /// Empty if `head` is not one the ring can have.
+    fn unread(&self, head: u16) -> Vec<u16> {
+        let waiting = self.tail.get().wrapping_sub(head);
+        if waiting > self.in_ring.get() {
+            return Vec::new();
+        }
+        (0..waiting)
+            .map(|i| self.entry_bid(head.wrapping_add(i)))
+            .collect()
+    }
+
+    /// Puts spare buffer `bid` at the tail and publishes the new tail.
+    fn publish(&self, bid: u16) {
         let tail = self.tail.get();
-        let index = usize::from(tail & (self.count - 1));
-        // SAFETY: `index < count`, inside the entry array. The kernel consumes entries between
-        // its head and our tail; at most `count - 1` buffers are in the ring while one is being
-        // returned (ids are unique and `bid` is not in it), so the entry at the tail is not one
-        // the kernel can be reading. Fields are written one by one so that entry 0's `resv`
-        // (the published tail) is never overwritten.
+        let index = usize::from(tail & (self.capacity - 1));
+        // SAFETY: `index < capacity`, inside the entry array. The kernel consumes entries
+        // between its head and our tail; at most `capacity - 1` buffers are in the ring while
+        // one is being published (ids are unique and `bid` is spare, so not in it), so the
+        // entry at the tail is not one the kernel can be reading. Fields are written one by one
+        // so that entry 0's `resv` (the published tail) is never overwritten.
         unsafe {
             let entry = self.entries.as_ptr().add(index);
             addr_of_mut!((*entry).addr).write(self.buffer_ptr(bid) as u64);
             addr_of_mut!((*entry).len).write(self.buf_size);
             addr_of_mut!((*entry).bid).write(bid);
         }
+        let state = &self.states[usize::from(bid)];
+        state.set(BufState {
+            place: Place::Ring,
+            ..state.get()
+        });
+        self.in_ring.set(self.in_ring.get() + 1);
         let tail = tail.wrapping_add(1);
         self.tail.set(tail);
         // SAFETY: entry 0's `resv` is a 2-aligned u16 inside the entry array, which lives as
@@ -1884,31 +2249,45 @@ impl Pool {
     }
 
     /// The buffer id in ring entry `index` (modulo the ring size), as the kernel would read it.
-    #[cfg(test)]
     fn entry_bid(&self, index: u16) -> u16 {
-        let index = usize::from(index & (self.count - 1));
-        // SAFETY: `index < count`, inside the entry array; tests run without a kernel reading it.
+        let index = usize::from(index & (self.capacity - 1));
+        // SAFETY: `index < capacity`, inside the entry array. The kernel only reads entries
+        // (this is not an incrementally consumed ring), and we write them on this thread.
         unsafe { addr_of_mut!((*self.entries.as_ptr().add(index)).bid).read() }
     }
 
     fn buffer_ptr(&self, bid: u16) -> *mut u8 {
-        // SAFETY: `bid < count`, so the offset stays inside the buffer allocation.
-        unsafe {
-            self.memory
-                .as_ptr()
-                .add(usize::from(bid) * self.buf_size as usize)
+        // SAFETY: `bid < capacity`, so the offset stays inside the mapping.
+        unsafe { self.memory.as_ptr().add(usize::from(bid) * self.stride) }
+    }
+
+    fn resident_bytes(&self) -> usize {
+        let page = page_size();
+        let mut pages = vec![0u8; self.memory_len / page];
+        // SAFETY: the mapping is page-aligned and `memory_len` long; `pages` has one byte per
+        // page of it, as mincore writes.
+        let rc = unsafe {
+            libc::mincore(
+                self.memory.as_ptr().cast(),
+                self.memory_len,
+                pages.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            return 0;
         }
+        pages.iter().filter(|&&page| page & 1 != 0).count() * page
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
         // SAFETY: the ring unregistered this pool (or it never was registered) before the last
-        // `Rc` could go: a failed shutdown leaks an extra `Rc` instead. Both blocks were
-        // allocated in `Pool::new` with these layouts.
+        // `Rc` could go: a failed shutdown leaks an extra `Rc` instead. The entry array was
+        // allocated in `Pool::new` with this layout, the buffers mapped there with this length.
         unsafe {
             alloc::dealloc(self.entries.as_ptr().cast(), self.entries_layout);
-            alloc::dealloc(self.memory.as_ptr(), self.memory_layout);
+            libc::munmap(self.memory.as_ptr().cast(), self.memory_len);
         }
     }
 }
@@ -1961,7 +2340,8 @@ impl Deref for ProvidedBuf {
     fn deref(&self) -> &[u8] {
         // SAFETY: `start..end` lies inside buffer `bid` (checked when lent and when narrowed).
         // While this guard lives the buffer is out of the ring, so the kernel does not write it,
-        // and `lent` guarantees no other guard for the same id exists.
+        // and its state (`Lent`) guarantees no other guard for the same id exists and that
+        // `Pool::release` leaves it alone.
         unsafe {
             std::slice::from_raw_parts(
                 self.pool.buffer_ptr(self.bid).add(self.start as usize),
@@ -2134,19 +2514,21 @@ mod tests {
 
     #[test]
     fn bad_pool_shapes_are_refused() {
-        assert!(Pool::new(BufGroup(1), 0, 64).is_err());
-        assert!(Pool::new(BufGroup(1), 3, 64).is_err());
-        assert!(Pool::new(BufGroup(1), 4, 0).is_err());
+        assert!(Pool::new(BufGroup(1), 1, 0, 64).is_err());
+        assert!(Pool::new(BufGroup(1), 3, 3, 64).is_err());
+        assert!(Pool::new(BufGroup(1), 4, 4, 0).is_err());
+        assert!(Pool::new(BufGroup(1), 0, 4, 64).is_err());
+        assert!(Pool::new(BufGroup(1), 5, 4, 64).is_err());
     }
 
     #[test]
     fn provided_buffers_are_lent_once_and_narrowed_within_bounds() {
-        let pool = Rc::new(Pool::new(BufGroup(1), 4, 64).unwrap());
+        let pool = Rc::new(Pool::new(BufGroup(1), 4, 4, 64).unwrap());
+        pool.fill();
         let mut buf = Pool::take(&pool, 2, 40).unwrap();
 
         assert!(Pool::take(&pool, 2, 40).is_none(), "lent twice");
         assert!(Pool::take(&pool, 4, 40).is_none(), "id out of range");
-        assert!(Pool::take(&pool, 1, 65).is_none(), "longer than the buffer");
         buf[0] = 7;
         buf.narrow(10..20).unwrap();
         assert_eq!(buf.len(), 10);
@@ -2158,7 +2540,7 @@ mod tests {
 
     #[test]
     fn a_buffer_refused_by_the_pool_goes_back_to_its_ring() {
-        let pool = Rc::new(Pool::new(BufGroup(1), 4, 64).unwrap());
+        let pool = Rc::new(Pool::new(BufGroup(1), 4, 4, 64).unwrap());
         pool.fill();
         let mut head = 0u16;
         // The kernel takes the buffer at the head and reports more bytes than it holds.
@@ -2169,20 +2551,13 @@ mod tests {
 
         assert!(refused.is_none());
         assert_eq!(pool.lent_count.get(), 0);
-        let mut in_ring: Vec<u16> = (0..pool.tail.get().wrapping_sub(head))
-            .map(|i| pool.entry_bid(head.wrapping_add(i)))
-            .collect();
-        in_ring.sort_unstable();
-        assert_eq!(
-            in_ring,
-            vec![0, 1, 2, 3],
-            "every buffer is in the ring once"
-        );
+        assert_eq!(ring_contents(&pool, head), vec![0, 1, 2, 3]);
+        assert_eq!(pool.in_ring.get(), 4);
     }
 
     #[test]
     fn a_buffer_reported_while_lent_is_not_put_in_the_ring_twice() {
-        let pool = Rc::new(Pool::new(BufGroup(1), 4, 64).unwrap());
+        let pool = Rc::new(Pool::new(BufGroup(1), 4, 4, 64).unwrap());
         pool.fill();
         let held = Pool::take(&pool, 1, 10).unwrap();
         let tail = pool.tail.get();
@@ -2192,6 +2567,108 @@ mod tests {
         assert_eq!(pool.tail.get(), tail);
         drop(held);
         assert_eq!(pool.tail.get(), tail.wrapping_add(1));
+    }
+
+    #[test]
+    fn a_growable_pool_publishes_only_its_count_and_grows_at_once() {
+        let pool = Rc::new(Pool::new(BufGroup(1), 2, 8, 64).unwrap());
+        pool.fill();
+        assert_eq!(ring_contents(&pool, 0), vec![0, 1]);
+        assert!(Pool::take(&pool, 5, 10).is_none(), "never published");
+
+        assert_eq!(pool.resize(6), 6);
+
+        assert_eq!(ring_contents(&pool, 0), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(pool.in_ring.get(), 6);
+        assert_eq!(pool.resize(100), 8, "clamped to the capacity");
+        assert_eq!(pool.resize(0), 1, "at least one");
+    }
+
+    #[test]
+    fn after_shrinking_buffers_above_the_count_leave_as_they_come_back() {
+        let pool = Rc::new(Pool::new(BufGroup(1), 4, 4, 64).unwrap());
+        pool.fill();
+        let mut head = 0u16;
+        let lent = Pool::take(&pool, pool.entry_bid(head), 10).unwrap();
+        head = head.wrapping_add(1);
+
+        pool.resize(1);
+        // The kernel goes on picking buffers in ring order: 1, 2, 3.
+        let picked: Vec<_> = (0..3)
+            .map(|_| {
+                let bid = pool.entry_bid(head);
+                head = head.wrapping_add(1);
+                Pool::take(&pool, bid, 10).unwrap()
+            })
+            .collect();
+        drop(picked);
+        drop(lent);
+
+        assert_eq!(ring_contents(&pool, head), vec![0]);
+        assert_eq!(pool.in_ring.get(), 1);
+        let places: Vec<_> = pool.states.iter().map(|s| s.get().place).collect();
+        assert_eq!(
+            places,
+            vec![Place::Ring, Place::Spare, Place::Spare, Place::Spare]
+        );
+    }
+
+    #[test]
+    fn released_buffers_leave_memory_and_read_back_as_zeros() {
+        let pool = Rc::new(Pool::new(BufGroup(1), 4, 4, 10_000).unwrap());
+        pool.fill();
+        assert_eq!(pool.resident_bytes(), 0, "nothing written yet");
+        let mut head = 0u16;
+        let mut bufs: Vec<_> = (0..4)
+            .map(|_| {
+                let bid = pool.entry_bid(head);
+                head = head.wrapping_add(1);
+                Pool::take(&pool, bid, 10_000).unwrap()
+            })
+            .collect();
+        bufs.iter_mut().for_each(|buf| buf.fill(0xab));
+        let written = pool.resident_bytes();
+        assert!(written >= 4 * 10_000, "{written} bytes resident");
+        let kept = bufs.remove(0);
+        pool.resize(2);
+        drop(bufs);
+
+        // Buffer 0 is lent, 1 back in the ring, 2 and 3 spare; only the spare ones go.
+        let released = pool.release(&[]);
+
+        assert_eq!(released, 2);
+        assert!(pool.resident_bytes() <= written / 2);
+        assert!(
+            kept.iter().all(|&b| b == 0xab),
+            "a lent buffer is left alone"
+        );
+        // Buffer 1, unread in the ring, goes when the caller vouches for it.
+        assert_eq!(pool.unread(head), vec![1]);
+        assert_eq!(pool.release(&pool.unread(head)), 1);
+        drop(kept);
+        pool.resize(4);
+        let bid = pool.entry_bid(head.wrapping_add(2));
+        assert_eq!(
+            bid, 2,
+            "spare buffers are published after those in the ring"
+        );
+        for _ in 0..2 {
+            head = head.wrapping_add(1);
+        }
+        let again = Pool::take(&pool, bid, 10_000).unwrap();
+        assert!(
+            again.iter().all(|&b| b == 0),
+            "released memory reads as zeros"
+        );
+    }
+
+    /// The ids from `head` to the tail, sorted.
+    fn ring_contents(pool: &Pool, head: u16) -> Vec<u16> {
+        let mut in_ring: Vec<u16> = (0..pool.tail.get().wrapping_sub(head))
+            .map(|i| pool.entry_bid(head.wrapping_add(i)))
+            .collect();
+        in_ring.sort_unstable();
+        in_ring
     }
 
     #[test]
