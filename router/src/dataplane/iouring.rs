@@ -20,10 +20,11 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::dataplane::bufsize::Limits;
 use crate::dataplane::engine::{Counters, Engine, SendBatch, SendRun};
 use crate::dataplane::uring::{
-    BufGroup, Completion, OpId, Ring, RingOptions, StopReason, Target, TxBuf, UringError,
-    RECV_OVERHEAD,
+    BufGroup, Completion, OpId, Ring, RingOptions, SizedBufRings, StopReason, Target, TxBuf,
+    UringError, RECV_OVERHEAD,
 };
 use crate::dataplane::worker::{
     forward_control, send_failure, Backoff, IoCounters, SendFailure, ToWorker, WorkerError,
@@ -41,8 +42,14 @@ const UDP_GROUP: BufGroup = BufGroup(1);
 const TAP_GROUP: BufGroup = BufGroup(2);
 /// Buffer group of the wake eventfd's reads.
 const WAKE_GROUP: BufGroup = BufGroup(3);
-/// Buffers per provided-buffer ring.
-const BUFFERS: u16 = 64;
+/// Buffers of the UDP and TAP receive rings (64 KiB each, for GRO batches and TSO frames): few
+/// while traffic is light, doubled whenever a loop turn finds a ring (nearly) empty, and back
+/// to the minimum, their memory given back, after a quiet spell (see `bufsize`).
+const BUFFERS: Limits = Limits {
+    min: 4,
+    max: 16,
+    quiet: Duration::from_secs(5),
+};
 
 /// Checks that this kernel gives us everything the backend needs, so that the daemon can
 /// fall back to epoll before it starts any worker.
@@ -66,8 +73,14 @@ pub(crate) fn run(engine: &mut Engine, io: &WorkerIo) -> Result<(), WorkerError>
         limits,
     } = io;
     let mut ring = Ring::new(512, RingOptions::default())?;
-    let _udp_bufs = ring.add_buf_ring(UDP_GROUP, BUFFERS, (RECV_OVERHEAD + 65_536) as u32)?;
-    let _tap_bufs = ring.add_buf_ring(TAP_GROUP, BUFFERS, 65_536 + 64)?;
+    let mut pools = SizedBufRings::new(BUFFERS);
+    pools.add(
+        &mut ring,
+        UDP_GROUP,
+        (RECV_OVERHEAD + 65_536) as u32,
+        Instant::now(),
+    )?;
+    pools.add(&mut ring, TAP_GROUP, 65_536 + 64, Instant::now())?;
     let udp_fd = udp.as_raw_fd();
     let own_fd = own.as_ref().map_or(udp_fd, AsRawFd::as_raw_fd);
     let tap_fd = tap.as_raw_fd();
@@ -197,6 +210,7 @@ pub(crate) fn run(engine: &mut Engine, io: &WorkerIo) -> Result<(), WorkerError>
         if received {
             engine.flush(&mut out);
         }
+        pools.tick(now, &mut ring);
         for run in out.send.take() {
             sends.queue_run(&mut ring, run, engine.counters(), &mut out.send);
         }
