@@ -9,21 +9,18 @@
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use weave_bench::{super_frame, SEGMENTS};
 use weave_router::dataplane::engine::{Counters, Engine, PeerPath, Snapshot};
 use weave_router::ids::PeerName;
 use weave_router::switch::Routes;
-use weave_router::wire::eth::{checksum, IpProtocol, Ipv4Packet, TcpFlags, TcpPacket};
 use weave_router::wire::sleeve::{encode_packet, SleeveFrame};
-use weave_router::wire::vnet::{GsoType, VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN};
+use weave_router::wire::vnet::VNET_HDR_LEN;
 
-const MSS: usize = 1398;
-const SEGMENTS: usize = 46;
-const HEADERS: usize = 14 + 20 + 20;
 const POD_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const POD_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
@@ -34,49 +31,7 @@ fn name(i: u64) -> PeerName {
 /// A TAP read: virtio_net_hdr, then a TSO super-frame from pod A to pod B with the
 /// pseudo-header sum in the TCP checksum field (NEEDS_CSUM).
 fn tap_read() -> Vec<u8> {
-    let payload_len = MSS * SEGMENTS;
-    let mut frame = vec![0u8; HEADERS + payload_len];
-    frame[..6].copy_from_slice(&POD_B);
-    frame[6..12].copy_from_slice(&POD_A);
-    frame[12..14].copy_from_slice(&[0x08, 0x00]);
-    let (src, dst) = (Ipv4Addr::new(10, 32, 0, 1), Ipv4Addr::new(10, 32, 0, 2));
-    let mut ip = Ipv4Packet::new_unchecked(&mut frame[14..]);
-    ip.set_version_and_header_len(20);
-    ip.set_total_len((20 + 20 + payload_len) as u16);
-    ip.set_ident(4242);
-    ip.set_flags_and_offset(true, false, 0);
-    ip.set_ttl(64);
-    ip.set_protocol(IpProtocol::Tcp);
-    ip.set_src_addr(src);
-    ip.set_dst_addr(dst);
-    ip.fill_checksum();
-    let mut tcp = TcpPacket::new_unchecked(&mut frame[34..]);
-    tcp.set_src_port(40_000);
-    tcp.set_dst_port(5201);
-    tcp.set_seq_number(1_000_000);
-    tcp.set_ack_number(1);
-    tcp.set_header_len(20);
-    tcp.set_flags(TcpFlags::ACK.with(TcpFlags::PSH));
-    tcp.set_window_len(502);
-    for (i, b) in tcp.payload_mut().iter_mut().enumerate() {
-        *b = (i * 7 + 3) as u8;
-    }
-    tcp.set_checksum(checksum::pseudo_header_v4(
-        src,
-        dst,
-        IpProtocol::Tcp,
-        (20 + payload_len) as u32,
-    ));
-    let hdr = VirtioNetHdr {
-        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-        gso_type: GsoType::TcpV4,
-        gso_ecn: false,
-        hdr_len: HEADERS as u16,
-        gso_size: MSS as u16,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
+    let (hdr, frame) = super_frame();
     let mut read = vec![0u8; VNET_HDR_LEN];
     hdr.emit(&mut read).expect("header fits");
     read.extend_from_slice(&frame);

@@ -8,66 +8,14 @@
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
 use std::hint::black_box;
-use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use weave_bench::{super_frame, SEGMENTS};
 use weave_router::dataplane::offload::{gso_split, Checksums, GroBatch, GroTable, Segments};
-use weave_router::wire::eth::{checksum, IpProtocol, Ipv4Packet, TcpFlags, TcpPacket};
-use weave_router::wire::vnet::{GsoType, VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM};
+use weave_router::wire::eth::checksum;
 
-const MSS: usize = 1398;
-const SEGMENTS: usize = 46;
-const HEADERS: usize = 14 + 20 + 20;
 /// Room for a sleeve frame header (sender name, source, destination, length) per datagram.
 const SLEEVE_HEADROOM: usize = 20;
-
-/// A TSO super-frame as the TAP delivers it: full IP lengths, the pseudo-header sum in the
-/// TCP checksum field, NEEDS_CSUM.
-fn super_frame() -> (VirtioNetHdr, Vec<u8>) {
-    let payload_len = MSS * SEGMENTS;
-    let mut frame = vec![0u8; HEADERS + payload_len];
-    frame[..12].copy_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
-    frame[12..14].copy_from_slice(&[0x08, 0x00]);
-    let (src, dst) = (Ipv4Addr::new(10, 32, 0, 1), Ipv4Addr::new(10, 40, 0, 1));
-    let mut ip = Ipv4Packet::new_unchecked(&mut frame[14..]);
-    ip.set_version_and_header_len(20);
-    ip.set_total_len((20 + 20 + payload_len) as u16);
-    ip.set_ident(4242);
-    ip.set_flags_and_offset(true, false, 0);
-    ip.set_ttl(64);
-    ip.set_protocol(IpProtocol::Tcp);
-    ip.set_src_addr(src);
-    ip.set_dst_addr(dst);
-    ip.fill_checksum();
-    let mut tcp = TcpPacket::new_unchecked(&mut frame[34..]);
-    tcp.set_src_port(40_000);
-    tcp.set_dst_port(5201);
-    tcp.set_seq_number(1_000_000);
-    tcp.set_ack_number(1);
-    tcp.set_header_len(20);
-    tcp.set_flags(TcpFlags::ACK.with(TcpFlags::PSH));
-    tcp.set_window_len(502);
-    for (i, b) in tcp.payload_mut().iter_mut().enumerate() {
-        *b = (i * 7 + 3) as u8;
-    }
-    tcp.set_checksum(checksum::pseudo_header_v4(
-        src,
-        dst,
-        IpProtocol::Tcp,
-        (20 + payload_len) as u32,
-    ));
-    let hdr = VirtioNetHdr {
-        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
-        gso_type: GsoType::TcpV4,
-        gso_ecn: false,
-        hdr_len: HEADERS as u16,
-        gso_size: MSS as u16,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
-    (hdr, frame)
-}
 
 fn offload(c: &mut Criterion) {
     let (hdr, frame) = super_frame();
