@@ -172,23 +172,24 @@ fn launch_with(
 }
 
 /// Each worker's report from `host`'s router: `Dataplane.Workers`.
-fn workers(router: &Router, host: &Host) -> Vec<serde_json::Value> {
+fn workers(router: &Router, host: &Host) -> Result<Vec<serde_json::Value>, String> {
     let text = host
         .run(
             &router.bin().to_string_lossy(),
             &["status", "--json", "--http-addr", HTTP_ADDR],
         )
-        .expect("status --json");
-    let report: serde_json::Value = serde_json::from_str(&text).expect("JSON report");
-    report["Dataplane"]["Workers"]
+        .map_err(|e| e.to_string())?;
+    let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    Ok(report["Dataplane"]["Workers"]
         .as_array()
         .cloned()
-        .unwrap_or_default()
+        .unwrap_or_default())
 }
 
 /// Frames each worker of `host` received from peer number `from`.
 fn rx_frames_by_worker(router: &Router, host: &Host, from: usize) -> Vec<u64> {
     workers(router, host)
+        .expect("status --json")
         .iter()
         .map(|w| {
             w["Peers"][router::peer_name(from)]["RxFrames"]
@@ -512,18 +513,7 @@ fn pods_talk_through_the_sleeve(backend: &str, subnet: u8) {
     // host2's counters saw the transfer pass through: in from host1, out to host3.
     let (rx_from_1, tx_to_3, datagrams, calls) =
         testbed::wait_until("host2's per-peer counters", Duration::from_secs(10), || {
-            let text = h2
-                .run(
-                    &router.bin().to_string_lossy(),
-                    &["status", "--json", "--http-addr", HTTP_ADDR],
-                )
-                .map_err(|e| e.to_string())?;
-            let report: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| e.to_string())?;
-            let workers = report["Dataplane"]["Workers"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
+            let workers = workers(&router, &h2)?;
             let sum = |f: &dyn Fn(&serde_json::Value) -> u64| workers.iter().map(f).sum::<u64>();
             let rx = sum(&|w| {
                 w["Peers"][router::peer_name(1)]["RxBytes"]
