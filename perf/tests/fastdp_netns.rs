@@ -176,12 +176,19 @@ fn fastdp_carries_pods_falls_back_per_peer_survives_restart_and_resets_clean() {
         }
     }
     println!("all pods reach each other");
-    // The kernel sends to the peers' pods: one entry each way per remote MAC learned.
-    let entries = fdb(h1);
-    assert!(
-        entries.contains(&format!("dst {} port 6784", h3.addr())),
-        "{entries}"
-    );
+    // The kernel sends to the peers' pods: one entry each way per remote MAC learned. The
+    // router programs an entry after it learns the MAC, which a ping's first frames (sent
+    // through the sleeve) may precede.
+    let want = format!("dst {} port 6784", h3.addr());
+    testbed::wait_until("host1's entry for pod3", Duration::from_secs(5), || {
+        let entries = fdb(h1);
+        if entries.contains(&want) {
+            Ok(())
+        } else {
+            Err(entries)
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
 
     // 1 GiB pod1 -> pod3 through the kernel: checked at both ends, counters flat.
     let counted = |rs: &[(&Host, &str)]| -> Vec<u64> {

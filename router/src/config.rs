@@ -89,6 +89,13 @@ pub struct LaunchArgs {
     /// Net peers always get them). Env: WEAVE_SLEEVE_CHECKSUMS.
     #[arg(long, value_name = "partial|full")]
     pub sleeve_checksums: Option<String>,
+    /// Microseconds a data-plane worker keeps polling for more work after its last before it
+    /// sleeps, from 0 (never poll: every frame after a quiet moment costs a thread wake-up)
+    /// to 1000. Polling lowers round-trip latency for CPU time; it stops while traffic is too
+    /// sparse for it to pay, and an idle router does not poll [default: 50].
+    /// Env: WEAVE_BUSY_POLL.
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub busy_poll: Option<String>,
     /// Sleeve offloads: `on` (UDP GSO/GRO and TAP TSO/checksum offload, the default) or
     /// `off` (one datagram per system call, frames segmented by the kernel; for measuring
     /// what batching buys). Env: WEAVE_OFFLOAD.
@@ -271,6 +278,8 @@ pub struct Config {
     pub partial_checksums: bool,
     /// Whether the sleeve batches with UDP GSO/GRO and TAP offloads.
     pub offload: bool,
+    /// How long workers poll for work before they sleep (`--busy-poll`).
+    pub busy_poll: std::time::Duration,
     /// Address management; `None` when `--ipalloc-range ""` turned it off.
     pub ipam: Option<IpamConfig>,
     /// The pods' MTU, when set; else what the underlay's 1500 bytes carry.
@@ -573,6 +582,25 @@ impl Config {
             None => true,
         };
 
+        let busy_poll = match pick(&args.busy_poll, "busy-poll", &["WEAVE_BUSY_POLL"]) {
+            Some(s) => s
+                .value
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .map(std::time::Duration::from_micros)
+                .filter(|d| *d <= crate::dataplane::busypoll::MAX_WINDOW)
+                .ok_or_else(|| ConfigError::InvalidValue {
+                    source_name: s.source_name,
+                    value: s.value.to_string(),
+                    reason: format!(
+                        "expected microseconds from 0 to {}",
+                        crate::dataplane::busypoll::MAX_WINDOW.as_micros()
+                    ),
+                })?,
+            None => crate::dataplane::worker::DEFAULT_BUSY_POLL,
+        };
+
         let ipam = resolve_ipam(args, env)?;
 
         let mtu = match pick(&args.mtu, "mtu", &["WEAVE_MTU"]) {
@@ -624,6 +652,7 @@ impl Config {
             sleeve_spread,
             partial_checksums,
             offload,
+            busy_poll,
             name,
             nickname,
             port,

@@ -506,7 +506,10 @@ async fn start_dataplane(
             learn: Arc::clone(&learn),
             offload: config.offload,
             cpu: cpus.get(i % cpus.len().max(1)).copied(),
-            limits: WorkerLimits::default(),
+            limits: WorkerLimits {
+                busy_poll: config.busy_poll,
+                ..WorkerLimits::default()
+            },
         };
         workers
             .start(backend, setup, tap, sockets, Instant::now())

@@ -191,6 +191,31 @@ fn offloads_can_be_turned_off() {
 }
 
 #[test]
+fn busy_polling_is_bounded_and_can_be_turned_off() {
+    use std::time::Duration;
+    assert_eq!(
+        resolve(&[], &[]).unwrap().busy_poll,
+        Duration::from_micros(50)
+    );
+    assert_eq!(
+        resolve(&["--busy-poll=0"], &[]).unwrap().busy_poll,
+        Duration::ZERO
+    );
+    assert_eq!(
+        resolve(&[], &[("WEAVE_BUSY_POLL", "200")])
+            .unwrap()
+            .busy_poll,
+        Duration::from_micros(200)
+    );
+    assert_eq!(
+        resolve(&["--busy-poll", "1000"], &[("WEAVE_BUSY_POLL", "0")])
+            .unwrap()
+            .busy_poll,
+        Duration::from_millis(1)
+    );
+}
+
+#[test]
 fn bad_values_are_refused_by_name() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case] = &[
@@ -240,6 +265,16 @@ fn bad_values_are_refused_by_name() {
             &[],
             &[("WEAVE_OFFLOAD", "0")],
             "invalid value '0' for 'WEAVE_OFFLOAD'",
+        ),
+        (
+            &["--busy-poll=1001"],
+            &[],
+            "invalid value '1001' for '--busy-poll'",
+        ),
+        (
+            &[],
+            &[("WEAVE_BUSY_POLL", "-5")],
+            "invalid value '-5' for 'WEAVE_BUSY_POLL'",
         ),
         (
             &["host:99999"],

@@ -187,7 +187,7 @@ fn encode_workers(
 ) -> Result<(), std::fmt::Error> {
     let ids: Vec<String> = workers.iter().map(|w| w.worker.to_string()).collect();
     type Field = fn(&WorkerStats) -> u64;
-    let fields: [(&str, &str, Field); 16] = [
+    let fields: [(&str, &str, Field); 18] = [
         (
             "weave_router_tap_rx_frames",
             "Frames read from the TAP, after GSO split.",
@@ -263,6 +263,16 @@ fn encode_workers(
             "weave_router_ring_retries",
             "Transient io_uring errors retried in place.",
             |w| w.ring_retries,
+        ),
+        (
+            "weave_router_busy_poll_microseconds",
+            "Microseconds a data-plane worker spent busy-polling for work instead of sleeping.",
+            |w| w.busy_poll_micros,
+        ),
+        (
+            "weave_router_busy_poll_hits",
+            "Busy-polls that found work, each a thread wake-up saved.",
+            |w| w.busy_poll_hits,
         ),
         (
             "weave_router_worker_restarts",

@@ -95,6 +95,12 @@ pub struct WorkerStats {
     /// Transient io_uring errors retried in place.
     #[serde(default)]
     pub ring_retries: u64,
+    /// Microseconds spent busy-polling instead of sleeping.
+    #[serde(default)]
+    pub busy_poll_micros: u64,
+    /// Busy-polls that found work (thread wake-ups saved).
+    #[serde(default)]
+    pub busy_poll_hits: u64,
 }
 
 /// One peer: its connection and the traffic exchanged with it.
@@ -247,6 +253,8 @@ fn worker_stats(worker: usize, w: &WorkerStatus) -> WorkerStats {
         control_dropped: w.io.control_dropped,
         rearms: w.io.rearms,
         ring_retries: w.io.ring_retries,
+        busy_poll_micros: w.io.busy_poll_micros,
+        busy_poll_hits: w.io.busy_poll_hits,
     }
 }
 
@@ -316,6 +324,8 @@ mod tests {
                 control_dropped: 15,
                 rearms: 16,
                 ring_retries: 17,
+                busy_poll_micros: 18,
+                busy_poll_hits: 19,
             },
         }
     }
@@ -367,6 +377,7 @@ mod tests {
             (13, 14, 15)
         );
         assert_eq!((w.rearms, w.ring_retries), (16, 17));
+        assert_eq!((w.busy_poll_micros, w.busy_poll_hits), (18, 19));
 
         let names: Vec<&str> = s.peers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(

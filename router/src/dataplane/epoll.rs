@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::dataplane::busypoll::BusyPoll;
 use crate::dataplane::engine::{Counters, Engine, Output, SendRun};
 use crate::dataplane::worker::{
     forward_control, send_failure, transient_input_error, Backoff, IoCounters, SendFailure,
@@ -53,6 +54,7 @@ pub(crate) fn run(engine: &mut Engine, io: &WorkerIo) -> Result<(), WorkerError>
     let mut udp_input = Paused::new("UDP receive", limits.input_failures);
     let mut gso = [true; 2];
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+    let mut busy = BusyPoll::new(limits.busy_poll);
     loop {
         loop {
             match rx.try_recv() {
@@ -68,14 +70,22 @@ pub(crate) fn run(engine: &mut Engine, io: &WorkerIo) -> Result<(), WorkerError>
             .flatten()
             .map(|until| until.saturating_duration_since(now))
             .fold(POLL_INTERVAL, Duration::min);
-        let (tap_ready, udp_ready) = wait(
-            tap_input.ready(now).then_some(tap),
-            udp_input.ready(now).then_some(udp),
-            wake,
-            timeout,
-        )
-        .map_err(WorkerError::Poll)?;
+        let tap_set = tap_input.ready(now).then_some(tap);
+        let udp_set = udp_input.ready(now).then_some(udp);
+        let (tap_ready, udp_ready) = match busy.deadline(now) {
+            None => {
+                let ready = wait(tap_set, udp_set, wake, timeout).map_err(WorkerError::Poll)?;
+                (ready.tap, ready.udp)
+            }
+            Some(deadline) => {
+                let ready = poll(tap_set, udp_set, wake, deadline, timeout, engine.counters())?;
+                (ready.tap, ready.udp)
+            }
+        };
         let now = Instant::now();
+        if tap_ready || udp_ready {
+            busy.worked(now);
+        }
         if tap_ready {
             for _ in 0..BATCH {
                 match tap.read(&mut tap_buf) {
@@ -290,6 +300,52 @@ pub fn send_one(udp: &UdpSocket, d: &Udp, c: &Counters) {
     }
 }
 
+/// What [`wait`] found ready.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ready {
+    tap: bool,
+    udp: bool,
+    /// The control channel was written to.
+    woken: bool,
+}
+
+/// Busy-polls (see [`crate::dataplane::busypoll`]): asks without waiting until an input or
+/// the control channel is ready or `deadline` passes, then waits up to `timeout`.
+fn poll(
+    tap: Option<&TapQueue>,
+    udp: Option<&UdpSocket>,
+    wake: &Wake,
+    deadline: Instant,
+    timeout: Duration,
+    counters: &Counters,
+) -> Result<Ready, WorkerError> {
+    let started = Instant::now();
+    let mut now = started;
+    let found = loop {
+        let ready = wait(tap, udp, wake, Duration::ZERO).map_err(WorkerError::Poll)?;
+        if ready.tap || ready.udp || ready.woken {
+            break Some(ready);
+        }
+        now = Instant::now();
+        if now >= deadline {
+            break None;
+        }
+        std::hint::spin_loop();
+    };
+    let spent = now.saturating_duration_since(started);
+    IoCounters::add(
+        &counters.io.busy_poll_micros,
+        u64::try_from(spent.as_micros()).unwrap_or(u64::MAX),
+    );
+    match found {
+        Some(ready) => {
+            IoCounters::add(&counters.io.busy_poll_hits, 1);
+            Ok(ready)
+        }
+        None => wait(tap, udp, wake, timeout).map_err(WorkerError::Poll),
+    }
+}
+
 /// Waits until the TAP or the socket is readable (each only when given), the control channel
 /// was written to (the wake descriptor, drained here), or `timeout` passed.
 fn wait(
@@ -297,7 +353,7 @@ fn wait(
     udp: Option<&UdpSocket>,
     wake: &Wake,
     timeout: Duration,
-) -> io::Result<(bool, bool)> {
+) -> io::Result<Ready> {
     // A negative descriptor is skipped by poll: how a paused input leaves the set.
     let fd = |f: Option<std::os::fd::BorrowedFd<'_>>| f.map_or(-1, |f| f.as_raw_fd());
     let mut fds = [
@@ -326,15 +382,20 @@ fn wait(
     if ret < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {
-            return Ok((false, false));
+            return Ok(Ready::default());
         }
         return Err(e);
     }
     let ready = |f: &libc::pollfd| f.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0;
-    if ready(&fds[2]) {
+    let woken = ready(&fds[2]);
+    if woken {
         wake.drain();
     }
-    Ok((ready(&fds[0]), ready(&fds[1])))
+    Ok(Ready {
+        tap: ready(&fds[0]),
+        udp: ready(&fds[1]),
+        woken,
+    })
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::dataplane::bufsize::Limits;
+use crate::dataplane::busypoll::BusyPoll;
 use crate::dataplane::engine::{Counters, Engine, SendBatch, SendRun};
 use crate::dataplane::uring::{
     BufGroup, Completion, OpId, Ring, RingOptions, SizedBufRings, StopReason, Target, TxBuf,
@@ -89,11 +90,12 @@ pub(crate) fn run(engine: &mut Engine, io: &WorkerIo) -> Result<(), WorkerError>
     let wake_fd = wake.as_raw_fd();
     let mut inputs = Inputs::new(limits.input_failures, Instant::now());
     let mut sends = Sends::new([udp_fd, own_fd], limits.sends_in_flight);
-    let mut enter = Backoff::new(
+    let mut enter_backoff = Backoff::new(
         INPUT_BACKOFF_FIRST,
         INPUT_BACKOFF_MAX,
         limits.input_failures,
     );
+    let mut busy = BusyPoll::new(limits.busy_poll);
     let mut out = engine.output();
     let mut completions = Vec::new();
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
@@ -146,23 +148,22 @@ pub(crate) fn run(engine: &mut Engine, io: &WorkerIo) -> Result<(), WorkerError>
         let wait = inputs
             .next_due()
             .map_or(WAIT, |due| due.saturating_duration_since(now).min(WAIT));
-        match ring.submit_and_wait(1, Some(wait)) {
-            Ok(_) => enter.succeed(),
-            Err(e) if transient(&e) => {
-                IoCounters::add(&engine.counters().io.ring_retries, 1);
-                let Some(pause) = enter.fail() else {
-                    return Err(e.into());
-                };
-                // EBUSY asks for the completions to be reaped, which follows at once; the
-                // kernel short of memory (EAGAIN) asks for a moment.
-                if !is_errno(&e, libc::EBUSY) {
-                    std::thread::sleep(pause);
-                }
-            }
-            Err(e) => return Err(e.into()),
+        match busy.deadline(now) {
+            None => enter(&mut ring, wait, &mut enter_backoff, engine.counters())?,
+            Some(deadline) => poll(
+                &mut ring,
+                deadline,
+                wait,
+                &mut enter_backoff,
+                engine.counters(),
+                &mut completions,
+            )?,
         }
         ring.reap(&mut completions);
         let now = Instant::now();
+        if !completions.is_empty() {
+            busy.worked(now);
+        }
         let mut received = false;
         for c in completions.drain(..) {
             match c {
@@ -227,6 +228,75 @@ pub(crate) fn run(engine: &mut Engine, io: &WorkerIo) -> Result<(), WorkerError>
             engine.sweep(now);
             next_sweep = now + SWEEP_INTERVAL;
         }
+    }
+}
+
+/// Submits what is queued and waits up to `wait` for a completion. A transient error is
+/// counted and passes (after a pause unless the kernel asked for a reap); too many in a row,
+/// or any other error, end the worker.
+fn enter(
+    ring: &mut Ring,
+    wait: Duration,
+    backoff: &mut Backoff,
+    counters: &Counters,
+) -> Result<(), WorkerError> {
+    match ring.submit_and_wait(1, Some(wait)) {
+        Ok(_) => {
+            backoff.succeed();
+            Ok(())
+        }
+        Err(e) if transient(&e) => {
+            IoCounters::add(&counters.io.ring_retries, 1);
+            let Some(pause) = backoff.fail() else {
+                return Err(e.into());
+            };
+            // EBUSY asks for the completions to be reaped, which follows at once; the
+            // kernel short of memory (EAGAIN) asks for a moment.
+            if !is_errno(&e, libc::EBUSY) {
+                std::thread::sleep(pause);
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Busy-polls (see [`crate::dataplane::busypoll`]): submits what is queued and enters the
+/// kernel without sleeping (with DEFER_TASKRUN, completions are only posted while the
+/// worker is in `io_uring_enter`) until a completion is there or `deadline` passes, then
+/// sleeps up to `wait` as [`enter`] does. Completions found while polling are left in
+/// `completions` for the caller's reap to add to.
+fn poll(
+    ring: &mut Ring,
+    deadline: Instant,
+    wait: Duration,
+    backoff: &mut Backoff,
+    counters: &Counters,
+    completions: &mut Vec<Completion>,
+) -> Result<(), WorkerError> {
+    let started = Instant::now();
+    let mut now = started;
+    let found = loop {
+        enter(ring, Duration::ZERO, backoff, counters)?;
+        if ring.reap(completions) > 0 {
+            break true;
+        }
+        now = Instant::now();
+        if now >= deadline {
+            break false;
+        }
+        std::hint::spin_loop();
+    };
+    let spent = now.saturating_duration_since(started);
+    IoCounters::add(
+        &counters.io.busy_poll_micros,
+        u64::try_from(spent.as_micros()).unwrap_or(u64::MAX),
+    );
+    if found {
+        IoCounters::add(&counters.io.busy_poll_hits, 1);
+        Ok(())
+    } else {
+        enter(ring, wait, backoff, counters)
     }
 }
 

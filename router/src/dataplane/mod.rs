@@ -2,6 +2,7 @@
 //! the I/O engines.
 
 pub mod bufsize;
+pub mod busypoll;
 pub mod engine;
 pub mod epoll;
 pub mod iouring;

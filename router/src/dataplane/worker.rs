@@ -225,6 +225,9 @@ pub struct WorkerLimits {
     pub input_failures: u32,
     /// Sends submitted and not yet completed (io_uring); a send beyond is dropped and counted.
     pub sends_in_flight: usize,
+    /// How long a worker polls for more work after its last before it sleeps (see
+    /// [`crate::dataplane::busypoll`]); zero: it never polls.
+    pub busy_poll: Duration,
 }
 
 impl Default for WorkerLimits {
@@ -236,9 +239,13 @@ impl Default for WorkerLimits {
             // The completion queue (2048 entries) holds every send's completion beside a
             // full round of the receive rings' buffers.
             sends_in_flight: 1024,
+            busy_poll: DEFAULT_BUSY_POLL,
         }
     }
 }
+
+/// The default busy-polling window (`--busy-poll`).
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
 
 /// First wait before a failed input is tried again.
 pub const INPUT_BACKOFF_FIRST: Duration = Duration::from_millis(1);
@@ -385,6 +392,10 @@ pub struct IoCounters {
     pub rearms: AtomicU64,
     /// Transient ring errors (`EBUSY`, `EAGAIN`) retried in place.
     pub ring_retries: AtomicU64,
+    /// Microseconds spent busy-polling (CPU time the worker used instead of sleeping).
+    pub busy_poll_micros: AtomicU64,
+    /// Busy-polls that found work: thread wake-ups saved.
+    pub busy_poll_hits: AtomicU64,
     /// Times the worker was restarted after it failed.
     pub restarts: AtomicU64,
     /// The backend it runs (see [`Backend::code`]); 0 before it first starts.
@@ -476,6 +487,8 @@ impl IoCounters {
             control_dropped: get(&self.control_dropped),
             rearms: get(&self.rearms),
             ring_retries: get(&self.ring_retries),
+            busy_poll_micros: get(&self.busy_poll_micros),
+            busy_poll_hits: get(&self.busy_poll_hits),
         }
     }
 }

@@ -221,6 +221,10 @@ pub struct WorkerIoStatus {
     pub rearms: u64,
     /// Transient io_uring errors retried in place.
     pub ring_retries: u64,
+    /// Microseconds spent busy-polling instead of sleeping.
+    pub busy_poll_micros: u64,
+    /// Busy-polls that found work (thread wake-ups saved).
+    pub busy_poll_hits: u64,
 }
 
 /// Frames and bytes exchanged with one directly connected peer.
