@@ -538,5 +538,44 @@ fn pods_talk_through_the_sleeve(backend: &str, subnet: u8) {
         "[{backend}] host2 relayed {rx_from_1} bytes in from host1 and {tx_to_3} out to host3; {:.1} datagrams per send",
         datagrams as f64 / calls.max(1) as f64
     );
+    busy_polling_pays_under_traffic_and_stops_when_idle(&router, &h2, &pods[1], &pods[0]);
     drop(pods);
+}
+
+/// Busy-polling: host2's workers, which relayed the transfer and now serve a round-trip
+/// load (pings back to back), catch work by polling; once the pods fall quiet they poll for
+/// under 1% of the wall time (the mesh's own heartbeats and gossip still arrive).
+fn busy_polling_pays_under_traffic_and_stops_when_idle(
+    router: &Router,
+    host: &Host,
+    from: &Pod,
+    to: &Pod,
+) {
+    let sum = |field: &str| -> u64 {
+        workers(router, host)
+            .expect("status --json")
+            .iter()
+            .map(|w| w[field].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let hits_before = sum("BusyPollHits");
+    let out = from.exec(&["ping", "-c", "500", "-i", "0", "-q", &to.ip.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    let hits = sum("BusyPollHits") - hits_before;
+    // Let the polling windows of the last pings pass.
+    std::thread::sleep(Duration::from_millis(100));
+    let polled_before = sum("BusyPollMicros");
+    let idle_from = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let polled = sum("BusyPollMicros") - polled_before;
+    let idle = idle_from.elapsed();
+    let workers = workers(router, host).expect("status --json").len() as u128;
+    println!(
+        "host2: {hits} busy-polls found work during 500 round trips; idle, its workers polled {polled} µs in {idle:.2?}"
+    );
+    assert!(hits > 0, "no busy-poll found work under a round-trip load");
+    assert!(
+        u128::from(polled) * 100 < idle.as_micros() * workers,
+        "idle workers polled {polled} µs in {idle:?}"
+    );
 }
