@@ -41,9 +41,21 @@ impl InNetns for Pod {
 }
 
 impl Pod {
+    /// Pod `index` on `host`'s weave bridge, 10.32.0.`index`.
     fn new(bed: &Testbed, host: &Host, index: u8) -> Pod {
+        Pod::on(
+            bed,
+            host,
+            index,
+            "weave",
+            Ipv4Addr::new(10, 32, 0, index),
+            POD_MTU,
+        )
+    }
+
+    /// Pod `index` (unique in the testbed) on `host`'s `bridge`, address `ip`/12.
+    fn on(bed: &Testbed, host: &Host, index: u8, bridge: &str, ip: Ipv4Addr, mtu: usize) -> Pod {
         let netns = format!("{}-p{index}", bed.run_id());
-        let ip = Ipv4Addr::new(10, 32, 0, index);
         let host_end = format!("vp{index}{}", std::process::id() % 10000);
         run("ip", &["netns", "add", &netns]);
         let pod = Pod {
@@ -78,7 +90,7 @@ impl Pod {
                 "set",
                 &host_end,
                 "master",
-                "weave",
+                bridge,
                 "up",
             ],
         );
@@ -91,7 +103,7 @@ impl Pod {
                 "set",
                 "eth0",
                 "mtu",
-                &POD_MTU.to_string(),
+                &mtu.to_string(),
                 "up",
             ],
         );
@@ -266,25 +278,8 @@ fn one_peer_pairs_traffic_uses_every_worker_and_other_peers_get_the_mesh_port() 
     }
 
     let before = rx_frames_by_worker(&router, &h2, 1);
-    for (client, server) in [(0, 1), (2, 1)] {
-        let server_ip = pods[server].ip.to_string();
-        let listen = pods[server].exec(&["iperf3", "-s", "-1", "-D"]);
-        assert!(listen.status.success(), "{listen:?}");
-        let sent = testbed::wait_until("iperf3", Duration::from_secs(10), || {
-            let out = pods[client].exec(&["iperf3", "-c", &server_ip, "-P", "16", "-t", "2", "-J"]);
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(String::from_utf8_lossy(&out.stdout).to_string())
-            }
-        });
-        assert!(
-            sent.is_ok(),
-            "pod{} -> pod{}: {sent:?}",
-            client + 1,
-            server + 1
-        );
-    }
+    let sleeve = streams(&pods[0], &pods[1]);
+    streams(&pods[2], &pods[1]);
     let after = rx_frames_by_worker(&router, &h2, 1);
     let got: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     let total: u64 = got.iter().sum();
@@ -297,6 +292,24 @@ fn one_peer_pairs_traffic_uses_every_worker_and_other_peers_get_the_mesh_port() 
             "a worker got under 5% of one peer pair's traffic: {got:?}"
         );
     }
+
+    // The same streams over the kernel's VXLAN between host1 and host2, for reference: a
+    // sender that sees its segments reordered (SACK, timestamps) counts it, and then
+    // retransmits spuriously. Spreading must not add any beyond what the kernel's path does.
+    weave_perf::harness::run::vxlan_overlay(&[h1.clone(), h2.clone()]).expect("vxlan overlay");
+    let kernel_pods = [
+        Pod::on(&bed, &h1, 11, "kbr", Ipv4Addr::new(10, 96, 0, 11), 1450),
+        Pod::on(&bed, &h2, 12, "kbr", Ipv4Addr::new(10, 96, 0, 12), 1450),
+    ];
+    let kernel = streams(&kernel_pods[0], &kernel_pods[1]);
+    println!("16 streams for 2 s, sleeve (spread over host2's workers): {sleeve}; kernel VXLAN: {kernel}");
+    // A flow may move between workers once, when its first ACK comes back through another
+    // worker than the one its first segments left by: at most one reordering per stream.
+    assert!(
+        sleeve.reordered <= kernel.reordered + 16,
+        "the sleeve reordered segments: sleeve {sleeve}, kernel {kernel}"
+    );
+    drop(kernel_pods);
 
     let counters = h3
         .run("nft", &["list", "table", "inet", "spread"])
@@ -338,6 +351,62 @@ fn one_peer_pairs_traffic_uses_every_worker_and_other_peers_get_the_mesh_port() 
         "host3 received too little from host2: {from_2}"
     );
     drop(pods);
+}
+
+/// What one `iperf3` run's sender saw.
+#[derive(Debug, Clone, Copy)]
+struct Streams {
+    /// Times the sender's TCP detected reordering (SACK, timestamps, Reno dupacks).
+    reordered: u64,
+    /// Segments it retransmitted.
+    retransmitted: u64,
+    gbps: f64,
+}
+
+impl std::fmt::Display for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2} Gbit/s, {} reorderings detected, {} segments retransmitted",
+            self.gbps, self.reordered, self.retransmitted
+        )
+    }
+}
+
+/// Sixteen TCP streams `client` -> `server` for two seconds.
+fn streams(client: &Pod, server: &Pod) -> Streams {
+    let reorder = |pod: &Pod| -> u64 {
+        let out = pod.exec(&["cat", "/proc/net/netstat"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        lines[0]
+            .split_whitespace()
+            .zip(lines[1].split_whitespace())
+            .filter(|(name, _)| ["TCPSACKReorder", "TCPTSReorder", "TCPRenoReorder"].contains(name))
+            .map(|(_, v)| v.parse::<u64>().expect("counter"))
+            .sum()
+    };
+    let server_ip = server.ip.to_string();
+    let listen = server.exec(&["iperf3", "-s", "-1", "-D"]);
+    assert!(listen.status.success(), "{listen:?}");
+    let before = reorder(client);
+    let report = testbed::wait_until("iperf3", Duration::from_secs(10), || {
+        let out = client.exec(&["iperf3", "-c", &server_ip, "-P", "16", "-t", "2", "-J"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() {
+            serde_json::from_str::<serde_json::Value>(&text).map_err(|e| e.to_string())
+        } else {
+            Err(text)
+        }
+    })
+    .unwrap_or_else(|e| panic!("{} -> {}: {e}", client.ip, server.ip));
+    let sent = &report["end"]["sum_sent"];
+    Streams {
+        reordered: reorder(client) - before,
+        retransmitted: sent["retransmits"].as_u64().unwrap_or(0),
+        gbps: sent["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9,
+    }
 }
 
 /// Waits until `host` has `n` established sleeve connections with a verified MTU.

@@ -969,8 +969,9 @@ fn last_lines(text: &str, n: usize) -> String {
 }
 
 /// The kernel VXLAN overlay on `hosts`: a bridge `kbr` with a `vx0` per host, flooding to
-/// every other host of the group through all-zero fdb entries.
-fn vxlan_overlay(hosts: &[Host]) -> Result<(), TestbedError> {
+/// every other host of the group through all-zero fdb entries (UDP 4789). Tests use it as
+/// the kernel reference on their own testbeds.
+pub fn vxlan_overlay(hosts: &[Host]) -> Result<(), TestbedError> {
     for host in hosts {
         let local = host.addr().to_string();
         host.run(

@@ -173,11 +173,29 @@ pub fn open_udp(opts: &UdpOptions) -> Result<UdpSocket, SysError> {
 /// `SKF_NET_OFF`: classic BPF loads at this offset plus k read the network header.
 const SKF_NET_OFF: u32 = (-0x0010_0000i32) as u32;
 
-/// The reuseport program: socket index = UDP source port modulo `sockets`. For IPv4 the
-/// header length comes from IHL; for IPv6 the UDP header is taken to follow the fixed
-/// header (a datagram with extension headers lands on whatever socket its bytes name,
-/// which is still one socket per source). Returns the instructions; the kernel falls back
-/// to its hash when the index is out of range.
+/// Ports of a worker block are aligned to this: worker `i` sends from a port that is `i`
+/// modulo it, and a receiver steers by the source port modulo it first. Every
+/// weave-router uses the same value, so two of them agree on which worker is which
+/// whatever their ports and worker counts (see [`source_port_program`]).
+pub const STEER_MODULUS: u16 = 256;
+
+/// The reuseport program: socket index = (UDP source port modulo [`STEER_MODULUS`])
+/// modulo `sockets`, so the datagrams of a peer's worker `i` (port `i` modulo
+/// [`STEER_MODULUS`], see [`open_port_block`]) reach socket `i` modulo `sockets`.
+///
+/// Why not the port modulo `sockets` alone: the TAP queue that the kernel reads a TCP flow
+/// into is the one its last frame was written through (the TUN driver's automatic
+/// steering), so a flow's data leaves by the worker whose TAP writes carried its ACKs.
+/// With both routers mapping worker `i` to worker `i` (equal worker counts) a flow stays
+/// on one worker both ways; with different counts the map `i -> (i mod m) mod n` moves a
+/// flow at most once and then holds it. With unaligned ports the two routers' maps could
+/// compose to a swap, which moved every flow between two workers on each round trip and
+/// reordered it.
+///
+/// For IPv4 the header length comes from IHL; for IPv6 the UDP header is taken to follow
+/// the fixed header (a datagram with extension headers lands on whatever socket its bytes
+/// name, which is still one socket per source). Returns the instructions; the kernel falls
+/// back to its hash when the index is out of range.
 pub fn source_port_program(ipv6: bool, sockets: u32) -> Vec<libc::sock_filter> {
     let op = |code: u16, k: u32| libc::sock_filter {
         code,
@@ -198,6 +216,7 @@ pub fn source_port_program(ipv6: bool, sockets: u32) -> Vec<libc::sock_filter> {
     vec![
         header_len,
         op(LD_IND_H, SKF_NET_OFF),
+        op(MOD_K, u32::from(STEER_MODULUS)),
         op(MOD_K, sockets.max(1)),
         op(RET_A, 0),
     ]
@@ -230,29 +249,30 @@ pub fn steer_by_source_port(sock: &impl AsFd, sockets: u32) -> Result<(), SysErr
 }
 
 /// Opens `count` sockets with `opts` on consecutive ports of `opts.bind`'s address, the
-/// first chosen by the kernel, so that their ports fall on distinct sockets of a peer's
-/// [`steer_by_source_port`] group. `opts.bind`'s port is ignored.
+/// first on a multiple of [`STEER_MODULUS`] (so socket `i`'s port is `i` modulo it) inside
+/// the local ephemeral port range, trying the aligned blocks from a random one on.
 pub fn open_port_block(opts: &UdpOptions, count: usize) -> Result<Vec<UdpSocket>, SysError> {
-    const ATTEMPTS: usize = 64;
+    let (low, high) = ephemeral_range();
+    let step = usize::from(STEER_MODULUS);
+    let first_base = usize::from(low).div_ceil(step) * step;
+    let bases: Vec<usize> = (first_base..=usize::from(high))
+        .step_by(step)
+        .filter(|b| b + count.saturating_sub(1) <= usize::from(high))
+        .collect();
+    let start = {
+        use std::hash::{BuildHasher, Hasher};
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        usize::try_from(random % bases.len().max(1) as u64).unwrap_or(0)
+    };
     let mut last = None;
-    for _ in 0..ATTEMPTS {
-        let mut first = *opts;
-        first.bind.set_port(0);
-        let sock = open_udp(&first)?;
-        let Some(base) = local_addr(&sock).map(|a| a.port()) else {
-            return Err(syscall(
-                "getsockname",
-                &opts.bind.to_string(),
-                io::ErrorKind::InvalidData.into(),
-            ));
-        };
-        let mut block = vec![sock];
-        for i in 1..count {
-            let Some(port) = u16::try_from(usize::from(base) + i).ok() else {
-                break;
-            };
+    for base in bases.iter().cycle().skip(start).take(bases.len()) {
+        let mut block = Vec::with_capacity(count);
+        for i in 0..count {
             let mut next = *opts;
-            next.bind.set_port(port);
+            next.bind
+                .set_port(u16::try_from(base + i).expect("within the ephemeral range"));
             match open_udp(&next) {
                 Ok(s) => block.push(s),
                 Err(e) => {
@@ -272,6 +292,19 @@ pub fn open_port_block(opts: &UdpOptions, count: usize) -> Result<Vec<UdpSocket>
             io::ErrorKind::AddrInUse.into(),
         )
     }))
+}
+
+/// The local ephemeral port range (`net.ipv4.ip_local_port_range`, which IPv6 shares), or
+/// the kernel's default when it cannot be read.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut it = text.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .filter(|(low, high)| low <= high)
+        .unwrap_or((32768, 60999))
 }
 
 /// The socket's buffer sizes.
@@ -619,45 +652,52 @@ mod tests {
         assert_eq!(meta(0, Some(1000)).segments(), 1);
     }
 
-    /// Four receiving sockets in one reuseport group steered by source port, and four
-    /// senders on a block of consecutive ports: each sender's datagrams all reach one
-    /// receiver, and every receiver gets one sender's.
+    /// Receiving sockets in one reuseport group steered by source port (four, then three),
+    /// and four senders on an aligned block of consecutive ports: sender `i`'s datagrams all
+    /// reach receiver `i` modulo the receivers, whatever the block's base.
     #[test]
     fn a_port_block_spreads_over_a_steered_reuseport_group() {
         let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        let first = open_udp(&UdpOptions::sleeve(any, true)).expect("open");
-        let group_addr = first.local_addr().expect("bound");
-        let mut group = vec![first];
-        for _ in 1..4 {
-            group.push(open_udp(&UdpOptions::sleeve(group_addr, true)).expect("join"));
-        }
-        steer_by_source_port(&group[0], 4).expect("attach");
-        let senders = open_port_block(&UdpOptions::sleeve(any, true), 4).expect("block");
-        let ports: Vec<u16> = senders
-            .iter()
-            .map(|s| s.local_addr().unwrap().port())
-            .collect();
-        assert!(ports.windows(2).all(|w| w[1] == w[0] + 1), "{ports:?}");
-        for s in &senders {
-            for _ in 0..3 {
-                s.send_to(b"x", group_addr).expect("send");
+        for receivers in [4usize, 3] {
+            let first = open_udp(&UdpOptions::sleeve(any, true)).expect("open");
+            let group_addr = first.local_addr().expect("bound");
+            let mut group = vec![first];
+            for _ in 1..receivers {
+                group.push(open_udp(&UdpOptions::sleeve(group_addr, true)).expect("join"));
             }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let mut seen = std::collections::BTreeMap::new();
-        for (i, r) in group.iter().enumerate() {
-            let mut buf = [0u8; 16];
-            while let Ok((_, from)) = r.recv_from(&mut buf) {
-                seen.entry(from.port()).or_insert_with(Vec::new).push(i);
+            steer_by_source_port(&group[0], receivers as u32).expect("attach");
+            let senders = open_port_block(&UdpOptions::sleeve(any, true), 4).expect("block");
+            let ports: Vec<u16> = senders
+                .iter()
+                .map(|s| s.local_addr().unwrap().port())
+                .collect();
+            assert!(ports.windows(2).all(|w| w[1] == w[0] + 1), "{ports:?}");
+            assert_eq!(ports[0] % STEER_MODULUS, 0, "{ports:?}");
+            for s in &senders {
+                for _ in 0..3 {
+                    s.send_to(b"x", group_addr).expect("send");
+                }
             }
-        }
-        assert_eq!(seen.len(), 4, "every sender heard: {seen:?}");
-        for (port, sockets) in &seen {
-            assert_eq!(sockets.len(), 3);
-            assert!(
-                sockets.iter().all(|s| *s == usize::from(*port) % 4),
-                "{seen:?}"
-            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut seen = std::collections::BTreeMap::new();
+            for (i, r) in group.iter().enumerate() {
+                let mut buf = [0u8; 16];
+                while let Ok((_, from)) = r.recv_from(&mut buf) {
+                    seen.entry(from.port() - ports[0])
+                        .or_insert_with(Vec::new)
+                        .push(i);
+                }
+            }
+            assert_eq!(seen.len(), 4, "every sender heard: {seen:?}");
+            for (sender, sockets) in &seen {
+                assert_eq!(sockets.len(), 3);
+                assert!(
+                    sockets
+                        .iter()
+                        .all(|s| *s == usize::from(*sender) % receivers),
+                    "{receivers} receivers: {seen:?}"
+                );
+            }
         }
     }
 
