@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use crate::dataplane::busypoll::BusyPoll;
 use crate::dataplane::engine::{Counters, Engine, Output, SendRun};
 use crate::dataplane::worker::{
-    forward_control, send_failure, transient_input_error, Backoff, IoCounters, SendFailure,
-    ToWorker, WorkerError, WorkerIo,
+    busy_poll, forward_control, send_failure, transient_input_error, Backoff, IoCounters,
+    SendFailure, ToWorker, WorkerError, WorkerIo,
 };
 use crate::mesh::sleeve::Udp;
 use crate::sys::eventfd::Wake;
@@ -319,29 +319,12 @@ fn poll(
     timeout: Duration,
     counters: &Counters,
 ) -> Result<Ready, WorkerError> {
-    let started = Instant::now();
-    let mut now = started;
-    let found = loop {
+    let found = busy_poll(deadline, counters, || {
         let ready = wait(tap, udp, wake, Duration::ZERO).map_err(WorkerError::Poll)?;
-        if ready.tap || ready.udp || ready.woken {
-            break Some(ready);
-        }
-        now = Instant::now();
-        if now >= deadline {
-            break None;
-        }
-        std::hint::spin_loop();
-    };
-    let spent = now.saturating_duration_since(started);
-    IoCounters::add(
-        &counters.io.busy_poll_micros,
-        u64::try_from(spent.as_micros()).unwrap_or(u64::MAX),
-    );
+        Ok::<_, WorkerError>((ready.tap || ready.udp || ready.woken).then_some(ready))
+    })?;
     match found {
-        Some(ready) => {
-            IoCounters::add(&counters.io.busy_poll_hits, 1);
-            Ok(ready)
-        }
+        Some(ready) => Ok(ready),
         None => wait(tap, udp, wake, timeout).map_err(WorkerError::Poll),
     }
 }

@@ -28,8 +28,8 @@ use crate::dataplane::uring::{
     UringError, RECV_OVERHEAD,
 };
 use crate::dataplane::worker::{
-    forward_control, send_failure, Backoff, IoCounters, SendFailure, ToWorker, WorkerError,
-    WorkerIo, INPUT_BACKOFF_FIRST, INPUT_BACKOFF_MAX,
+    busy_poll, forward_control, send_failure, Backoff, IoCounters, SendFailure, ToWorker,
+    WorkerError, WorkerIo, INPUT_BACKOFF_FIRST, INPUT_BACKOFF_MAX,
 };
 
 /// How long an idle worker waits for completions before it publishes its counters and
@@ -274,29 +274,13 @@ fn poll(
     counters: &Counters,
     completions: &mut Vec<Completion>,
 ) -> Result<(), WorkerError> {
-    let started = Instant::now();
-    let mut now = started;
-    let found = loop {
+    let found = busy_poll(deadline, counters, || {
         enter(ring, Duration::ZERO, backoff, counters)?;
-        if ring.reap(completions) > 0 {
-            break true;
-        }
-        now = Instant::now();
-        if now >= deadline {
-            break false;
-        }
-        std::hint::spin_loop();
-    };
-    let spent = now.saturating_duration_since(started);
-    IoCounters::add(
-        &counters.io.busy_poll_micros,
-        u64::try_from(spent.as_micros()).unwrap_or(u64::MAX),
-    );
-    if found {
-        IoCounters::add(&counters.io.busy_poll_hits, 1);
-        Ok(())
-    } else {
-        enter(ring, wait, backoff, counters)
+        Ok::<_, WorkerError>((ring.reap(completions) > 0).then_some(()))
+    })?;
+    match found {
+        Some(()) => Ok(()),
+        None => enter(ring, wait, backoff, counters),
     }
 }
 

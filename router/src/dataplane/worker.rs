@@ -567,6 +567,37 @@ pub fn send_failure(err: &io::Error, segmented: bool) -> SendFailure {
     }
 }
 
+/// Busy-polls until `deadline` (see [`crate::dataplane::busypoll`]): calls `probe`, which
+/// asks the backend without waiting, until it finds something or the deadline passes, and
+/// counts the time spent and whether it paid. `None`: nothing came; the caller sleeps.
+pub fn busy_poll<T, E>(
+    deadline: std::time::Instant,
+    counters: &Counters,
+    mut probe: impl FnMut() -> Result<Option<T>, E>,
+) -> Result<Option<T>, E> {
+    let started = std::time::Instant::now();
+    let mut now = started;
+    let found = loop {
+        if let Some(found) = probe()? {
+            break Some(found);
+        }
+        now = std::time::Instant::now();
+        if now >= deadline {
+            break None;
+        }
+        std::hint::spin_loop();
+    };
+    let spent = now.saturating_duration_since(started);
+    IoCounters::add(
+        &counters.io.busy_poll_micros,
+        u64::try_from(spent.as_micros()).unwrap_or(u64::MAX),
+    );
+    if found.is_some() {
+        IoCounters::add(&counters.io.busy_poll_hits, 1);
+    }
+    Ok(found)
+}
+
 /// Whether a receive error concerns one exchange rather than the socket or device: ICMP
 /// errors the socket reports for earlier sends, interrupted or empty reads. Anything else
 /// (`EBADFD` from a deleted TAP, `EIO`) makes the input wait and count towards its bound.
