@@ -16,8 +16,13 @@
 //!   as a keep-alive every few milliseconds) sleeps instead of spinning for nothing;
 //! - `window` zero turns polling off.
 //!
-//! The worker's loop ([`crate::dataplane::iouring`]) calls [`BusyPoll::worked`] after each
-//! turn that handled a completion and asks [`BusyPoll::deadline`] before it would sleep.
+//! Both workers' loops ([`crate::dataplane::iouring`], [`crate::dataplane::epoll`]) call
+//! [`BusyPoll::worked`] after each turn that found work and ask [`BusyPoll::deadline`]
+//! before they would sleep; [`crate::dataplane::worker::busy_poll`] polls until then.
+//!
+//! A polling worker keeps its CPU: where two routers' workers, or a worker and a
+//! latency-critical thread, are pinned to the same CPU, it delays the other (measured on
+//! the testbed's shared placement), and `--busy-poll 0` is the better setting.
 
 use std::time::{Duration, Instant};
 
