@@ -259,6 +259,17 @@ pub fn open_port_block(opts: &UdpOptions, count: usize) -> Result<Vec<UdpSocket>
         .step_by(step)
         .filter(|b| b + count.saturating_sub(1) <= usize::from(high))
         .collect();
+    if bases.is_empty() {
+        return Err(syscall(
+            "bind",
+            &format!(
+                "{} ({count} consecutive ports from a multiple of {STEER_MODULUS} within the \
+                 ephemeral port range {low}-{high})",
+                opts.bind.ip()
+            ),
+            io::ErrorKind::AddrNotAvailable.into(),
+        ));
+    }
     let start = {
         use std::hash::{BuildHasher, Hasher};
         let random = std::collections::hash_map::RandomState::new()
