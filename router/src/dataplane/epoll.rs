@@ -72,16 +72,11 @@ pub(crate) fn run(engine: &mut Engine, io: &WorkerIo) -> Result<(), WorkerError>
             .fold(POLL_INTERVAL, Duration::min);
         let tap_set = tap_input.ready(now).then_some(tap);
         let udp_set = udp_input.ready(now).then_some(udp);
-        let (tap_ready, udp_ready) = match busy.deadline(now) {
-            None => {
-                let ready = wait(tap_set, udp_set, wake, timeout).map_err(WorkerError::Poll)?;
-                (ready.tap, ready.udp)
-            }
-            Some(deadline) => {
-                let ready = poll(tap_set, udp_set, wake, deadline, timeout, engine.counters())?;
-                (ready.tap, ready.udp)
-            }
+        let ready = match busy.deadline(now) {
+            None => wait(tap_set, udp_set, wake, timeout).map_err(WorkerError::Poll)?,
+            Some(deadline) => poll(tap_set, udp_set, wake, deadline, timeout, engine.counters())?,
         };
+        let (tap_ready, udp_ready) = (ready.tap, ready.udp);
         let now = Instant::now();
         if tap_ready || udp_ready {
             busy.worked(now);

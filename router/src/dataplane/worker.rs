@@ -576,18 +576,16 @@ pub fn busy_poll<T, E>(
     mut probe: impl FnMut() -> Result<Option<T>, E>,
 ) -> Result<Option<T>, E> {
     let started = std::time::Instant::now();
-    let mut now = started;
     let found = loop {
         if let Some(found) = probe()? {
             break Some(found);
         }
-        now = std::time::Instant::now();
-        if now >= deadline {
+        if std::time::Instant::now() >= deadline {
             break None;
         }
         std::hint::spin_loop();
     };
-    let spent = now.saturating_duration_since(started);
+    let spent = started.elapsed();
     IoCounters::add(
         &counters.io.busy_poll_micros,
         u64::try_from(spent.as_micros()).unwrap_or(u64::MAX),
