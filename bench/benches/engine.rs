@@ -57,6 +57,7 @@ fn engine(me: PeerName, other: PeerName, udp: SocketAddr, partial_csum: bool) ->
                 partial_csum,
             },
         )]),
+        crypto: BTreeMap::new(),
     }));
     e
 }

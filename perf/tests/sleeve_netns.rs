@@ -420,9 +420,12 @@ fn await_sleeve(router: &Router, host: &Host, process: &mut Process, n: usize) -
                 let text = router
                     .status_text(host, Some("connections"))
                     .map_err(|e| e.to_string())?;
+                // With a password, "encrypted" stands between the two.
                 let ready = text
                     .lines()
-                    .filter(|l| l.contains("established sleeve") && l.contains("mtu="))
+                    .filter(|l| {
+                        l.contains(" established ") && l.contains(" sleeve ") && l.contains("mtu=")
+                    })
                     .count();
                 if ready == n {
                     Ok(text)
@@ -608,6 +611,202 @@ fn pods_talk_through_the_sleeve(backend: &str, subnet: u8) {
         datagrams as f64 / calls.max(1) as f64
     );
     busy_polling_pays_under_traffic_and_stops_when_idle(&router, &h2, &pods[1], &pods[0]);
+    drop(pods);
+}
+
+/// The pods' MTU with a password: what Weave's encrypted sleeve carries on 1500 bytes.
+const POD_MTU_ENCRYPTED: usize = 1414;
+
+/// Captures `want` sleeve datagrams that leave for `dst` (port 6783), each in one frame, on
+/// the namespace's `eth0` with a packet socket, and sends them again: an attacker on the
+/// underlay replaying what it saw. The UDP checksum is cleared (no checksum, which IPv4
+/// allows) because an outgoing capture holds only the offloaded partial sum.
+const REPLAY_SCRIPT: &str = r#"
+import socket, sys
+dst, want = sys.argv[1], int(sys.argv[2])
+# Only ETH_P_ALL sockets see outgoing frames.
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind(("eth0", 0))
+s.settimeout(20)
+got = []
+while len(got) < want:
+    f, a = s.recvfrom(65600)
+    if a[2] != socket.PACKET_OUTGOING or len(f) > 1514 or f[12:14] != b"\x08\x00":
+        continue
+    ip = f[14:]
+    ihl = (ip[0] & 15) * 4
+    if ip[9] != 17 or socket.inet_ntoa(ip[16:20]) != dst:
+        continue
+    if int.from_bytes(ip[ihl + 2:ihl + 4], "big") != 6783:
+        continue
+    f = bytearray(f)
+    f[14 + ihl + 6:14 + ihl + 8] = b"\0\0"
+    got.append(bytes(f))
+for f in got:
+    s.send(f)
+print(len(got))
+"#;
+
+/// Sums one drop reason over `host`'s workers.
+fn drops(router: &Router, host: &Host, reason: &str) -> u64 {
+    workers(router, host)
+        .unwrap_or_default()
+        .iter()
+        .map(|w| w["Drops"][reason].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// With a password: three routers (host1 <-> host3 relayed by host2) carry pods over Weave's
+/// encrypted sleeve, every DF size to 1414 and a checked transfer; a router with another
+/// password and one with none are refused and say why; datagrams captured on the underlay
+/// and sent again are dropped and counted as replays.
+#[test]
+fn an_encrypted_sleeve_carries_pods_and_refuses_strangers_and_replays() {
+    if !testbed::privileged_or_skip("an_encrypted_sleeve_carries_pods") {
+        return;
+    }
+    let bin = router::locate_router_bin(None::<&Path>).expect("weave-router binary");
+    let router = Router::new(bin);
+    let bed = Testbed::new(&TestbedConfig::new("wse", 5).with_subnet(153)).expect("testbed");
+    let [h1, h2, h3, h4, h5] = [1, 2, 3, 4, 5].map(|i| bed.host(i).expect("host").clone());
+    bed.block(&h1, &h3).expect("block host1 <-> host3");
+    // As a mounted Secret gives it: the newline is part of the password.
+    let secret = bed.log_dir().join("weave-password");
+    std::fs::write(&secret, b"correct horse battery staple\n").expect("password file");
+    let secret = secret.to_string_lossy().to_string();
+    let pw = ["--password-file", secret.as_str()];
+
+    let backend = "io-uring";
+    let mut r1 = launch_with(&router, &h1, &[], backend, &pw);
+    let mut r2 = launch_with(&router, &h2, &[h1.addr()], backend, &pw);
+    let mut r3 = launch_with(&router, &h3, &[h2.addr()], backend, &pw);
+    let text = await_sleeve(&router, &h2, &mut r2, 2);
+    await_sleeve(&router, &h1, &mut r1, 1);
+    await_sleeve(&router, &h3, &mut r3, 1);
+    println!("{text}");
+    let encrypted = text
+        .lines()
+        .filter(|l| l.contains("established encrypted   sleeve") && l.ends_with("mtu=1414"))
+        .count();
+    assert_eq!(encrypted, 2, "{text}");
+    let status = router.status_text(&h2, None).expect("status");
+    assert!(status.contains("Encryption: enabled"), "{status}");
+
+    let pods = [1u8, 2, 3].map(|i| {
+        let host = [&h1, &h2, &h3][usize::from(i) - 1];
+        Pod::on(
+            &bed,
+            host,
+            i,
+            "weave",
+            Ipv4Addr::new(10, 32, 0, i),
+            POD_MTU_ENCRYPTED,
+        )
+    });
+    for a in &pods {
+        for b in pods.iter().filter(|b| b.ip != a.ip) {
+            let ok = testbed::wait_until(
+                &format!("ping {} -> {}", a.ip, b.ip),
+                Duration::from_secs(10),
+                || a.ping(b.ip, 56).then_some(()).ok_or("no reply"),
+            );
+            assert!(ok.is_ok(), "{ok:?}\nhost2 log:\n{}", r2.log_tail(30));
+        }
+    }
+    let max_payload = POD_MTU_ENCRYPTED - 28;
+    let failed: Vec<usize> = (64 - 28..=max_payload)
+        .filter(|s| !pods[0].ping(pods[2].ip, *s))
+        .collect();
+    assert!(failed.is_empty(), "DF pings that failed: {failed:?}");
+    assert!(
+        !pods[0].ping(pods[2].ip, max_payload + 1),
+        "one byte over the encrypted MTU does not pass"
+    );
+    println!("relayed DF pings of every size up to {POD_MTU_ENCRYPTED} bytes passed");
+
+    let outcome = Transfer::start(
+        bed.log_dir(),
+        &pods[0],
+        &pods[2],
+        pods[2].ip,
+        TRANSFER,
+        None,
+    )
+    .expect("transfer")
+    .finish()
+    .expect("transfer output");
+    assert!(outcome.intact(TRANSFER), "{outcome:?}");
+    println!(
+        "1 GiB host1 -> host3 via host2, encrypted: sha256 equal at both ends ({:.2} Gbit/s)",
+        outcome.gbps(TRANSFER)
+    );
+
+    // Replays: pings keep host1 sending while the capture runs.
+    let before = drops(&router, &h2, "replayed");
+    let mut pinger = pods[0]
+        .command("ping")
+        .args(["-i", "0.05", "-c", "200", &pods[1].ip.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ping");
+    let replayed = h1
+        .run(
+            "python3",
+            &["-c", REPLAY_SCRIPT, &h2.addr().to_string(), "20"],
+        )
+        .expect("capture and replay");
+    let _ = pinger.kill();
+    let _ = pinger.wait();
+    let sent: u64 = replayed.trim().parse().expect("count");
+    let counted = testbed::wait_until("replays counted", Duration::from_secs(10), || {
+        let n = drops(&router, &h2, "replayed") - before;
+        if n >= sent {
+            Ok(n)
+        } else {
+            Err(format!("{n} of {sent} replays counted"))
+        }
+    });
+    assert!(counted.is_ok(), "{counted:?}");
+    println!("{sent} captured datagrams sent again: all dropped as replays");
+
+    // Strangers: another password, and none.
+    let mut r4 = launch_with(
+        &router,
+        &h4,
+        &[h2.addr()],
+        backend,
+        &["--password", "wrong"],
+    );
+    let mut r5 = launch_with(&router, &h5, &[h2.addr()], backend, &[]);
+    for (process, line) in [
+        (
+            &mut r4,
+            "cannot decrypt the peer's first message: its password differs from ours",
+        ),
+        (
+            &mut r5,
+            "no password specified, but peer requested an encrypted connection",
+        ),
+    ] {
+        let logged = testbed::wait_until(line, Duration::from_secs(15), || {
+            process.log().contains(line).then_some(()).ok_or("not yet")
+        });
+        assert!(logged.is_ok(), "{line}:\n{}", process.log_tail(20));
+    }
+    let log2 = r2.log();
+    assert!(
+        log2.contains("password specified, but peer requested an unencrypted connection"),
+        "{}",
+        r2.log_tail(30)
+    );
+    let text = router
+        .status_text(&h2, Some("connections"))
+        .expect("status");
+    assert_eq!(
+        text.lines().filter(|l| l.contains(" established ")).count(),
+        2,
+        "only host1 and host3: {text}"
+    );
     drop(pods);
 }
 

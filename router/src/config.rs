@@ -128,6 +128,21 @@ pub struct LaunchArgs {
     /// on UDP 6784) and offer none to peers. Env: WEAVE_NO_FASTDP.
     #[arg(long)]
     pub no_fastdp: bool,
+    /// Encrypt the mesh and the sleeve with this password, as Weave Net's `--password` does;
+    /// every peer needs the same one. Prefer --password-file: a flag shows in `ps`.
+    /// Env: WEAVE_PASSWORD.
+    #[arg(long, value_name = "PASSWORD")]
+    pub password: Option<String>,
+    /// Read the password from this file (a mounted Secret), byte for byte: a trailing
+    /// newline is part of it, as it is in WEAVE_PASSWORD from the same Secret.
+    /// Env: WEAVE_PASSWORD_FILE.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<String>,
+    /// Comma- or space-separated IPv4 subnets (CIDR) whose peers may talk to us unencrypted
+    /// in the sleeve when they trust us too (Weave's `--trusted-subnets`).
+    /// Env: WEAVE_TRUSTED_SUBNETS.
+    #[arg(long, value_name = "CIDRS")]
+    pub trusted_subnets: Option<String>,
     /// Kubernetes integration: `auto` (on when running in a cluster, i.e. when
     /// KUBERNETES_SERVICE_HOST is set), `on` (cluster from KUBECONFIG or the in-cluster
     /// service account) or `off` [default: auto]. Env: WEAVE_KUBERNETES.
@@ -286,6 +301,8 @@ pub struct Config {
     pub mtu: Option<u16>,
     /// Whether `--no-fastdp` was asked for.
     pub no_fastdp: bool,
+    /// The password and trusted subnets; `None` without a password.
+    pub encryption: Option<crate::mesh::Encryption>,
     /// The Kubernetes integration; `None` outside a cluster.
     pub kubernetes: Option<KubeSettings>,
 }
@@ -626,24 +643,14 @@ impl Config {
                 None => false,
             };
 
-        // A password asks for encryption, which this build cannot do; running unencrypted
-        // instead would let unauthenticated peers into the mesh.
-        for var in ["WEAVE_PASSWORD", "WEAVE_PASSWORD_FILE"] {
-            if env.get(var).is_some_and(|v| !v.trim().is_empty()) {
-                return Err(ConfigError::Unsupported {
-                    source_name: var.to_string(),
-                    reason: "this build cannot encrypt the mesh; refusing to run unencrypted \
-                             when a password is set (unset it, or remove the Secret)"
-                        .to_string(),
-                });
-            }
-        }
+        let encryption = resolve_encryption(args, env)?;
 
         let kubernetes = resolve_kubernetes(args, env, host, !peers.is_empty())?;
 
         Ok(Config {
             mtu,
             no_fastdp,
+            encryption,
             kubernetes,
             ipam,
             dataplane,
@@ -663,6 +670,72 @@ impl Config {
             peers,
         })
     }
+}
+
+/// `--password`, `--password-file` and `--trusted-subnets`.
+fn resolve_encryption(
+    args: &LaunchArgs,
+    env: &BTreeMap<String, String>,
+) -> Result<Option<crate::mesh::Encryption>, ConfigError> {
+    let invalid = |s: &Sourced, value: &str, reason: String| ConfigError::InvalidValue {
+        source_name: s.source_name.clone(),
+        value: value.to_string(),
+        reason,
+    };
+    let given = pick_source(&args.password, "password", &["WEAVE_PASSWORD"], env);
+    let file = pick_source(
+        &args.password_file,
+        "password-file",
+        &["WEAVE_PASSWORD_FILE"],
+        env,
+    )
+    .filter(|s| !s.value.is_empty());
+    let password = match (given.filter(|s| !s.value.is_empty()), file) {
+        (Some(g), Some(f)) => {
+            return Err(ConfigError::InvalidValue {
+                source_name: f.source_name,
+                value: f.value.to_string(),
+                reason: format!("a password is also given by '{}'; give one", g.source_name),
+            })
+        }
+        // Never put the password itself in a message.
+        (Some(g), None) => zeroize::Zeroizing::new(g.value.as_bytes().to_vec()),
+        (None, Some(f)) => {
+            let bytes = std::fs::read(f.value)
+                .map_err(|e| invalid(&f, f.value, format!("cannot read the password: {e}")))?;
+            if bytes.is_empty() {
+                return Err(invalid(&f, f.value, "the file is empty".to_string()));
+            }
+            zeroize::Zeroizing::new(bytes)
+        }
+        (None, None) => zeroize::Zeroizing::new(Vec::new()),
+    };
+    let mut trusted_subnets = Vec::new();
+    if let Some(s) = pick_source(
+        &args.trusted_subnets,
+        "trusted-subnets",
+        &["WEAVE_TRUSTED_SUBNETS"],
+        env,
+    ) {
+        for item in split_peer_list(s.value) {
+            let cidr: Cidr = item.parse().map_err(|e| {
+                invalid(
+                    &s,
+                    s.value,
+                    format!("expected IPv4 subnets like 10.0.0.0/8: {item}: {e}"),
+                )
+            })?;
+            trusted_subnets.push(cidr);
+        }
+    }
+    // Weave takes an empty password as none.
+    if password.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(crate::mesh::Encryption {
+        password,
+        trusted_subnets,
+    }))
 }
 
 /// `--kubernetes`, `--node-name` and `--reclaim-jitter`.

@@ -5,7 +5,7 @@
 //! HTTP handlers ask it for snapshots the same way. The owner feeds inputs to the mesh,
 //! then performs the commands it asks for, logs its events and sleeps until its next timer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -24,12 +24,13 @@ use crate::config::{Config, Dataplane};
 use crate::dataplane::engine::{ControlFrame, DataplaneCounters, PeerPath, Snapshot};
 use crate::dataplane::learn::LearnBus;
 use crate::dataplane::plumbing;
+use crate::dataplane::sealed::PathCrypto;
 use crate::dataplane::supervise::{RestartPolicy, Supervisor};
 use crate::dataplane::worker::{
     self, Backend, WorkerExit, WorkerLimits, WorkerSetup, WorkerSockets,
 };
 use crate::fastdp::shell::FastdpShell;
-use crate::ids::PeerUid;
+use crate::ids::{PeerName, PeerUid};
 use crate::ipam::shell::IpamShell;
 use crate::mesh::{Command, ConnKey, DirectPeer, Event, Mesh, MeshConfig};
 use crate::switch::Routes;
@@ -49,8 +50,18 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Runs the router until SIGINT or SIGTERM.
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
     info!("weave-router {}", api::VERSION);
-    // No password support yet, so say so the way operators are used to reading it.
-    info!("Communication between peers is unencrypted.");
+    // Weave Net's words, which operators know.
+    match &config.encryption {
+        Some(e) => {
+            info!("Communication between peers via untrusted networks is encrypted.");
+            if !e.trusted_subnets.is_empty() {
+                let subnets: Vec<String> =
+                    e.trusted_subnets.iter().map(ToString::to_string).collect();
+                info!("Trusted subnets: {}", subnets.join(", "));
+            }
+        }
+        None => info!("Communication between peers is unencrypted."),
+    }
 
     let now = Instant::now();
     let uid = PeerUid(rand::random());
@@ -64,6 +75,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         overlays: vec!["sleeve".to_string()],
     };
     let mut mesh = Mesh::new(mesh_config, rand::random(), now);
+    if let Some(e) = &config.encryption {
+        mesh = mesh.with_encryption(e.clone());
+    }
     while let Some(ev) = mesh.poll_event() {
         log_event(&ev);
     }
@@ -112,7 +126,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             if config.partial_checksums {
                 mesh = mesh.with_partial_checksums();
             }
-            let pod_mtu = pod_mtu(config.mtu);
+            let pod_mtu = pod_mtu(&config);
             mesh = match learned {
                 None => {
                     info!("Fast datapath turned off (--no-fastdp): the sleeve carries every peer");
@@ -227,6 +241,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         io_tx,
         workers,
         published: None,
+        sessions: BTreeMap::new(),
         ipam,
         fastdp,
     };
@@ -325,9 +340,13 @@ fn underlay_mtu(pod_mtu: Option<u16>) -> u16 {
 }
 
 /// The pods' MTU (the bridge's, and the fast datapath's): `--mtu`, else what the sleeve
-/// carries on a 1500-byte underlay.
-fn pod_mtu(asked: Option<u16>) -> u16 {
-    crate::mesh::sleeve::mtu_for_underlay(underlay_mtu(asked))
+/// carries on a 1500-byte underlay, encrypted when there is a password.
+fn pod_mtu(config: &Config) -> u16 {
+    let plain = crate::mesh::sleeve::mtu_for_underlay(underlay_mtu(config.mtu));
+    match (config.mtu, &config.encryption) {
+        (None, Some(_)) => plain.saturating_sub(crate::wire::sleeve::ENCRYPTION_OVERHEAD as u16),
+        _ => plain,
+    }
 }
 
 /// Picks the backend: io_uring unless refused (seccomp, old kernel) or epoll was asked for.
@@ -406,7 +425,7 @@ async fn start_dataplane(
     workers: &mut Supervisor,
     fastdp: bool,
 ) -> anyhow::Result<StartedDataplane> {
-    let pod_mtu = u32::from(pod_mtu(config.mtu));
+    let pod_mtu = u32::from(pod_mtu(config));
     let desired = plumbing::HostPlumbing::new(pod_mtu);
     let (connection, handle, _) =
         rtnetlink::new_connection().context("cannot open a netlink connection")?;
@@ -565,6 +584,9 @@ struct Shell {
     /// The data plane's workers (none without a data plane).
     workers: Supervisor,
     published: Option<u64>,
+    /// The encrypted sleeve sessions the workers share, kept from one snapshot to the next
+    /// so that sequence numbers and replay windows carry on.
+    sessions: BTreeMap<PeerName, Arc<PathCrypto>>,
     ipam: Option<IpamShell>,
     fastdp: Option<FastdpShell>,
 }
@@ -700,6 +722,9 @@ impl Shell {
         if let Some(ipam) = &mut self.ipam {
             ipam.flush(&mut self.mesh, Instant::now())?;
         }
+        // Before the commands: a new peer's first heartbeat must find its session in the
+        // worker that seals it (snapshots and datagrams reach a worker in order).
+        self.publish();
         while let Some(cmd) = self.mesh.poll_command() {
             self.execute(cmd);
         }
@@ -716,7 +741,22 @@ impl Shell {
             return;
         }
         self.published = Some(self.mesh.generation());
+        let old = std::mem::take(&mut self.sessions);
+        self.sessions = self
+            .mesh
+            .sleeve_sessions()
+            .into_iter()
+            .map(|(peer, s)| {
+                let kept = old
+                    .get(&peer)
+                    .filter(|c| c.same_session(&s.key, s.outbound))
+                    .cloned();
+                let session = kept.unwrap_or_else(|| Arc::new(PathCrypto::new(s.key, s.outbound)));
+                (peer, session)
+            })
+            .collect();
         let snapshot = Arc::new(Snapshot {
+            crypto: self.sessions.clone(),
             routes: Routes {
                 ourself: self.mesh.name(),
                 unicast: self.mesh.unicast_routes(),

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod daemon;
 pub mod dataplane;
 pub mod fastdp;

@@ -486,18 +486,74 @@ fn mtu_fastdp_and_password_settings() {
             "invalid value '1m' for 'WEAVE_RECLAIM_JITTER'",
         ),
         (
-            ("WEAVE_PASSWORD", "s3cret"),
-            "refusing 'WEAVE_PASSWORD': this build cannot encrypt",
+            ("WEAVE_PASSWORD_FILE", "/nonexistent/weave/password"),
+            "invalid value '/nonexistent/weave/password' for 'WEAVE_PASSWORD_FILE': cannot read",
         ),
         (
-            ("WEAVE_PASSWORD_FILE", "/etc/weave/password"),
-            "refusing 'WEAVE_PASSWORD_FILE'",
+            ("WEAVE_TRUSTED_SUBNETS", "10.0.0.0/8,fd00::/8"),
+            "invalid value '10.0.0.0/8,fd00::/8' for 'WEAVE_TRUSTED_SUBNETS'",
         ),
     ] {
         let err = resolve(&[], &[env]).unwrap_err().to_string();
         assert!(err.starts_with(want), "{env:?}: got {err:?}");
-        assert!(!err.contains("s3cret"), "the password is never printed");
     }
     // An empty password (the Secret's key absent) means none.
-    assert!(resolve(&[], &[("WEAVE_PASSWORD", "")]).is_ok());
+    assert_eq!(
+        resolve(&[], &[("WEAVE_PASSWORD", "")]).unwrap().encryption,
+        None
+    );
+}
+
+#[test]
+fn password_from_flag_env_or_file_never_printed() {
+    let e = resolve(&[], &[("WEAVE_PASSWORD", "s3cret")])
+        .unwrap()
+        .encryption
+        .expect("a password");
+    assert_eq!(e.password.as_slice(), b"s3cret");
+    assert!(e.trusted_subnets.is_empty());
+    let c = resolve(&["--password=s3cret"], &[]).unwrap();
+    assert!(!format!("{c:?}").contains("s3cret"), "Debug hides it");
+
+    // A mounted Secret, byte for byte: the newline is part of the password.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, b"from-secret\n").unwrap();
+    let path = file.to_str().unwrap();
+    let e = resolve(&[], &[("WEAVE_PASSWORD_FILE", path)])
+        .unwrap()
+        .encryption
+        .unwrap();
+    assert_eq!(e.password.as_slice(), b"from-secret\n");
+    let flag = format!("--password-file={path}");
+    assert!(resolve(&[&flag], &[]).unwrap().encryption.is_some());
+
+    // Two sources are refused, naming both and printing neither password.
+    let err = resolve(&[&flag], &[("WEAVE_PASSWORD", "s3cret")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--password-file") && err.contains("WEAVE_PASSWORD"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("s3cret") && !err.contains("from-secret"),
+        "{err}"
+    );
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let err = resolve(&[], &[("WEAVE_PASSWORD_FILE", empty.to_str().unwrap())])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the file is empty"), "{err}");
+
+    let e = resolve(
+        &["--trusted-subnets", "10.0.0.0/8, 192.168.1.0/24"],
+        &[("WEAVE_PASSWORD", "s3cret")],
+    )
+    .unwrap()
+    .encryption
+    .unwrap();
+    let subnets: Vec<String> = e.trusted_subnets.iter().map(|c| c.to_string()).collect();
+    assert_eq!(subnets, ["10.0.0.0/8", "192.168.1.0/24"]);
 }

@@ -240,6 +240,7 @@ fn snapshot(x_addr: SocketAddr, y_addr: SocketAddr) -> Snapshot {
         paths: [(x(), path(x_addr)), (y(), path(y_addr))]
             .into_iter()
             .collect(),
+        crypto: Default::default(),
     }
 }
 
@@ -400,6 +401,7 @@ fn a_deleted_tap_backs_off_then_the_worker_restarts_on_its_socket_falls_back_and
         );
         assert_eq!(w.supervisor.poll_timeout(), None, "given up");
         let probe = Udp {
+            peer: y(),
             to: bed.y.local_addr().unwrap(),
             df: true,
             datagram: vec![0; 8],
@@ -462,6 +464,7 @@ fn a_full_send_buffer_drops_and_counts(backend: Backend) {
 
     for n in 0..direct {
         let udp = Udp {
+            peer: y(),
             to: slow,
             df: true,
             datagram: vec![n as u8; 1000],

@@ -14,11 +14,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::crypto::{CryptoError, Replay};
 use crate::dataplane::learn::{LearnBus, Learning, Post};
 use crate::dataplane::offload::{
     gso_split, make_full, make_partial, Checksums, GroBatch, GroTable, Segments, GRO_DEFAULT_FLOWS,
 };
+use crate::dataplane::sealed::{self, OpenError, PathCrypto};
 use crate::ids::PeerName;
+use crate::mesh::sleeve::Udp;
 use crate::switch::{self, DropReason, Learned, Mac, MacCache, Routes};
 use crate::wire::icmp;
 use crate::wire::sleeve::{FrameHeader, SleevePacket, FRAME_HEADER_LEN, PACKET_HEADER_LEN};
@@ -51,6 +54,10 @@ pub struct Snapshot {
     pub routes: Routes,
     /// Directly connected peers.
     pub paths: BTreeMap<PeerName, PeerPath>,
+    /// The sessions of peers whose sleeve is encrypted, from the moment their connection
+    /// is registered (heartbeats are encrypted too): datagrams to them are sealed, and
+    /// theirs must open.
+    pub crypto: BTreeMap<PeerName, Arc<PathCrypto>>,
 }
 
 /// Why a worker dropped something, beyond the switch's reasons.
@@ -68,11 +75,22 @@ pub enum DropCause {
     NoPath,
     /// The frame is larger than the path's MTU.
     TooBig,
+    /// An encrypted peer's datagram is too short to hold a sequence number and a tag.
+    Truncated,
+    /// An encrypted peer's datagram did not open: forged, corrupted, sealed with another
+    /// key, or not encrypted at all.
+    Unauthenticated,
+    /// An encrypted datagram opened, but its sequence number had been taken already.
+    Replayed,
+    /// An encrypted datagram opened, but its sequence number is behind the replay window.
+    TooOld,
+    /// A stream has used every sequence number (never in practice): nothing more is sent.
+    SequenceExhausted,
 }
 
 impl DropCause {
     /// Every reason, in the order the counters keep them.
-    pub const ALL: [DropCause; 11] = [
+    pub const ALL: [DropCause; 16] = [
         DropCause::Switch(DropReason::Runt),
         DropCause::Switch(DropReason::Stp),
         DropCause::Switch(DropReason::LocalDestination),
@@ -84,6 +102,11 @@ impl DropCause {
         DropCause::UnknownSender,
         DropCause::NoPath,
         DropCause::TooBig,
+        DropCause::Truncated,
+        DropCause::Unauthenticated,
+        DropCause::Replayed,
+        DropCause::TooOld,
+        DropCause::SequenceExhausted,
     ];
 
     /// The name used in `/report` and metrics.
@@ -100,6 +123,11 @@ impl DropCause {
             DropCause::UnknownSender => "unknown_sender",
             DropCause::NoPath => "no_path",
             DropCause::TooBig => "too_big",
+            DropCause::Truncated => "truncated",
+            DropCause::Unauthenticated => "unauthenticated",
+            DropCause::Replayed => "replayed",
+            DropCause::TooOld => "too_old",
+            DropCause::SequenceExhausted => "sequence_exhausted",
         }
     }
 
@@ -401,6 +429,8 @@ pub struct Engine {
     tap_checksums: Checksums,
     /// A frame whose checksum must change for one next hop.
     scratch: Vec<u8>,
+    /// An encrypted datagram being sealed or opened.
+    sealing: Vec<u8>,
     gro: GroTable,
     counters: Arc<Counters>,
     /// Per-peer counts of this batch, added to the shared counters by [`Engine::publish`].
@@ -429,11 +459,13 @@ impl Engine {
                     ..Routes::default()
                 },
                 paths: BTreeMap::new(),
+                crypto: BTreeMap::new(),
             }),
             macs: MacCache::default(),
             segments: Segments::new(),
             tap_checksums: Checksums::Full,
             scratch: Vec::new(),
+            sealing: Vec::new(),
             gro: GroTable::new(GRO_DEFAULT_FLOWS),
             counters,
             peer_traffic: BTreeMap::new(),
@@ -684,7 +716,24 @@ impl Engine {
         frame_header
             .emit(&mut header[PACKET_HEADER_LEN..])
             .expect("the header buffer is exactly one frame header long");
-        out.send.push(path.udp, path.spread, &[&header, frame]);
+        match self.snapshot.crypto.get(&via) {
+            None => out.send.push(path.udp, path.spread, &[&header, frame]),
+            Some(crypto) => {
+                let mut buf = std::mem::take(&mut self.sealing);
+                buf.clear();
+                buf.extend_from_slice(&header[..PACKET_HEADER_LEN]);
+                buf.resize(PACKET_HEADER_LEN + sealed::OVERHEAD, 0);
+                buf.extend_from_slice(&header[PACKET_HEADER_LEN..]);
+                buf.extend_from_slice(frame);
+                // Frames leave with DF set, so they are the DF stream's, as in Weave.
+                if crypto.seal(true, &mut buf) {
+                    out.send.push(path.udp, path.spread, &[&buf]);
+                } else {
+                    self.counters.count_drop(DropCause::SequenceExhausted);
+                }
+                self.sealing = buf;
+            }
+        }
         self.peer_pending = true;
         let t = self.peer_traffic.entry(via).or_default();
         t.tx_frames += 1;
@@ -696,6 +745,58 @@ impl Engine {
     pub fn from_udp(&mut self, from: SocketAddr, datagram: &[u8], now: Instant, out: &mut Output) {
         add(&self.counters.udp_rx_datagrams, 1);
         add(&self.counters.udp_rx_bytes, datagram.len());
+        let Ok(packet) = SleevePacket::new_checked(datagram) else {
+            self.counters.count_drop(DropCause::BadSleeveHeader);
+            return;
+        };
+        let sender = packet.sender();
+        let Some(crypto) = self.snapshot.crypto.get(&sender).cloned() else {
+            self.handle_plain(from, datagram, now, out);
+            return;
+        };
+        // Opened in a copy: the receive buffer is the backend's, and shared.
+        let mut buf = std::mem::take(&mut self.sealing);
+        buf.clear();
+        buf.extend_from_slice(datagram);
+        match crypto.open(&mut buf[PACKET_HEADER_LEN..]) {
+            Ok(frames) => {
+                // The frames with the sender's name put back in front make a plain
+                // datagram.
+                let start = frames.start;
+                buf.copy_within(..PACKET_HEADER_LEN, start);
+                self.handle_plain(from, &buf[start..PACKET_HEADER_LEN + frames.end], now, out);
+            }
+            Err(e) => self.counters.count_drop(match e {
+                OpenError::Crypto(CryptoError::Truncated) => DropCause::Truncated,
+                OpenError::Crypto(CryptoError::Forged) => DropCause::Unauthenticated,
+                OpenError::Replay(Replay::Duplicate) => DropCause::Replayed,
+                OpenError::Replay(Replay::TooOld) => DropCause::TooOld,
+            }),
+        }
+        self.sealing = buf;
+    }
+
+    /// Seals a control datagram of the mesh's (heartbeat, probe) when its peer's sleeve is
+    /// encrypted; `None` when it must not be sent.
+    pub fn seal_control(&mut self, mut udp: Udp) -> Option<Udp> {
+        let Some(crypto) = self.snapshot.crypto.get(&udp.peer) else {
+            return Some(udp);
+        };
+        let plain = std::mem::take(&mut udp.datagram);
+        let mut buf = Vec::with_capacity(plain.len() + sealed::OVERHEAD);
+        buf.extend_from_slice(&plain[..PACKET_HEADER_LEN.min(plain.len())]);
+        buf.resize(PACKET_HEADER_LEN + sealed::OVERHEAD, 0);
+        buf.extend_from_slice(plain.get(PACKET_HEADER_LEN..).unwrap_or_default());
+        if !crypto.seal(udp.df, &mut buf) {
+            self.counters.count_drop(DropCause::SequenceExhausted);
+            return None;
+        }
+        udp.datagram = buf;
+        Some(udp)
+    }
+
+    /// Handles one plain sleeve datagram (or an encrypted one, opened).
+    fn handle_plain(&mut self, from: SocketAddr, datagram: &[u8], now: Instant, out: &mut Output) {
         let Ok(packet) = SleevePacket::new_checked(datagram) else {
             self.counters.count_drop(DropCause::BadSleeveHeader);
             return;
@@ -784,6 +885,128 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Weave Net 2.8.1's encrypted datagrams in `two-peers-password.pcap` have these UDP
+    /// payload lengths: a heartbeat (a 22-byte special frame) 66 bytes, seq 0 of the DF
+    /// stream; the fragmentation test (60001 bytes, no DF) 60045, seq 0 of the other stream.
+    #[test]
+    fn sealed_control_datagrams_have_weaves_lengths_and_streams() {
+        use crate::crypto::SessionKey;
+        let (a, x) = (
+            PeerName::from_bytes([0xaa, 0, 0, 0, 0, 1]),
+            PeerName::from_bytes([0xaa, 0, 0, 0, 0, 2]),
+        );
+        let mut engine = Engine::new(a, Arc::new(Counters::default()));
+        let session = PathCrypto::new(SessionKey::from_bytes([9; 32]), true);
+        engine.set_snapshot(Arc::new(Snapshot {
+            crypto: BTreeMap::from([(x, Arc::new(session))]),
+            ..Snapshot::default()
+        }));
+        let plain = |frame_len: usize| {
+            let mut d = a.to_bytes().to_vec();
+            d.extend_from_slice(&a.to_bytes());
+            d.extend_from_slice(&x.to_bytes());
+            d.extend_from_slice(&(frame_len as u16).to_be_bytes());
+            d.resize(d.len() + frame_len, 0);
+            d
+        };
+        let udp = |df, frame_len| Udp {
+            peer: x,
+            to: addr("10.0.0.2:6783"),
+            df,
+            datagram: plain(frame_len),
+        };
+        let heartbeat = engine.seal_control(udp(true, 22)).expect("sealed");
+        assert_eq!(heartbeat.datagram.len(), 66);
+        assert_eq!(&heartbeat.datagram[..6], &a.to_bytes());
+        assert_eq!(&heartbeat.datagram[6..14], &(1u64 << 63).to_be_bytes());
+        let frag_test = engine.seal_control(udp(false, 60001)).expect("sealed");
+        assert_eq!(frag_test.datagram.len(), 60045);
+        assert_eq!(&frag_test.datagram[6..14], &0u64.to_be_bytes());
+        // A peer without a session gets the plain datagram.
+        let mut other = udp(true, 22);
+        other.peer = a;
+        assert_eq!(engine.seal_control(other.clone()), Some(other));
+    }
+
+    /// What one engine seals, the peer's engine opens once and switches; a replay, a
+    /// flipped bit and a plain datagram claiming to be from the peer are dropped and counted.
+    #[test]
+    fn encrypted_frames_open_once_and_forgeries_are_counted() {
+        use crate::crypto::SessionKey;
+        let (a, x) = (
+            PeerName::from_bytes([0xaa, 0, 0, 0, 0, 1]),
+            PeerName::from_bytes([0xaa, 0, 0, 0, 0, 2]),
+        );
+        let key = SessionKey::from_bytes([3; 32]);
+        let setup = |me: PeerName, peer: PeerName, outbound: bool| {
+            let counters = Arc::new(Counters::default());
+            let mut e = Engine::new(me, Arc::clone(&counters));
+            e.set_snapshot(Arc::new(Snapshot {
+                routes: Routes {
+                    ourself: me,
+                    unicast: BTreeMap::from([(peer, peer)]),
+                    broadcast: BTreeMap::from([(me, vec![peer]), (peer, vec![])]),
+                },
+                paths: BTreeMap::from([(
+                    peer,
+                    PeerPath {
+                        udp: addr("10.0.0.9:6783"),
+                        mtu: 1414,
+                        spread: false,
+                        partial_csum: false,
+                    },
+                )]),
+                crypto: BTreeMap::from([(peer, Arc::new(PathCrypto::new(key.clone(), outbound)))]),
+            }));
+            (e, counters)
+        };
+        let (mut ea, _) = setup(a, x, true);
+        let (mut ex, cx) = setup(x, a, false);
+        // A broadcast ARP-sized frame from a pod on a's bridge.
+        let mut frame = vec![0xff; 6];
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x0d, 0x08, 0x06]);
+        frame.resize(60, 0x5a);
+        let mut read = vec![0u8; VNET_HDR_LEN];
+        read.extend_from_slice(&frame);
+        let now = Instant::now();
+        let mut out = ea.output();
+        ea.from_tap(&read, now, &mut out);
+        let run = &out.send.runs()[0];
+        assert_eq!(run.buf.len(), 6 + 24 + 14 + 60, "one sealed datagram");
+        assert!(
+            !run.buf
+                .windows(8)
+                .any(|w| w == [0x02, 0, 0, 0, 0, 0x0d, 0x08, 0x06]),
+            "the frame does not travel in the clear"
+        );
+        let sealed = run.buf.clone();
+        let from = addr("10.0.0.1:6783");
+
+        let mut got = ex.output();
+        ex.from_udp(from, &sealed, now, &mut got);
+        ex.flush(&mut got);
+        assert_eq!(got.tap.len(), 1, "delivered to x's bridge once");
+        ex.from_udp(from, &sealed, now, &mut got);
+        let mut flipped = sealed.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        ex.from_udp(from, &flipped, now, &mut got);
+        let mut plain = a.to_bytes().to_vec();
+        plain.extend_from_slice(&a.to_bytes());
+        plain.extend_from_slice(&PeerName::from_bytes([0xff; 6]).to_bytes());
+        plain.extend_from_slice(&(frame.len() as u16).to_be_bytes());
+        plain.extend_from_slice(&frame);
+        ex.from_udp(from, &plain, now, &mut got);
+        ex.flush(&mut got);
+        assert_eq!(got.tap.len(), 1, "nothing more reached the bridge");
+        let drops: BTreeMap<&str, u64> =
+            cx.drops().into_iter().map(|(d, n)| (d.name(), n)).collect();
+        assert_eq!(drops["replayed"], 1);
+        assert_eq!(
+            drops["unauthenticated"], 2,
+            "the flipped bit and the plain datagram"
+        );
+    }
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -876,6 +1099,7 @@ mod tests {
                     },
                 ),
             ]),
+            crypto: BTreeMap::new(),
         });
         let bus = LearnBus::new(2);
         let mut engines: Vec<Engine> = (0..2)
@@ -944,6 +1168,7 @@ mod tests {
                     partial_csum: false,
                 },
             )]),
+            crypto: BTreeMap::new(),
         }));
         let mut frame = vec![0xff; 6];
         frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x0d, 0x08, 0x00]);

@@ -59,7 +59,11 @@ pub(crate) fn run(engine: &mut Engine, io: &WorkerIo) -> Result<(), WorkerError>
         loop {
             match rx.try_recv() {
                 Ok(ToWorker::Snapshot(s)) => engine.set_snapshot(s),
-                Ok(ToWorker::Send(d)) => send_one(udp, &d, engine.counters()),
+                Ok(ToWorker::Send(d)) => {
+                    if let Some(d) = engine.seal_control(d) {
+                        send_one(udp, &d, engine.counters());
+                    }
+                }
                 Ok(ToWorker::Stop) | Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
                 Err(mpsc::TryRecvError::Empty) => break,
             }

@@ -103,12 +103,16 @@ pub(crate) fn run(engine: &mut Engine, io: &WorkerIo) -> Result<(), WorkerError>
         loop {
             match rx.try_recv() {
                 Ok(ToWorker::Snapshot(s)) => engine.set_snapshot(s),
-                Ok(ToWorker::Send(d)) if !d.df => {
-                    // Sent at once, outside the ring: its DF policy is the socket's at
-                    // the moment of sending.
-                    crate::dataplane::epoll::send_one(udp, &d, engine.counters());
-                }
                 Ok(ToWorker::Send(d)) => {
+                    let Some(d) = engine.seal_control(d) else {
+                        continue;
+                    };
+                    if !d.df {
+                        // Sent at once, outside the ring: its DF policy is the socket's at
+                        // the moment of sending.
+                        crate::dataplane::epoll::send_one(udp, &d, engine.counters());
+                        continue;
+                    }
                     let to = Destination {
                         socket: MESH_PORT,
                         to: d.to,

@@ -9,6 +9,7 @@ pub mod iouring;
 pub mod learn;
 pub mod offload;
 pub mod plumbing;
+pub mod sealed;
 pub mod supervise;
 pub mod uring;
 pub mod worker;

@@ -12,6 +12,6 @@ pub mod topology;
 
 pub use maker::DirectPeer;
 pub use router::{
-    ChannelEvent, Command, ConnKey, Event, FastdpPath, GossipError, Mesh, MeshConfig, SleevePeer,
-    SPREAD_FEATURE,
+    ChannelEvent, Command, ConnKey, Encryption, Event, FastdpPath, GossipError, Mesh, MeshConfig,
+    SleeveCrypto, SleevePeer, SPREAD_FEATURE,
 };

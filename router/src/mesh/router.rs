@@ -13,8 +13,10 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::crypto::{KeyPair, SessionKey, TcpOpener, TcpSealer, PUBLIC_KEY_LEN};
 use crate::fastdp::health::{self as fastdp, Carrier, FastdpConn};
 use crate::ids::{ConnId, ConnUid, PeerName, PeerUid, ShortId, UNKNOWN_PEER_NAME};
+use crate::ipam::address::{Address, Cidr};
 use crate::mesh::maker::{ConnectionMaker, DirectPeer, OurConn, TargetState, Termination};
 use crate::mesh::routes::{self, UnicastRoutes};
 use crate::mesh::rtt::RttSummary;
@@ -26,7 +28,7 @@ use crate::mesh::status::{
 use crate::mesh::topology::{Peer, PeerConn, Topology};
 use crate::wire::fastdp as fastdp_wire;
 use crate::wire::mesh::{self as wire, FrameDecoder, Message, PeerSummary, ProtocolHeader};
-use crate::wire::sleeve::SpecialFrame;
+use crate::wire::sleeve::{SpecialFrame, ENCRYPTION_OVERHEAD};
 
 /// Protocol versions we speak: only 2 (length-prefixed messages).
 pub const PROTOCOL_MIN_VERSION: u8 = 2;
@@ -72,6 +74,46 @@ pub struct SleevePeer {
     pub spread: bool,
     /// Whether both ends offer [`PARTIAL_CSUM_FEATURE`].
     pub partial_csum: bool,
+}
+
+/// What a sleeve path needs to seal and open Weave's encrypted datagrams.
+#[derive(Debug, Clone)]
+pub struct SleeveCrypto {
+    /// The connection's session key.
+    pub key: SessionKey,
+    /// Whether we dialled the connection: it sets a nonce bit, so that the two directions
+    /// never use the same nonce.
+    pub outbound: bool,
+}
+
+/// A password and the subnets whose peers are trusted with unencrypted traffic (Weave's
+/// `--password` and `--trusted-subnets`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Encryption {
+    /// The password; never printed.
+    pub password: zeroize::Zeroizing<Vec<u8>>,
+    /// Peers whose TCP address is in one of these talk plain sleeve with us, if they trust
+    /// us too; the mesh's TCP stream is encrypted regardless.
+    pub trusted_subnets: Vec<Cidr>,
+}
+
+impl fmt::Debug for Encryption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encryption")
+            .field("password", &"..")
+            .field("trusted_subnets", &self.trusted_subnets)
+            .finish()
+    }
+}
+
+impl Encryption {
+    fn trusts(&self, addr: SocketAddr) -> bool {
+        let IpAddr::V4(ip) = addr.ip() else {
+            return false;
+        };
+        let a = Address(u32::from(ip));
+        self.trusted_subnets.iter().any(|c| c.range().contains(a))
+    }
 }
 
 /// What the mesh needs to know about ourself and its limits.
@@ -249,7 +291,7 @@ enum Phase {
     Dialing,
     /// Waiting for the 7-byte protocol header.
     Header,
-    /// Waiting for the 1-byte encryption flag.
+    /// Waiting for the 1-byte encryption flag (and the public key after a flag of 1).
     Flag,
     /// Waiting for the feature map.
     Features,
@@ -293,9 +335,27 @@ struct Conn {
     spread: bool,
     /// Whether both ends use partial TCP checksums ([`PARTIAL_CSUM_FEATURE`]).
     partial_csum: bool,
+    /// Our key pair for this connection, while the handshake needs it.
+    keys: Option<KeyPair>,
+    /// Seals our messages, once the session key is known.
+    sealer: Option<TcpSealer>,
+    /// Opens the remote's messages, once the session key is known.
+    opener: Option<TcpOpener>,
+    /// The session key, kept for the sleeve.
+    session_key: Option<SessionKey>,
+    /// Whether the remote's address is in our trusted subnets.
+    trust_remote: bool,
+    /// Whether the remote says it trusts us (`Trusted` in its feature map).
+    trusted_by_remote: bool,
 }
 
 impl Conn {
+    /// Whether the sleeve to this peer must be encrypted: a password is set and one of the
+    /// two ends does not trust the other (Weave's `untrusted`).
+    fn sleeve_encrypted(&self) -> bool {
+        self.session_key.is_some() && !(self.trust_remote && self.trusted_by_remote)
+    }
+
     fn prefix(&self) -> String {
         match &self.remote {
             Some(r) => format!("->[{}|{}({})]", self.addr, r.name, r.nickname),
@@ -332,6 +392,7 @@ pub struct Mesh {
     fastdp_moves: u64,
     spread: bool,
     partial_csum: bool,
+    encryption: Option<Encryption>,
     generation: u64,
     channels: BTreeSet<String>,
     channel_events: VecDeque<ChannelEvent>,
@@ -380,6 +441,7 @@ impl Mesh {
             fastdp_moves: 0,
             spread: false,
             partial_csum: false,
+            encryption: None,
             generation: 0,
             channels: BTreeSet::new(),
             channel_events: VecDeque::new(),
@@ -421,6 +483,14 @@ impl Mesh {
     /// partial checksums to peers that offer it too, and takes them from those peers.
     pub fn with_partial_checksums(mut self) -> Self {
         self.partial_csum = true;
+        self
+    }
+
+    /// Encrypts every connection with `encryption`'s password, as Weave Net does: the TCP
+    /// stream always, the sleeve unless both ends trust each other's subnet. Peers without
+    /// the same password are refused.
+    pub fn with_encryption(mut self, encryption: Encryption) -> Self {
+        self.encryption = Some(encryption);
         self
     }
 
@@ -542,6 +612,26 @@ impl Mesh {
                     partial_csum: c.partial_csum,
                 };
                 Some((*name, peer))
+            })
+            .collect()
+    }
+
+    /// The sessions of the peers whose sleeve is encrypted (a password is set and one end
+    /// does not trust the other's subnet), from the moment their connection is registered:
+    /// heartbeats and probes are sealed too. The generation changes whenever this does.
+    pub fn sleeve_sessions(&self) -> BTreeMap<PeerName, SleeveCrypto> {
+        self.by_peer
+            .iter()
+            .filter_map(|(name, key)| {
+                let c = self.conns.get(key)?;
+                if c.sleeve.is_none() || !c.sleeve_encrypted() {
+                    return None;
+                }
+                let crypto = SleeveCrypto {
+                    key: c.session_key.clone()?,
+                    outbound: c.outbound,
+                };
+                Some((*name, crypto))
             })
             .collect()
     }
@@ -846,6 +936,27 @@ impl Mesh {
                         why.as_deref(),
                     ),
                 };
+                let mut info = format!(
+                    "{:<6} {}({}){}",
+                    overlay,
+                    name,
+                    nick(*name),
+                    why_not
+                        .map(|r| format!(" (not fastdp: {r})"))
+                        .unwrap_or_default()
+                );
+                let mut attrs = overlay_attrs(c, overlay);
+                // Weave's wording: with a password, every connection says which it is.
+                if self.encryption.is_some() {
+                    if c.sleeve_encrypted() {
+                        info = format!("{:<11} {info}", "encrypted");
+                        if !attrs.is_empty() {
+                            attrs.insert("encrypted".to_string(), serde_json::Value::from(true));
+                        }
+                    } else {
+                        info = format!("{:<11} {info}", "unencrypted");
+                    }
+                }
                 Some(LocalConnectionStatus {
                     address: c.addr.to_string(),
                     outbound: c.outbound,
@@ -855,16 +966,8 @@ impl Mesh {
                         "pending"
                     }
                     .to_string(),
-                    info: format!(
-                        "{:<6} {}({}){}",
-                        overlay,
-                        name,
-                        nick(*name),
-                        why_not
-                            .map(|r| format!(" (not fastdp: {r})"))
-                            .unwrap_or_default()
-                    ),
-                    attrs: overlay_attrs(c, overlay),
+                    info,
+                    attrs,
                 })
             })
             .collect();
@@ -899,7 +1002,7 @@ impl Mesh {
             protocol: "weave".to_string(),
             protocol_min_version: PROTOCOL_MIN_VERSION,
             protocol_max_version: PROTOCOL_MAX_VERSION,
-            encryption: false,
+            encryption: self.encryption.is_some(),
             peer_discovery: self.config.discovery,
             name: me,
             nickname: self.config.nickname.clone(),
@@ -910,7 +1013,11 @@ impl Mesh {
             connections,
             termination_count: self.termination_count,
             targets: self.maker.direct_peers().map(str::to_string).collect(),
-            trusted_subnets: Vec::new(),
+            trusted_subnets: self
+                .encryption
+                .iter()
+                .flat_map(|e| e.trusted_subnets.iter().map(Cidr::to_string))
+                .collect(),
             fastdp_moves: self.fastdp_moves,
         }
     }
@@ -927,6 +1034,8 @@ impl Mesh {
         let key = ConnKey(self.next_key);
         self.next_key += 1;
         let conn_id = ConnId(self.rng.gen());
+        let keys = self.encryption.as_ref().map(|_| KeyPair::generate());
+        let trust_remote = self.encryption.as_ref().is_some_and(|e| e.trusts(addr));
         self.conns.insert(
             key,
             Conn {
@@ -954,6 +1063,12 @@ impl Mesh {
                 no_fastdp: None,
                 spread: false,
                 partial_csum: false,
+                keys,
+                sealer: None,
+                opener: None,
+                session_key: None,
+                trust_remote,
+                trusted_by_remote: false,
             },
         );
         key
@@ -1001,30 +1116,57 @@ impl Mesh {
                         )));
                     }
                     c.phase = Phase::Flag;
-                    let conn_id = c.conn_id;
-                    let features = wire::encode_features(&self.features(conn_id));
-                    self.send(key, vec![0]);
-                    self.send(key, wire::frame(&features));
+                    // As Weave does, the feature map waits for the remote's flag: when
+                    // encrypted, it is the first sealed message.
+                    let flag = match &c.keys {
+                        Some(k) => [&[1u8][..], &k.public()].concat(),
+                        None => vec![0],
+                    };
+                    self.send(key, flag);
                 }
                 Phase::Flag => {
                     let Some(&flag) = c.pending.first() else {
                         return Ok(());
                     };
-                    c.pending.remove(0);
-                    match flag {
-                        0 => {}
-                        1 => {
+                    let password = self.encryption.as_ref().map(|e| &e.password);
+                    match (flag, password) {
+                        (0, None) => {
+                            c.pending.remove(0);
+                        }
+                        (0, Some(_)) => {
+                            return Err(ConnError::failed(
+                                "password specified, but peer requested an unencrypted connection",
+                            ))
+                        }
+                        (1, None) => {
                             return Err(ConnError::failed(
                                 "no password specified, but peer requested an encrypted connection",
                             ))
                         }
-                        other => {
+                        (1, Some(password)) => {
+                            if c.pending.len() < 1 + PUBLIC_KEY_LEN {
+                                return Ok(());
+                            }
+                            let remote: [u8; PUBLIC_KEY_LEN] = c.pending[1..1 + PUBLIC_KEY_LEN]
+                                .try_into()
+                                .expect("length checked");
+                            c.pending.drain(..1 + PUBLIC_KEY_LEN);
+                            let keys = c.keys.take().expect("made with the password");
+                            let session = keys.session_key(&remote, password);
+                            c.sealer = Some(TcpSealer::new(session.clone(), c.outbound));
+                            c.opener = Some(TcpOpener::new(session.clone(), c.outbound));
+                            c.session_key = Some(session);
+                        }
+                        (other, _) => {
                             return Err(ConnError::failed(format!("bad encryption flag {other}")))
                         }
                     }
                     c.phase = Phase::Features;
                     let rest = std::mem::take(&mut c.pending);
                     c.frames.push(&rest);
+                    let conn_id = c.conn_id;
+                    let features = wire::encode_features(&self.features(key, conn_id));
+                    self.send_body(key, &features);
                 }
                 Phase::Features | Phase::Ready => {
                     if !c.pending.is_empty() {
@@ -1038,6 +1180,17 @@ impl Mesh {
                     let Some(body) = body else {
                         return Ok(());
                     };
+                    let body = match &mut c.opener {
+                        None => body,
+                        Some(opener) => opener.open(&body).map_err(|_| {
+                            ConnError::failed(if c.phase == Phase::Features {
+                                "cannot decrypt the peer's first message: \
+                                 its password differs from ours"
+                            } else {
+                                "Unable to decrypt TCP msg"
+                            })
+                        })?,
+                    };
                     if c.phase == Phase::Features {
                         self.handle_features(key, &body, now)?;
                     } else {
@@ -1049,7 +1202,8 @@ impl Mesh {
         }
     }
 
-    fn features(&self, conn_id: ConnId) -> BTreeMap<String, String> {
+    fn features(&self, key: ConnKey, conn_id: ConnId) -> BTreeMap<String, String> {
+        let trusted = self.conns.get(&key).is_some_and(|c| c.trust_remote);
         let me = self.topo.ourself();
         let mut f = BTreeMap::new();
         f.insert("PeerNameFlavour".into(), "mac".into());
@@ -1058,8 +1212,17 @@ impl Mesh {
         f.insert("ShortID".into(), me.short_id.0.to_string());
         f.insert("UID".into(), me.uid.0.to_string());
         f.insert("ConnID".into(), conn_id.0.to_string());
-        f.insert("Trusted".into(), "false".into());
-        f.insert("Overlays".into(), self.config.overlays.join(" "));
+        f.insert("Trusted".into(), trusted.to_string());
+        // Weave encrypts its fast datapath with IPsec, which we do not: towards a peer we
+        // do not trust, we offer the sleeve only.
+        let overlays: Vec<&str> = self
+            .config
+            .overlays
+            .iter()
+            .map(String::as_str)
+            .filter(|o| self.encryption.is_none() || trusted || *o != "fastdp")
+            .collect();
+        f.insert("Overlays".into(), overlays.join(" "));
         if self.fastdp_mtu.is_some() {
             f.insert(fastdp::ACK_FEATURE.into(), fastdp::ACK_VERSION.into());
         }
@@ -1108,6 +1271,7 @@ impl Mesh {
             self.spread && features.get(SPREAD_FEATURE).map(String::as_str) == Some(SPREAD_VERSION);
         c.partial_csum = self.partial_csum
             && features.get(PARTIAL_CSUM_FEATURE).map(String::as_str) == Some(PARTIAL_CSUM_VERSION);
+        c.trusted_by_remote = remote.trusted;
         c.remote = Some(Remote {
             name: remote.name,
             nickname: remote.nickname.clone(),
@@ -1146,6 +1310,11 @@ impl Mesh {
                 // The dialling side sends to the address it dialled; the other side learns
                 // the peer's UDP address from its heartbeats.
                 let udp = c.outbound.then_some(c.addr);
+                let max_mtu = if c.sleeve_encrypted() {
+                    max_mtu.saturating_sub(ENCRYPTION_OVERHEAD as u16)
+                } else {
+                    max_mtu
+                };
                 let mut sc =
                     SleeveConn::new(self.config.name, remote.name, c.uid, udp, max_mtu, now);
                 let mut out = Vec::new();
@@ -1192,6 +1361,7 @@ impl Mesh {
         };
         let mut out = Vec::new();
         c.no_fastdp = match (c.addr.ip(), remote_short) {
+            _ if c.sleeve_encrypted() => Some("encrypted connections use the sleeve".to_string()),
             _ if !c.overlays.iter().any(|o| o == "fastdp") => {
                 Some("the peer does not offer fastdp".to_string())
             }
@@ -1686,8 +1856,20 @@ impl Mesh {
         self.commands.push_back(Command::Send { conn: key, bytes });
     }
 
+    /// Frames a message body for the connection, sealed when the connection is encrypted.
+    fn send_body(&mut self, key: ConnKey, body: &[u8]) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let bytes = match &mut c.sealer {
+            Some(sealer) => wire::frame(&sealer.seal(body)),
+            None => wire::frame(body),
+        };
+        self.send(key, bytes);
+    }
+
     fn send_message(&mut self, key: ConnKey, msg: &Message) {
-        self.send(key, wire::frame(&msg.emit()));
+        self.send_body(key, &msg.emit());
     }
 
     fn send_gossip(&mut self, key: ConnKey, channel: &str, payload: Vec<u8>) {
@@ -1748,7 +1930,7 @@ impl Mesh {
             ));
             return;
         };
-        self.send(key, wire::frame(body));
+        self.send_body(key, body);
     }
 
     /// Relays a broadcast from `src` along its broadcast tree.
@@ -1766,10 +1948,10 @@ impl Mesh {
             src,
             payload,
         };
-        let bytes = wire::frame(&msg.emit());
+        let body = msg.emit();
         for hop in hops {
             if let Some(&key) = self.by_peer.get(&hop) {
-                self.send(key, bytes.clone());
+                self.send_body(key, &body);
             }
         }
     }
@@ -1888,6 +2070,7 @@ struct RemoteFeatures {
     uid: PeerUid,
     conn_id: ConnId,
     short_id: Option<ShortId>,
+    trusted: bool,
 }
 
 /// Checks a feature map the way Weave does; the error names the field.
@@ -1922,7 +2105,15 @@ fn parse_features(f: &BTreeMap<String, String>) -> Result<RemoteFeatures, String
             Some(ShortId(v))
         }
     };
+    // Go's strconv.ParseBool, which Weave uses; a missing key means not trusted.
+    let trusted = match f.get("Trusted").map(String::as_str) {
+        None => false,
+        Some("1" | "t" | "T" | "TRUE" | "true" | "True") => true,
+        Some("0" | "f" | "F" | "FALSE" | "false" | "False") => false,
+        Some(other) => return Err(format!("field Trusted: not a boolean: {other:?}")),
+    };
     Ok(RemoteFeatures {
+        trusted,
         name,
         nickname: f["NickName"].clone(),
         uid: PeerUid(uid),

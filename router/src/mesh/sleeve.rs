@@ -53,6 +53,8 @@ fn datagram(sender: PeerName, dst: PeerName, frame: &[u8]) -> Vec<u8> {
 /// A UDP datagram the mesh wants sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Udp {
+    /// The peer it is for, whose session seals it when the sleeve is encrypted.
+    pub peer: PeerName,
     /// Destination.
     pub to: SocketAddr,
     /// Whether to send it with DF set (heartbeats, probes) or let it fragment.
@@ -360,6 +362,7 @@ impl SleeveConn {
 
     fn udp_frame(&self, to: SocketAddr, df: bool, frame: &[u8]) -> Effect {
         Effect::Udp(Udp {
+            peer: self.remote,
             to,
             df,
             datagram: datagram(self.ourself, self.remote, frame),

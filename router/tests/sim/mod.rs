@@ -103,6 +103,8 @@ pub struct Sim<A: App = ()> {
     pub sleeve: bool,
     /// With `sleeve`: the peers that offer to spread sleeve traffic over their workers.
     pub spread: std::collections::BTreeSet<Idx>,
+    /// Peers that run with a password (and trusted subnets).
+    pub encryption: BTreeMap<Idx, weave_router::mesh::Encryption>,
 }
 
 pub fn peer_name(i: Idx) -> PeerName {
@@ -164,6 +166,7 @@ impl<A: App> Sim<A> {
             keep_logs: true,
             sleeve: false,
             spread: Default::default(),
+            encryption: BTreeMap::new(),
         }
     }
 
@@ -193,6 +196,9 @@ impl<A: App> Sim<A> {
         self.peers[i].name = config.name;
         let seed = self.rng.gen();
         let mut mesh = Mesh::new(config, seed, self.instant());
+        if let Some(e) = self.encryption.get(&i) {
+            mesh = mesh.with_encryption(e.clone());
+        }
         if self.sleeve {
             mesh = mesh.with_sleeve(1500);
             if self.spread.contains(&i) {
