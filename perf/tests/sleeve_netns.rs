@@ -667,7 +667,7 @@ fn an_encrypted_sleeve_carries_pods_and_refuses_strangers_and_replays() {
     }
     let bin = router::locate_router_bin(None::<&Path>).expect("weave-router binary");
     let router = Router::new(bin);
-    let bed = Testbed::new(&TestbedConfig::new("wse", 5).with_subnet(153)).expect("testbed");
+    let bed = Testbed::new(&TestbedConfig::new("wse", 5).with_subnet(156)).expect("testbed");
     let [h1, h2, h3, h4, h5] = [1, 2, 3, 4, 5].map(|i| bed.host(i).expect("host").clone());
     bed.block(&h1, &h3).expect("block host1 <-> host3");
     // As a mounted Secret gives it: the newline is part of the password.
