@@ -656,10 +656,12 @@ fn drops(router: &Router, host: &Host, reason: &str) -> u64 {
         .sum()
 }
 
-/// With a password: three routers (host1 <-> host3 relayed by host2) carry pods over Weave's
-/// encrypted sleeve, every DF size to 1414 and a checked transfer; a router with another
-/// password and one with none are refused and say why; datagrams captured on the underlay
-/// and sent again are dropped and counted as replays.
+/// With a password: three routers (host1 <-> host3 relayed by host2) carry pods over the
+/// encrypted sleeve, every DF size to 1414 and a checked transfer. host1 and host2 agree on
+/// AES-256-GCM; host3 keeps to Weave's NaCl format (`--sleeve-cipher weave`, as a Weave Net
+/// peer would), so the relayed traffic crosses both. A router with another password and one
+/// with none are refused and say why; datagrams captured on the underlay and sent again are
+/// dropped and counted as replays.
 #[test]
 fn an_encrypted_sleeve_carries_pods_and_refuses_strangers_and_replays() {
     if !testbed::privileged_or_skip("an_encrypted_sleeve_carries_pods") {
@@ -679,7 +681,8 @@ fn an_encrypted_sleeve_carries_pods_and_refuses_strangers_and_replays() {
     let backend = "io-uring";
     let mut r1 = launch_with(&router, &h1, &[], backend, &pw);
     let mut r2 = launch_with(&router, &h2, &[h1.addr()], backend, &pw);
-    let mut r3 = launch_with(&router, &h3, &[h2.addr()], backend, &pw);
+    let weave_format = [pw[0], pw[1], "--sleeve-cipher", "weave"];
+    let mut r3 = launch_with(&router, &h3, &[h2.addr()], backend, &weave_format);
     let text = await_sleeve(&router, &h2, &mut r2, 2);
     await_sleeve(&router, &h1, &mut r1, 1);
     await_sleeve(&router, &h3, &mut r3, 1);
@@ -689,6 +692,15 @@ fn an_encrypted_sleeve_carries_pods_and_refuses_strangers_and_replays() {
         .filter(|l| l.contains("established encrypted   sleeve") && l.ends_with("mtu=1414"))
         .count();
     assert_eq!(encrypted, 2, "{text}");
+    let fast = |host: &str| {
+        text.lines()
+            .any(|l| l.contains(host) && l.contains("(cipher: aes-256-gcm)"))
+    };
+    assert!(
+        fast("(host1)"),
+        "host1 and host2 agree on AES-256-GCM: {text}"
+    );
+    assert!(!fast("(host3)"), "host3 gets Weave's format: {text}");
     let status = router.status_text(&h2, None).expect("status");
     assert!(status.contains("Encryption: enabled"), "{status}");
 
@@ -737,7 +749,7 @@ fn an_encrypted_sleeve_carries_pods_and_refuses_strangers_and_replays() {
     .expect("transfer output");
     assert!(outcome.intact(TRANSFER), "{outcome:?}");
     println!(
-        "1 GiB host1 -> host3 via host2, encrypted: sha256 equal at both ends ({:.2} Gbit/s)",
+        "1 GiB host1 -> host3 via host2 (AES-256-GCM, then NaCl): sha256 equal at both ends ({:.2} Gbit/s)",
         outcome.gbps(TRANSFER)
     );
 
@@ -763,7 +775,13 @@ fn an_encrypted_sleeve_carries_pods_and_refuses_strangers_and_replays() {
         if n >= sent {
             Ok(n)
         } else {
-            Err(format!("{n} of {sent} replays counted"))
+            let all: Vec<serde_json::Value> = workers(&router, &h2)?
+                .iter()
+                .map(|w| w["Drops"].clone())
+                .collect();
+            Err(format!(
+                "{n} of {sent} replays counted; host2's drops: {all:?}"
+            ))
         }
     });
     assert!(counted.is_ok(), "{counted:?}");

@@ -143,6 +143,11 @@ pub struct LaunchArgs {
     /// Env: WEAVE_TRUSTED_SUBNETS.
     #[arg(long, value_name = "CIDRS")]
     pub trusted_subnets: Option<String>,
+    /// With a password, the sleeve's cipher towards other weave-routers: `auto` (AES-256-GCM
+    /// when both offer it) or `weave` (Weave Net's NaCl format, as towards Weave Net peers,
+    /// which always get it) [default: auto]. Env: WEAVE_SLEEVE_CIPHER.
+    #[arg(long, value_name = "auto|weave")]
+    pub sleeve_cipher: Option<String>,
     /// Kubernetes integration: `auto` (on when running in a cluster, i.e. when
     /// KUBERNETES_SERVICE_HOST is set), `on` (cluster from KUBECONFIG or the in-cluster
     /// service account) or `off` [default: auto]. Env: WEAVE_KUBERNETES.
@@ -728,6 +733,19 @@ fn resolve_encryption(
             trusted_subnets.push(cidr);
         }
     }
+    let fast_cipher = match pick_source(
+        &args.sleeve_cipher,
+        "sleeve-cipher",
+        &["WEAVE_SLEEVE_CIPHER"],
+        env,
+    ) {
+        Some(s) => choose(
+            s,
+            &[("auto", true), ("weave", false)],
+            "expected auto or weave",
+        )?,
+        None => true,
+    };
     // Weave takes an empty password as none.
     if password.is_empty() {
         return Ok(None);
@@ -735,6 +753,7 @@ fn resolve_encryption(
     Ok(Some(crate::mesh::Encryption {
         password,
         trusted_subnets,
+        fast_cipher,
     }))
 }
 

@@ -749,9 +749,10 @@ impl Shell {
             .map(|(peer, s)| {
                 let kept = old
                     .get(&peer)
-                    .filter(|c| c.same_session(&s.key, s.outbound))
+                    .filter(|c| c.same_session(&s.key, s.outbound, s.aead))
                     .cloned();
-                let session = kept.unwrap_or_else(|| Arc::new(PathCrypto::new(s.key, s.outbound)));
+                let session =
+                    kept.unwrap_or_else(|| Arc::new(PathCrypto::new(s.key, s.outbound, s.aead)));
                 (peer, session)
             })
             .collect();

@@ -556,4 +556,22 @@ fn password_from_flag_env_or_file_never_printed() {
     .unwrap();
     let subnets: Vec<String> = e.trusted_subnets.iter().map(|c| c.to_string()).collect();
     assert_eq!(subnets, ["10.0.0.0/8", "192.168.1.0/24"]);
+    assert!(
+        e.fast_cipher,
+        "AES-256-GCM between weave-routers by default"
+    );
+    let weave_only = |v: &str| {
+        resolve(
+            &[],
+            &[("WEAVE_PASSWORD", "s3cret"), ("WEAVE_SLEEVE_CIPHER", v)],
+        )
+        .map(|c| c.encryption.unwrap().fast_cipher)
+    };
+    assert_eq!(weave_only("weave"), Ok(false));
+    assert_eq!(weave_only("auto"), Ok(true));
+    let err = weave_only("des").unwrap_err().to_string();
+    assert!(
+        err.starts_with("invalid value 'des' for 'WEAVE_SLEEVE_CIPHER'"),
+        "{err}"
+    );
 }

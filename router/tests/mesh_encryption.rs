@@ -14,6 +14,7 @@ fn encryption(password: &str, trusted: &[&str]) -> Encryption {
     Encryption {
         password: zeroize::Zeroizing::new(password.as_bytes().to_vec()),
         trusted_subnets: trusted.iter().map(|s| s.parse().unwrap()).collect(),
+        fast_cipher: true,
     }
 }
 
@@ -61,6 +62,11 @@ fn peers_with_one_password_connect_and_share_a_session_per_connection() {
     let s10 = &sim.mesh(1).sleeve_sessions()[&n0];
     assert_eq!(s01.key.as_bytes(), s10.key.as_bytes());
     assert_ne!(s01.outbound, s10.outbound);
+    // Both are weave-routers: they agree on the fast cipher, and say so.
+    assert!(s01.aead && s10.aead);
+    for info in &infos {
+        assert!(info.ends_with("(cipher: aes-256-gcm)"), "{info}");
+    }
     // Another connection has another key.
     let s12 = &sim.mesh(1).sleeve_sessions()[&sim.peers[2].name];
     assert_ne!(s12.key.as_bytes(), s10.key.as_bytes());
@@ -134,5 +140,25 @@ fn a_trusted_pair_talks_plain_sleeve_but_one_sided_trust_does_not() {
     assert_eq!(
         sim.mesh(0).status(sim.instant()).trusted_subnets,
         vec!["10.1.0.0/16".to_string()]
+    );
+}
+
+#[test]
+fn a_router_that_keeps_to_weaves_format_gets_it() {
+    let mut sim = world(2, |i| {
+        let mut e = encryption("s3cret", &[]);
+        e.fast_cipher = i == 0;
+        Some(e)
+    });
+    sim.connect(1, &[0]);
+    sim.run_until(Duration::from_secs(10));
+
+    assert!(sim.agree(&[0, 1]));
+    let s = &sim.mesh(0).sleeve_sessions()[&sim.peers[1].name];
+    assert!(!s.aead, "only one end offers the fast cipher");
+    let infos = connection_infos(&sim, 0);
+    assert!(
+        infos[0].starts_with("established encrypted") && !infos[0].contains("cipher"),
+        "{infos:?}"
     );
 }

@@ -31,6 +31,12 @@ pub enum NetPath {
     SleeveEpoll,
     /// weave-router's sleeve on io_uring with GSO/GRO and TAP offloads off.
     SleeveNoGso,
+    /// weave-router's encrypted sleeve on io_uring: a password, AES-256-GCM between the
+    /// routers.
+    SleeveEncrypted,
+    /// weave-router's encrypted sleeve on io_uring in Weave Net's NaCl format, as towards
+    /// Weave Net peers.
+    SleeveEncryptedNacl,
     /// weave-router's fast datapath: the kernel's VXLAN, programmed by the router.
     Fastdp,
 }
@@ -49,12 +55,14 @@ pub enum PathKind {
 
 impl NetPath {
     /// Every path, in the order reports list them.
-    pub const ALL: [NetPath; 6] = [
+    pub const ALL: [NetPath; 8] = [
         NetPath::Vxlan,
         NetPath::Veth,
         NetPath::SleeveIoUring,
         NetPath::SleeveEpoll,
         NetPath::SleeveNoGso,
+        NetPath::SleeveEncrypted,
+        NetPath::SleeveEncryptedNacl,
         NetPath::Fastdp,
     ];
 
@@ -69,6 +77,8 @@ impl NetPath {
             NetPath::SleeveIoUring => "sleeve-io-uring",
             NetPath::SleeveEpoll => "sleeve-epoll",
             NetPath::SleeveNoGso => "sleeve-no-gso",
+            NetPath::SleeveEncrypted => "sleeve-encrypted",
+            NetPath::SleeveEncryptedNacl => "sleeve-encrypted-nacl",
             NetPath::Fastdp => "fastdp",
         }
     }
@@ -88,6 +98,14 @@ impl NetPath {
             NetPath::SleeveNoGso => {
                 "weave-router sleeve, --dataplane io-uring --offload off (one datagram per system call)"
             }
+            NetPath::SleeveEncrypted => {
+                "weave-router sleeve with a password, AES-256-GCM between the routers, \
+                 --dataplane io-uring, pod MTU 1414"
+            }
+            NetPath::SleeveEncryptedNacl => {
+                "weave-router sleeve with a password, Weave Net's NaCl format \
+                 (--sleeve-cipher weave), --dataplane io-uring, pod MTU 1414"
+            }
             NetPath::Fastdp => {
                 "weave-router fast datapath (kernel VXLAN on UDP 6784, programmed by the router), \
                  pod MTU 1438"
@@ -103,6 +121,8 @@ impl NetPath {
             NetPath::SleeveIoUring
             | NetPath::SleeveEpoll
             | NetPath::SleeveNoGso
+            | NetPath::SleeveEncrypted
+            | NetPath::SleeveEncryptedNacl
             | NetPath::Fastdp => PathKind::Router,
         }
     }
@@ -116,6 +136,8 @@ impl NetPath {
             | NetPath::SleeveIoUring
             | NetPath::SleeveEpoll
             | NetPath::SleeveNoGso
+            | NetPath::SleeveEncrypted
+            | NetPath::SleeveEncryptedNacl
             | NetPath::Fastdp => Ok(()),
         }
     }
@@ -126,7 +148,11 @@ impl NetPath {
     pub fn overlay(self) -> Option<&'static str> {
         match self {
             NetPath::Vxlan | NetPath::Veth => None,
-            NetPath::SleeveIoUring | NetPath::SleeveEpoll | NetPath::SleeveNoGso => Some("sleeve"),
+            NetPath::SleeveIoUring
+            | NetPath::SleeveEpoll
+            | NetPath::SleeveNoGso
+            | NetPath::SleeveEncrypted
+            | NetPath::SleeveEncryptedNacl => Some("sleeve"),
             NetPath::Fastdp => Some("fastdp"),
         }
     }
@@ -143,6 +169,8 @@ impl NetPath {
             | NetPath::SleeveEpoll
             | NetPath::SleeveNoGso
             | NetPath::Fastdp => Some(1438),
+            // Weave's encrypted format takes 24 bytes more, and so does the fast one.
+            NetPath::SleeveEncrypted | NetPath::SleeveEncryptedNacl => Some(1414),
         }
     }
 
@@ -154,6 +182,24 @@ impl NetPath {
             NetPath::SleeveIoUring => &["--dataplane", "io-uring", "--no-fastdp"],
             NetPath::SleeveEpoll => &["--dataplane", "epoll", "--no-fastdp"],
             NetPath::SleeveNoGso => &["--dataplane", "io-uring", "--offload", "off", "--no-fastdp"],
+            // The testbed is the machine's own: a password in the command line shows only
+            // to its root.
+            NetPath::SleeveEncrypted => &[
+                "--dataplane",
+                "io-uring",
+                "--no-fastdp",
+                "--password",
+                "weave-perf",
+            ],
+            NetPath::SleeveEncryptedNacl => &[
+                "--dataplane",
+                "io-uring",
+                "--no-fastdp",
+                "--password",
+                "weave-perf",
+                "--sleeve-cipher",
+                "weave",
+            ],
             NetPath::Fastdp => &["--dataplane", "io-uring"],
         }
     }

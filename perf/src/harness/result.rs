@@ -611,6 +611,8 @@ pub(crate) mod tests {
             NetPath::SleeveIoUring => 0.9,
             NetPath::SleeveEpoll => 0.75,
             NetPath::SleeveNoGso => 0.4,
+            NetPath::SleeveEncrypted => 0.6,
+            NetPath::SleeveEncryptedNacl => 0.2,
             NetPath::Fastdp => 1.25,
         };
         let base = |w: WorkloadName, m: Metric| match (w, m) {

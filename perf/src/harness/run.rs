@@ -1058,16 +1058,18 @@ fn start_routers(
 
 /// Lines of `weave-router status connections` that are established over `overlay` with an
 /// MTU: `-> 192.168.1.2:6783     established fastdp aa:…(host2) mtu=1438`. The overlay is
-/// the word right after the state, so a sleeve connection's `(not fastdp: …)` note does not
-/// count as the fast datapath.
+/// the word right after the state (and after `encrypted` or `unencrypted` with a password),
+/// so a sleeve connection's `(not fastdp: …)` note does not count as the fast datapath.
 fn connections_over(status: &str, overlay: &str) -> usize {
     status
         .lines()
         .filter(|line| {
-            let mut words = line.split_whitespace().skip_while(|w| *w != "established");
-            words.next().is_some()
-                && words.next() == Some(overlay)
-                && line.split_whitespace().any(|w| w.starts_with("mtu="))
+            let mut words = line
+                .split_whitespace()
+                .skip_while(|w| *w != "established")
+                .skip(1)
+                .skip_while(|w| *w == "encrypted" || *w == "unencrypted");
+            words.next() == Some(overlay) && line.split_whitespace().any(|w| w.contains("mtu="))
         })
         .count()
 }
@@ -1220,10 +1222,12 @@ mod tests {
 -> 192.168.120.4:6783   established fastdp aa:00:00:00:00:04(host4)
 -> 192.168.120.5:6783   pending     fastdp aa:00:00:00:00:05(host5) mtu=1438
 -> 192.168.120.6:6783   retrying    connection refused
+-> 192.168.120.7:6783   established encrypted   sleeve aa:00:00:00:00:07(host7) encrypted=truemtu=1414
+-> 192.168.120.8:6783   established unencrypted sleeve aa:00:00:00:00:08(host8) mtu=1414
 ";
 
         assert_eq!(connections_over(status, "fastdp"), 1);
-        assert_eq!(connections_over(status, "sleeve"), 1);
+        assert_eq!(connections_over(status, "sleeve"), 3);
         assert_eq!(connections_over("", "sleeve"), 0);
     }
 

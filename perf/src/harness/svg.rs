@@ -21,13 +21,15 @@ const FONT: &str = "DejaVu Sans, Helvetica, Arial, sans-serif";
 
 /// Fill colours of the known paths; later paths take the fallback palette in order.
 fn colour(path: &str, index: usize) -> &'static str {
-    const FALLBACK: [&str; 4] = ["#9467bd", "#8c564b", "#e377c2", "#17becf"];
+    const FALLBACK: [&str; 4] = ["#e377c2", "#17becf", "#bcbd22", "#aec7e8"];
     match path {
         "vxlan" => "#7f7f7f",
         "veth" => "#c7c7c7",
         "sleeve-io-uring" => "#1f77b4",
         "sleeve-epoll" => "#ff7f0e",
         "sleeve-no-gso" => "#2ca02c",
+        "sleeve-encrypted" => "#9467bd",
+        "sleeve-encrypted-nacl" => "#8c564b",
         "fastdp" => "#d62728",
         _ => FALLBACK[index % FALLBACK.len()],
     }
@@ -421,9 +423,9 @@ mod tests {
 
         assert!(svg.starts_with("<svg "), "{svg}");
         assert!(svg.trim_end().ends_with("</svg>"));
-        // 6 paths × (2 tcp + 2 udp + 4 latency groups).
-        assert_eq!(run.measured_paths().len(), 6);
-        assert_eq!(svg.matches(r#"class="bar""#).count(), 48);
+        // 8 paths × (2 tcp + 2 udp + 4 latency groups).
+        assert_eq!(run.measured_paths().len(), 8);
+        assert_eq!(svg.matches(r#"class="bar""#).count(), 64);
         for p in run.measured_paths() {
             assert!(svg.contains(&format!(">{p}</text>")), "no legend for {p}");
         }
@@ -447,7 +449,7 @@ mod tests {
 
         let svg = render_svg(&run);
 
-        assert_eq!(svg.matches(r#"class="bar""#).count(), 47);
+        assert_eq!(svg.matches(r#"class="bar""#).count(), 63);
         assert!(svg.contains(">n/a</text>"));
     }
 
@@ -460,7 +462,7 @@ mod tests {
 
         let svg = render_svg(&run);
 
-        assert_eq!(svg.matches(r#"class="bar""#).count(), 40);
+        assert_eq!(svg.matches(r#"class="bar""#).count(), 56);
         assert!(!svg.contains("fastdp"), "{svg}");
     }
 

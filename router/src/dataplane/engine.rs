@@ -446,6 +446,8 @@ pub struct Engine {
     bus: Option<(Arc<LearnBus>, usize, std::sync::mpsc::Receiver<Post>)>,
     /// What this engine learned since it last posted.
     announce: Vec<Learning>,
+    /// The stream our datagrams take in the fast encrypted format: the worker's index.
+    stream: u16,
 }
 
 impl Engine {
@@ -475,14 +477,17 @@ impl Engine {
             offload: true,
             bus: None,
             announce: Vec::new(),
+            stream: 0,
         }
     }
 
-    /// Shares MAC learning with the other workers on `bus`, as worker `index`.
+    /// Shares MAC learning with the other workers on `bus`, as worker `index`, which is also
+    /// the stream of its fast encrypted datagrams.
     pub fn with_learn_bus(mut self, bus: Arc<LearnBus>, index: usize) -> Self {
         // With its inbox taken already (a second engine for the same index), the engine
         // learns alone: correct, it only floods more.
         self.bus = bus.inbox(index).map(|inbox| (bus, index, inbox));
+        self.stream = u16::try_from(index).unwrap_or(u16::MAX);
         self
     }
 
@@ -726,7 +731,7 @@ impl Engine {
                 buf.extend_from_slice(&header[PACKET_HEADER_LEN..]);
                 buf.extend_from_slice(frame);
                 // Frames leave with DF set, so they are the DF stream's, as in Weave.
-                if crypto.seal(true, &mut buf) {
+                if crypto.seal(true, self.stream, &mut buf) {
                     out.send.push(path.udp, path.spread, &[&buf]);
                 } else {
                     self.counters.count_drop(DropCause::SequenceExhausted);
@@ -758,7 +763,8 @@ impl Engine {
         let mut buf = std::mem::take(&mut self.sealing);
         buf.clear();
         buf.extend_from_slice(datagram);
-        match crypto.open(&mut buf[PACKET_HEADER_LEN..]) {
+        let (name, body) = buf.split_at_mut(PACKET_HEADER_LEN);
+        match crypto.open(name, body) {
             Ok(frames) => {
                 // The frames with the sender's name put back in front make a plain
                 // datagram.
@@ -787,7 +793,7 @@ impl Engine {
         buf.extend_from_slice(&plain[..PACKET_HEADER_LEN.min(plain.len())]);
         buf.resize(PACKET_HEADER_LEN + sealed::OVERHEAD, 0);
         buf.extend_from_slice(plain.get(PACKET_HEADER_LEN..).unwrap_or_default());
-        if !crypto.seal(udp.df, &mut buf) {
+        if !crypto.seal(udp.df, self.stream, &mut buf) {
             self.counters.count_drop(DropCause::SequenceExhausted);
             return None;
         }
@@ -897,7 +903,7 @@ mod tests {
             PeerName::from_bytes([0xaa, 0, 0, 0, 0, 2]),
         );
         let mut engine = Engine::new(a, Arc::new(Counters::default()));
-        let session = PathCrypto::new(SessionKey::from_bytes([9; 32]), true);
+        let session = PathCrypto::new(SessionKey::from_bytes([9; 32]), true, false);
         engine.set_snapshot(Arc::new(Snapshot {
             crypto: BTreeMap::from([(x, Arc::new(session))]),
             ..Snapshot::default()
@@ -957,7 +963,10 @@ mod tests {
                         partial_csum: false,
                     },
                 )]),
-                crypto: BTreeMap::from([(peer, Arc::new(PathCrypto::new(key.clone(), outbound)))]),
+                crypto: BTreeMap::from([(
+                    peer,
+                    Arc::new(PathCrypto::new(key.clone(), outbound, false)),
+                )]),
             }));
             (e, counters)
         };

@@ -84,7 +84,16 @@ pub struct SleeveCrypto {
     /// Whether we dialled the connection: it sets a nonce bit, so that the two directions
     /// never use the same nonce.
     pub outbound: bool,
+    /// Whether both ends offer [`AEAD_FEATURE`]: the fast format instead of Weave's.
+    pub aead: bool,
 }
+
+/// The feature-map key with which a weave-router with a password offers the fast sleeve
+/// cipher ([`crate::crypto::aead`]) in place of Weave's NaCl format. Weave Net does not send
+/// it, and always gets Weave's format.
+pub const AEAD_FEATURE: &str = "SleeveCipher";
+/// The value of [`AEAD_FEATURE`]: the cipher, named as status shows it.
+pub const AEAD_VERSION: &str = crate::crypto::aead::AEAD_NAME;
 
 /// A password and the subnets whose peers are trusted with unencrypted traffic (Weave's
 /// `--password` and `--trusted-subnets`).
@@ -95,6 +104,8 @@ pub struct Encryption {
     /// Peers whose TCP address is in one of these talk plain sleeve with us, if they trust
     /// us too; the mesh's TCP stream is encrypted regardless.
     pub trusted_subnets: Vec<Cidr>,
+    /// Whether to offer the fast sleeve cipher ([`AEAD_FEATURE`]) to weave-routers.
+    pub fast_cipher: bool,
 }
 
 impl fmt::Debug for Encryption {
@@ -102,6 +113,7 @@ impl fmt::Debug for Encryption {
         f.debug_struct("Encryption")
             .field("password", &"..")
             .field("trusted_subnets", &self.trusted_subnets)
+            .field("fast_cipher", &self.fast_cipher)
             .finish()
     }
 }
@@ -347,6 +359,8 @@ struct Conn {
     trust_remote: bool,
     /// Whether the remote says it trusts us (`Trusted` in its feature map).
     trusted_by_remote: bool,
+    /// Whether both ends offer [`AEAD_FEATURE`].
+    aead: bool,
 }
 
 impl Conn {
@@ -630,6 +644,7 @@ impl Mesh {
                 let crypto = SleeveCrypto {
                     key: c.session_key.clone()?,
                     outbound: c.outbound,
+                    aead: c.aead,
                 };
                 Some((*name, crypto))
             })
@@ -950,6 +965,9 @@ impl Mesh {
                 if self.encryption.is_some() {
                     if c.sleeve_encrypted() {
                         info = format!("{:<11} {info}", "encrypted");
+                        if c.aead {
+                            info.push_str(&format!(" (cipher: {AEAD_VERSION})"));
+                        }
                         if !attrs.is_empty() {
                             attrs.insert("encrypted".to_string(), serde_json::Value::from(true));
                         }
@@ -1069,6 +1087,7 @@ impl Mesh {
                 session_key: None,
                 trust_remote,
                 trusted_by_remote: false,
+                aead: false,
             },
         );
         key
@@ -1232,6 +1251,9 @@ impl Mesh {
         if self.partial_csum {
             f.insert(PARTIAL_CSUM_FEATURE.into(), PARTIAL_CSUM_VERSION.into());
         }
+        if self.encryption.as_ref().is_some_and(|e| e.fast_cipher) {
+            f.insert(AEAD_FEATURE.into(), AEAD_VERSION.into());
+        }
         f
     }
 
@@ -1272,6 +1294,8 @@ impl Mesh {
         c.partial_csum = self.partial_csum
             && features.get(PARTIAL_CSUM_FEATURE).map(String::as_str) == Some(PARTIAL_CSUM_VERSION);
         c.trusted_by_remote = remote.trusted;
+        c.aead = self.encryption.as_ref().is_some_and(|e| e.fast_cipher)
+            && features.get(AEAD_FEATURE).map(String::as_str) == Some(AEAD_VERSION);
         c.remote = Some(Remote {
             name: remote.name,
             nickname: remote.nickname.clone(),
