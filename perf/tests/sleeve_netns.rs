@@ -661,7 +661,8 @@ fn drops(router: &Router, host: &Host, reason: &str) -> u64 {
 /// AES-256-GCM; host3 keeps to Weave's NaCl format (`--sleeve-cipher weave`, as a Weave Net
 /// peer would), so the relayed traffic crosses both. A router with another password and one
 /// with none are refused and say why; datagrams captured on the underlay and sent again are
-/// dropped and counted as replays.
+/// dropped and counted as replays. host6 and host2 trust each other's address: their sleeve
+/// stays plain, and host2's status and metrics tell the three kinds apart.
 #[test]
 fn an_encrypted_sleeve_carries_pods_and_refuses_strangers_and_replays() {
     if !testbed::privileged_or_skip("an_encrypted_sleeve_carries_pods") {
@@ -669,9 +670,11 @@ fn an_encrypted_sleeve_carries_pods_and_refuses_strangers_and_replays() {
     }
     let bin = router::locate_router_bin(None::<&Path>).expect("weave-router binary");
     let router = Router::new(bin);
-    let bed = Testbed::new(&TestbedConfig::new("wse", 5).with_subnet(156)).expect("testbed");
-    let [h1, h2, h3, h4, h5] = [1, 2, 3, 4, 5].map(|i| bed.host(i).expect("host").clone());
+    let bed = Testbed::new(&TestbedConfig::new("wse", 6).with_subnet(156)).expect("testbed");
+    let [h1, h2, h3, h4, h5, h6] = [1, 2, 3, 4, 5, 6].map(|i| bed.host(i).expect("host").clone());
     bed.block(&h1, &h3).expect("block host1 <-> host3");
+    bed.block(&h1, &h6).expect("block host1 <-> host6");
+    bed.block(&h3, &h6).expect("block host3 <-> host6");
     // As a mounted Secret gives it: the newline is part of the password.
     let secret = bed.log_dir().join("weave-password");
     std::fs::write(&secret, b"correct horse battery staple\n").expect("password file");
@@ -680,10 +683,21 @@ fn an_encrypted_sleeve_carries_pods_and_refuses_strangers_and_replays() {
 
     let backend = "io-uring";
     let mut r1 = launch_with(&router, &h1, &[], backend, &pw);
-    let mut r2 = launch_with(&router, &h2, &[h1.addr()], backend, &pw);
+    let trust = |h: &Host| format!("{}/32", h.addr());
+    let (trust2, trust6) = (trust(&h2), trust(&h6));
+    let mut r2 = launch_with(
+        &router,
+        &h2,
+        &[h1.addr()],
+        backend,
+        &[pw[0], pw[1], "--trusted-subnets", &trust6],
+    );
     let weave_format = [pw[0], pw[1], "--sleeve-cipher", "weave"];
     let mut r3 = launch_with(&router, &h3, &[h2.addr()], backend, &weave_format);
-    let text = await_sleeve(&router, &h2, &mut r2, 2);
+    let trusting = [pw[0], pw[1], "--trusted-subnets", &trust2];
+    let mut r6 = launch_with(&router, &h6, &[h2.addr()], backend, &trusting);
+    let text = await_sleeve(&router, &h2, &mut r2, 3);
+    await_sleeve(&router, &h6, &mut r6, 1);
     await_sleeve(&router, &h1, &mut r1, 1);
     await_sleeve(&router, &h3, &mut r3, 1);
     println!("{text}");
@@ -701,11 +715,38 @@ fn an_encrypted_sleeve_carries_pods_and_refuses_strangers_and_replays() {
         "host1 and host2 agree on AES-256-GCM: {text}"
     );
     assert!(!fast("(host3)"), "host3 gets Weave's format: {text}");
+    assert!(
+        text.lines().any(|l| l.contains("(host6)")
+            && l.contains("established unencrypted sleeve")
+            && l.ends_with("mtu=1438")),
+        "host2 and host6 trust each other: {text}"
+    );
+    let status = router.status_text(&h2, None).expect("status");
+    assert!(
+        status.contains(&format!("TrustedSubnets: {trust6}")),
+        "{status}"
+    );
+    let metrics = h2
+        .run(
+            "python3",
+            &[
+                "-c",
+                "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())",
+                &format!("http://{}/metrics", router::METRICS_ADDR),
+            ],
+        )
+        .expect("metrics");
+    for line in [
+        r#"weave_connections{encryption="yes",state="established",type="sleeve"} 2"#,
+        r#"weave_connections{encryption="",state="established",type="sleeve"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
     let status = router.status_text(&h2, None).expect("status");
     assert!(status.contains("Encryption: enabled"), "{status}");
 
-    let pods = [1u8, 2, 3].map(|i| {
-        let host = [&h1, &h2, &h3][usize::from(i) - 1];
+    let pods = [1u8, 2, 3, 6].map(|i| {
+        let host = [&h1, &h2, &h3, &h4, &h5, &h6][usize::from(i) - 1];
         Pod::on(
             &bed,
             host,
@@ -822,8 +863,8 @@ fn an_encrypted_sleeve_carries_pods_and_refuses_strangers_and_replays() {
         .expect("status");
     assert_eq!(
         text.lines().filter(|l| l.contains(" established ")).count(),
-        2,
-        "only host1 and host3: {text}"
+        3,
+        "only host1, host3 and host6: {text}"
     );
     drop(pods);
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weave_router::ids::{PeerName, PeerUid};
-use weave_router::mesh::{Command, ConnKey, Mesh, MeshConfig};
+use weave_router::mesh::{Command, ConnKey, Encryption, Mesh, MeshConfig};
 use weave_router::wire::mesh::{self as wire, FrameDecoder, Message};
 
 fn capture() -> Value {
@@ -254,4 +254,83 @@ fn arbitrary_bytes_never_panic_the_mesh() {
         while mesh.poll_command().is_some() {}
         let _ = mesh.status(now);
     }
+}
+
+/// The two-peers-password capture: Weave Net 2.8.1 peers with a password. Fed host2's real
+/// header and public key, a router with a password answers as host1 did: header, flag 1
+/// with a 32-byte key, then its feature map sealed (16 bytes longer than the same map in
+/// the clear). host2's sealed feature map (sealed for host1's key, not ours) does not open:
+/// the connection is refused as a password mismatch.
+#[test]
+fn password_handshake_matches_the_capture_layout() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/two-peers-password.dissect.json"
+    );
+    let cap: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let event = |frame: u64| {
+        cap["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["frame"] == frame)
+            .unwrap_or_else(|| panic!("frame {frame}"))
+            .clone()
+    };
+    let header = hex::decode(event(8)["hex"].as_str().unwrap()).unwrap();
+    let flag_and_key = hex::decode(event(11)["hex"].as_str().unwrap()).unwrap();
+    assert_eq!(flag_and_key.len(), 33);
+    assert_eq!(flag_and_key[0], 1);
+    let features = event(12);
+    assert_eq!(features["length_prefix"], 191);
+
+    let now = Instant::now();
+    let remote: SocketAddr = "192.168.77.2:60145".parse().unwrap();
+    // The same seed gives the same ConnID, so the two feature maps are the same.
+    let mut plain = Mesh::new(host1(), 5, now);
+    let pk = plain.handle_accepted(remote, now);
+    plain.handle_data(pk, &header, now);
+    plain.handle_data(pk, &[0], now);
+    let (plain_out, _) = drain(&mut plain, pk);
+    let plain_features = plain_out.len() - 7 - 1;
+
+    let mut mesh = Mesh::new(host1(), 5, now).with_encryption(Encryption {
+        password: zeroize::Zeroizing::new(b"weave-golden-vectors".to_vec()),
+        trusted_subnets: Vec::new(),
+        fast_cipher: true,
+    });
+    let key = mesh.handle_accepted(remote, now);
+    mesh.handle_data(key, &header, now);
+    let (out, _) = drain(&mut mesh, key);
+    assert_eq!(&out[..7], b"weave\x02\x02");
+    assert_eq!(out.len(), 7 + 33, "header, then flag 1 and a public key");
+    assert_eq!(out[7], 1);
+    mesh.handle_data(key, &flag_and_key, now);
+    let (out, closed) = drain(&mut mesh, key);
+    assert!(!closed);
+    let len = u32::from_be_bytes(out[..4].try_into().unwrap()) as usize;
+    assert_eq!(out.len(), 4 + len);
+    // Ours offers the fast cipher too, which the plain map does not carry.
+    let extra = wire::encode_features(
+        &[("SleeveCipher".to_string(), "aes-256-gcm".to_string())]
+            .into_iter()
+            .collect(),
+    )
+    .len();
+    assert!(
+        len > plain_features - 4 + 16 && len <= plain_features - 4 + 16 + extra,
+        "sealed map of {len} bytes against {} in the clear",
+        plain_features - 4
+    );
+
+    let mut sealed = hex::decode(features["hex_prefix"].as_str().unwrap()).unwrap();
+    sealed.resize(191, 0);
+    let mut msg = 191u32.to_be_bytes().to_vec();
+    msg.extend(sealed);
+    mesh.handle_data(key, &msg, now);
+    let (_, closed) = drain(&mut mesh, key);
+    assert!(closed);
+    assert!(events(&mut mesh)
+        .iter()
+        .any(|e| e.contains("its password differs from ours")));
 }
