@@ -76,7 +76,8 @@ pub struct SleevePeer {
     pub partial_csum: bool,
 }
 
-/// What a sleeve path needs to seal and open Weave's encrypted datagrams.
+/// What a sleeve path needs to seal and open encrypted datagrams, in Weave's format or the
+/// fast one.
 #[derive(Debug, Clone)]
 pub struct SleeveCrypto {
     /// The connection's session key.
