@@ -335,18 +335,15 @@ const UNDERLAY_MTU: u16 = 1500;
 
 /// The underlay MTU that carries pods of MTU `pod_mtu` in the sleeve (1500 by default).
 fn underlay_mtu(pod_mtu: Option<u16>) -> u16 {
-    let overhead = UNDERLAY_MTU - crate::mesh::sleeve::mtu_for_underlay(UNDERLAY_MTU);
+    let overhead = UNDERLAY_MTU - crate::mesh::sleeve::mtu_for_underlay(UNDERLAY_MTU, false);
     pod_mtu.map_or(UNDERLAY_MTU, |m| m.saturating_add(overhead))
 }
 
 /// The pods' MTU (the bridge's, and the fast datapath's): `--mtu`, else what the sleeve
 /// carries on a 1500-byte underlay, encrypted when there is a password.
 fn pod_mtu(config: &Config) -> u16 {
-    let plain = crate::mesh::sleeve::mtu_for_underlay(underlay_mtu(config.mtu));
-    match (config.mtu, &config.encryption) {
-        (None, Some(_)) => plain.saturating_sub(crate::wire::sleeve::ENCRYPTION_OVERHEAD as u16),
-        _ => plain,
-    }
+    let encrypted = config.mtu.is_none() && config.encryption.is_some();
+    crate::mesh::sleeve::mtu_for_underlay(underlay_mtu(config.mtu), encrypted)
 }
 
 /// Picks the backend: io_uring unless refused (seccomp, old kernel) or epoll was asked for.

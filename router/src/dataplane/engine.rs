@@ -725,11 +725,8 @@ impl Engine {
             None => out.send.push(path.udp, path.spread, &[&header, frame]),
             Some(crypto) => {
                 let mut buf = std::mem::take(&mut self.sealing);
-                buf.clear();
-                buf.extend_from_slice(&header[..PACKET_HEADER_LEN]);
-                buf.resize(PACKET_HEADER_LEN + sealed::OVERHEAD, 0);
-                buf.extend_from_slice(&header[PACKET_HEADER_LEN..]);
-                buf.extend_from_slice(frame);
+                let (name, frame_header) = header.split_at(PACKET_HEADER_LEN);
+                sealed::lay_out(&mut buf, name, &[frame_header, frame]);
                 // Frames leave with DF set, so they are the DF stream's, as in Weave.
                 if crypto.seal(true, self.stream, &mut buf) {
                     out.send.push(path.udp, path.spread, &[&buf]);
@@ -754,9 +751,8 @@ impl Engine {
             self.counters.count_drop(DropCause::BadSleeveHeader);
             return;
         };
-        let sender = packet.sender();
-        let Some(crypto) = self.snapshot.crypto.get(&sender).cloned() else {
-            self.handle_plain(from, datagram, now, out);
+        let Some(crypto) = self.snapshot.crypto.get(&packet.sender()).cloned() else {
+            self.handle_plain(from, packet, now, out);
             return;
         };
         // Opened in a copy: the receive buffer is the backend's, and shared.
@@ -770,7 +766,10 @@ impl Engine {
                 // datagram.
                 let start = frames.start;
                 buf.copy_within(..PACKET_HEADER_LEN, start);
-                self.handle_plain(from, &buf[start..PACKET_HEADER_LEN + frames.end], now, out);
+                match SleevePacket::new_checked(&buf[start..PACKET_HEADER_LEN + frames.end]) {
+                    Ok(packet) => self.handle_plain(from, packet, now, out),
+                    Err(_) => self.counters.count_drop(DropCause::BadSleeveHeader),
+                }
             }
             Err(e) => self.counters.count_drop(match e {
                 OpenError::Crypto(CryptoError::Truncated) => DropCause::Truncated,
@@ -789,10 +788,9 @@ impl Engine {
             return Some(udp);
         };
         let plain = std::mem::take(&mut udp.datagram);
+        let (name, frames) = plain.split_at(PACKET_HEADER_LEN.min(plain.len()));
         let mut buf = Vec::with_capacity(plain.len() + sealed::OVERHEAD);
-        buf.extend_from_slice(&plain[..PACKET_HEADER_LEN.min(plain.len())]);
-        buf.resize(PACKET_HEADER_LEN + sealed::OVERHEAD, 0);
-        buf.extend_from_slice(plain.get(PACKET_HEADER_LEN..).unwrap_or_default());
+        sealed::lay_out(&mut buf, name, &[frames]);
         if !crypto.seal(udp.df, self.stream, &mut buf) {
             self.counters.count_drop(DropCause::SequenceExhausted);
             return None;
@@ -802,11 +800,13 @@ impl Engine {
     }
 
     /// Handles one plain sleeve datagram (or an encrypted one, opened).
-    fn handle_plain(&mut self, from: SocketAddr, datagram: &[u8], now: Instant, out: &mut Output) {
-        let Ok(packet) = SleevePacket::new_checked(datagram) else {
-            self.counters.count_drop(DropCause::BadSleeveHeader);
-            return;
-        };
+    fn handle_plain(
+        &mut self,
+        from: SocketAddr,
+        packet: SleevePacket<&[u8]>,
+        now: Instant,
+        out: &mut Output,
+    ) {
         let sender = packet.sender();
         let snapshot = Arc::clone(&self.snapshot);
         let (known, checksums) = match snapshot.paths.get(&sender) {

@@ -21,9 +21,22 @@ use crate::crypto::{
     open_datagram, seal_datagram, CryptoError, Replay, ReplayWindow, SessionKey, DATAGRAM_OVERHEAD,
     DF_BIT,
 };
+use crate::wire::sleeve::PACKET_HEADER_LEN;
 
 /// Bytes an encrypted datagram has beyond a plain one: the sequence number and the tag.
 pub const OVERHEAD: usize = DATAGRAM_OVERHEAD;
+
+/// Lays out in `buf` a datagram for [`PathCrypto::seal`]: the sender's `name` (in the 6-byte
+/// name field), the gap for the sequence number and tag, then `frames` (frame headers and
+/// frames) back to back.
+pub fn lay_out(buf: &mut Vec<u8>, name: &[u8], frames: &[&[u8]]) {
+    buf.clear();
+    buf.extend_from_slice(name);
+    buf.resize(PACKET_HEADER_LEN + OVERHEAD, 0);
+    for part in frames {
+        buf.extend_from_slice(part);
+    }
+}
 
 /// Streams a path may have: a sending worker's index is its stream, and a router has at most
 /// 256 workers. A datagram of another stream is not opened.

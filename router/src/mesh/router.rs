@@ -28,7 +28,7 @@ use crate::mesh::status::{
 use crate::mesh::topology::{Peer, PeerConn, Topology};
 use crate::wire::fastdp as fastdp_wire;
 use crate::wire::mesh::{self as wire, FrameDecoder, Message, PeerSummary, ProtocolHeader};
-use crate::wire::sleeve::{SpecialFrame, ENCRYPTION_OVERHEAD};
+use crate::wire::sleeve::SpecialFrame;
 
 /// Protocol versions we speak: only 2 (length-prefixed messages).
 pub const PROTOCOL_MIN_VERSION: u8 = 2;
@@ -401,7 +401,8 @@ pub struct Mesh {
     maker_dirty: bool,
     surrogate_seen: VecDeque<(u64, Instant)>,
     termination_count: u64,
-    sleeve_mtu: Option<u16>,
+    /// The underlay MTU the sleeve's MTU search starts from, when the sleeve runs.
+    sleeve_underlay: Option<u16>,
     fastdp_mtu: Option<u16>,
     fastdp_off: Option<String>,
     fastdp_moves: u64,
@@ -450,7 +451,7 @@ impl Mesh {
             maker_dirty: false,
             surrogate_seen: VecDeque::new(),
             termination_count: 0,
-            sleeve_mtu: None,
+            sleeve_underlay: None,
             fastdp_mtu: None,
             fastdp_off: None,
             fastdp_moves: 0,
@@ -471,7 +472,7 @@ impl Mesh {
     /// UDP heartbeats work both ways, and its MTU is discovered up to what an underlay of
     /// `underlay_mtu` carries. Without it, a completed handshake establishes a connection.
     pub fn with_sleeve(mut self, underlay_mtu: u16) -> Self {
-        self.sleeve_mtu = Some(sleeve::mtu_for_underlay(underlay_mtu));
+        self.sleeve_underlay = Some(underlay_mtu);
         self
     }
 
@@ -1315,7 +1316,7 @@ impl Mesh {
         self.info(format!(
             "{prefix}: connection ready; using protocol version 2"
         ));
-        if self.sleeve_mtu.is_some() {
+        if self.sleeve_underlay.is_some() {
             let c = &self.conns[&key];
             let on_off = |on: bool| if on { "on" } else { "off" };
             self.info(format!(
@@ -1329,17 +1330,13 @@ impl Mesh {
             self.maker.connection_created(addr);
         }
         self.start_overlays(key, &features, remote.short_id, now);
-        match self.sleeve_mtu {
-            Some(max_mtu) => {
+        match self.sleeve_underlay {
+            Some(underlay_mtu) => {
                 let c = self.conns.get_mut(&key).expect("registered above");
                 // The dialling side sends to the address it dialled; the other side learns
                 // the peer's UDP address from its heartbeats.
                 let udp = c.outbound.then_some(c.addr);
-                let max_mtu = if c.sleeve_encrypted() {
-                    max_mtu.saturating_sub(ENCRYPTION_OVERHEAD as u16)
-                } else {
-                    max_mtu
-                };
+                let max_mtu = sleeve::mtu_for_underlay(underlay_mtu, c.sleeve_encrypted());
                 let mut sc =
                     SleeveConn::new(self.config.name, remote.name, c.uid, udp, max_mtu, now);
                 let mut out = Vec::new();

@@ -35,9 +35,9 @@ pub mod subtag {
     pub const PMTU_VERIFIED: u8 = 3;
 }
 
-/// The pod MTU a path of `underlay_mtu` carries without encryption: 1438 on 1500 bytes.
-pub fn mtu_for_underlay(underlay_mtu: u16) -> u16 {
-    wire::mtu_for_underlay(usize::from(underlay_mtu), false).map_or(0, |m| m as u16)
+/// The pod MTU a path of `underlay_mtu` carries: 1438 on 1500 bytes, 1414 encrypted.
+pub fn mtu_for_underlay(underlay_mtu: u16, encrypted: bool) -> u16 {
+    wire::mtu_for_underlay(usize::from(underlay_mtu), encrypted).map_or(0, |m| m as u16)
 }
 
 /// Builds a sleeve datagram from `sender` carrying one frame of ours for `dst`.
@@ -390,7 +390,8 @@ mod tests {
                         0000000000000000000000000000340c5ee3f27e8a47";
         let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, expected);
-        assert_eq!(mtu_for_underlay(1500), 1438);
+        assert_eq!(mtu_for_underlay(1500, false), 1438);
+        assert_eq!(mtu_for_underlay(1500, true), 1414);
     }
 
     /// Runs two sleeve ends against each other over a path that carries `path_mtu`.
