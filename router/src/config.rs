@@ -425,6 +425,17 @@ struct Sourced<'a> {
     source_name: String,
 }
 
+impl Sourced<'_> {
+    /// The error for this value, which is not what was expected (`reason`).
+    fn invalid(&self, reason: String) -> ConfigError {
+        ConfigError::InvalidValue {
+            source_name: self.source_name.clone(),
+            value: self.value.to_string(),
+            reason,
+        }
+    }
+}
+
 impl Config {
     /// Combines flags, environment and host facts into a checked configuration.
     pub fn resolve<'a>(
@@ -437,14 +448,9 @@ impl Config {
         };
 
         let name = match pick(&args.name, "name", &["WEAVE_NAME"]) {
-            Some(s) => s
-                .value
-                .parse::<PeerName>()
-                .map_err(|_| ConfigError::InvalidValue {
-                    source_name: s.source_name,
-                    value: s.value.to_string(),
-                    reason: "expected six hex octets like aa:00:00:00:00:01".to_string(),
-                })?,
+            Some(s) => s.value.parse::<PeerName>().map_err(|_| {
+                s.invalid("expected six hex octets like aa:00:00:00:00:01".to_string())
+            })?,
             None => default_peer_name(host.machine_id.as_deref().unwrap_or(&host.hostname)),
         };
 
@@ -455,11 +461,8 @@ impl Config {
         };
 
         let port = match pick(&args.port, "port", &["WEAVE_PORT"]) {
-            Some(s) => parse_port(s.value).ok_or_else(|| ConfigError::InvalidValue {
-                source_name: s.source_name,
-                value: s.value.to_string(),
-                reason: "expected a port number from 1 to 65535".to_string(),
-            })?,
+            Some(s) => parse_port(s.value)
+                .ok_or_else(|| s.invalid("expected a port number from 1 to 65535".to_string()))?,
             None => DEFAULT_PORT,
         };
 
@@ -489,15 +492,9 @@ impl Config {
         };
 
         let conn_limit = match pick(&args.conn_limit, "conn-limit", &["CONN_LIMIT"]) {
-            Some(s) => s
-                .value
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| ConfigError::InvalidValue {
-                    source_name: s.source_name,
-                    value: s.value.to_string(),
-                    reason: "expected a number of connections (0 for no limit)".to_string(),
-                })?,
+            Some(s) => s.value.trim().parse::<usize>().map_err(|_| {
+                s.invalid("expected a number of connections (0 for no limit)".to_string())
+            })?,
             None => DEFAULT_CONN_LIMIT,
         };
 
@@ -551,25 +548,15 @@ impl Config {
                     .parse::<usize>()
                     .ok()
                     .filter(|n| (1..=256).contains(n))
-                    .ok_or_else(|| ConfigError::InvalidValue {
-                        source_name: s.source_name,
-                        value: s.value.to_string(),
-                        reason: "expected a number of workers from 1 to 256".to_string(),
+                    .ok_or_else(|| {
+                        s.invalid("expected a number of workers from 1 to 256".to_string())
                     })?,
             ),
             None => None,
         };
 
         let cpus = match pick(&args.cpus, "cpus", &["WEAVE_CPUS"]) {
-            Some(s) => {
-                Some(
-                    parse_cpu_list(s.value).map_err(|reason| ConfigError::InvalidValue {
-                        source_name: s.source_name,
-                        value: s.value.to_string(),
-                        reason,
-                    })?,
-                )
-            }
+            Some(s) => Some(parse_cpu_list(s.value).map_err(|reason| s.invalid(reason))?),
             None => None,
         };
 
@@ -612,13 +599,11 @@ impl Config {
                 .ok()
                 .map(std::time::Duration::from_micros)
                 .filter(|d| *d <= crate::dataplane::busypoll::MAX_WINDOW)
-                .ok_or_else(|| ConfigError::InvalidValue {
-                    source_name: s.source_name,
-                    value: s.value.to_string(),
-                    reason: format!(
+                .ok_or_else(|| {
+                    s.invalid(format!(
                         "expected microseconds from 0 to {}",
                         crate::dataplane::busypoll::MAX_WINDOW.as_micros()
-                    ),
+                    ))
                 })?,
             None => crate::dataplane::worker::DEFAULT_BUSY_POLL,
         };
@@ -633,10 +618,8 @@ impl Config {
                     .parse::<u16>()
                     .ok()
                     .filter(|m| (MIN_MTU..=MAX_MTU).contains(m))
-                    .ok_or_else(|| ConfigError::InvalidValue {
-                        source_name: s.source_name,
-                        value: s.value.to_string(),
-                        reason: format!("expected an MTU from {MIN_MTU} to {MAX_MTU} bytes"),
+                    .ok_or_else(|| {
+                        s.invalid(format!("expected an MTU from {MIN_MTU} to {MAX_MTU} bytes"))
                     })?,
             ),
             None => None,
@@ -677,16 +660,11 @@ impl Config {
     }
 }
 
-/// `--password`, `--password-file` and `--trusted-subnets`.
+/// `--password`, `--password-file`, `--trusted-subnets` and `--sleeve-cipher`.
 fn resolve_encryption(
     args: &LaunchArgs,
     env: &BTreeMap<String, String>,
 ) -> Result<Option<crate::mesh::Encryption>, ConfigError> {
-    let invalid = |s: &Sourced, value: &str, reason: String| ConfigError::InvalidValue {
-        source_name: s.source_name.clone(),
-        value: value.to_string(),
-        reason,
-    };
     let given = pick_source(&args.password, "password", &["WEAVE_PASSWORD"], env);
     let file = pick_source(
         &args.password_file,
@@ -697,19 +675,18 @@ fn resolve_encryption(
     .filter(|s| !s.value.is_empty());
     let password = match (given.filter(|s| !s.value.is_empty()), file) {
         (Some(g), Some(f)) => {
-            return Err(ConfigError::InvalidValue {
-                source_name: f.source_name,
-                value: f.value.to_string(),
-                reason: format!("a password is also given by '{}'; give one", g.source_name),
-            })
+            return Err(f.invalid(format!(
+                "a password is also given by '{}'; give one",
+                g.source_name
+            )))
         }
         // Never put the password itself in a message.
         (Some(g), None) => zeroize::Zeroizing::new(g.value.as_bytes().to_vec()),
         (None, Some(f)) => {
             let bytes = std::fs::read(f.value)
-                .map_err(|e| invalid(&f, f.value, format!("cannot read the password: {e}")))?;
+                .map_err(|e| f.invalid(format!("cannot read the password: {e}")))?;
             if bytes.is_empty() {
-                return Err(invalid(&f, f.value, "the file is empty".to_string()));
+                return Err(f.invalid("the file is empty".to_string()));
             }
             zeroize::Zeroizing::new(bytes)
         }
@@ -724,11 +701,9 @@ fn resolve_encryption(
     ) {
         for item in split_peer_list(s.value) {
             let cidr: Cidr = item.parse().map_err(|e| {
-                invalid(
-                    &s,
-                    s.value,
-                    format!("expected IPv4 subnets like 10.0.0.0/8: {item}: {e}"),
-                )
+                s.invalid(format!(
+                    "expected IPv4 subnets like 10.0.0.0/8: {item}: {e}"
+                ))
             })?;
             trusted_subnets.push(cidr);
         }
@@ -802,11 +777,7 @@ fn resolve_kubernetes(
             .ok()
             .filter(|n| *n <= 300)
             .map(std::time::Duration::from_secs)
-            .ok_or_else(|| ConfigError::InvalidValue {
-                source_name: s.source_name,
-                value: s.value.to_string(),
-                reason: "expected a number of seconds from 0 to 300".to_string(),
-            })?,
+            .ok_or_else(|| s.invalid("expected a number of seconds from 0 to 300".to_string()))?,
         None => std::time::Duration::from_secs(DEFAULT_RECLAIM_JITTER_SECS),
     };
     // Checked even when unused, so that a typo shows before it matters.
@@ -825,11 +796,6 @@ fn resolve_ipam(
     args: &LaunchArgs,
     env: &BTreeMap<String, String>,
 ) -> Result<Option<IpamConfig>, ConfigError> {
-    let invalid = |s: &Sourced, reason: String| ConfigError::InvalidValue {
-        source_name: s.source_name.clone(),
-        value: s.value.to_string(),
-        reason,
-    };
     let range = match pick_source(
         &args.ipalloc_range,
         "ipalloc-range",
@@ -838,7 +804,7 @@ fn resolve_ipam(
     ) {
         Some(s) if s.value.trim().is_empty() => return Ok(None),
         Some(s) => Cidr::parse_subnet(s.value.trim())
-            .map_err(|e| invalid(&s, format!("expected a CIDR like 10.32.0.0/12: {e}")))?,
+            .map_err(|e| s.invalid(format!("expected a CIDR like 10.32.0.0/12: {e}")))?,
         None => Cidr::parse_subnet(DEFAULT_IPALLOC_RANGE).expect("constant range"),
     };
     let default_subnet = match pick_source(
@@ -849,25 +815,24 @@ fn resolve_ipam(
     ) {
         Some(s) if !s.value.trim().is_empty() => {
             let subnet = Cidr::parse_subnet(s.value.trim())
-                .map_err(|e| invalid(&s, format!("expected a CIDR: {e}")))?;
+                .map_err(|e| s.invalid(format!("expected a CIDR: {e}")))?;
             let (r, sub) = (range.range(), subnet.range());
             if sub.start < r.start || sub.end > r.end {
-                return Err(invalid(
-                    &s,
-                    format!("the default subnet must lie inside the range {range}"),
-                ));
+                return Err(s.invalid(format!(
+                    "the default subnet must lie inside the range {range}"
+                )));
             }
             subnet
         }
         Some(_) | None => range,
     };
     let init = match pick_source(&args.ipalloc_init, "ipalloc-init", &["IPALLOC_INIT"], env) {
-        Some(s) => parse_ipalloc_init(s.value.trim()).map_err(|reason| invalid(&s, reason))?,
+        Some(s) => parse_ipalloc_init(s.value.trim()).map_err(|reason| s.invalid(reason))?,
         None => IpamInit::Consensus(None),
     };
     let db_dir = match pick_source(&args.db_dir, "db-dir", &["WEAVE_DB_DIR"], env) {
         Some(s) if s.value.trim().is_empty() => {
-            return Err(invalid(&s, "expected a directory".to_string()))
+            return Err(s.invalid("expected a directory".to_string()))
         }
         Some(s) => PathBuf::from(s.value.trim()),
         None => PathBuf::from(DEFAULT_DB_DIR),
@@ -1022,11 +987,7 @@ fn parse_listen_addr(s: &Sourced) -> Result<Option<SocketAddr>, ConfigError> {
         .trim()
         .parse::<SocketAddr>()
         .map(Some)
-        .map_err(|_| ConfigError::InvalidValue {
-            source_name: s.source_name.clone(),
-            value: s.value.to_string(),
-            reason: "expected ip:port, like 127.0.0.1:6784 or [::1]:6784".to_string(),
-        })
+        .map_err(|_| s.invalid("expected ip:port, like 127.0.0.1:6784 or [::1]:6784".to_string()))
 }
 
 fn parse_bool(source_name: &str, v: &str) -> Result<bool, ConfigError> {
