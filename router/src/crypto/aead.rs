@@ -15,7 +15,7 @@
 
 use std::ops::Range;
 
-use ring::aead::{self, Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use ring::hkdf;
 
 use crate::crypto::{CryptoError, SessionKey, TAG_LEN};
@@ -143,11 +143,6 @@ pub fn read_header(body: &[u8]) -> Result<(u16, u64), CryptoError> {
     }
     let h: [u8; AEAD_HEADER_LEN] = body[..AEAD_HEADER_LEN].try_into().expect("length checked");
     Ok(parse_aead_header(h))
-}
-
-/// The algorithm, for those who need its constants.
-pub fn algorithm() -> &'static aead::Algorithm {
-    &AES_256_GCM
 }
 
 #[cfg(test)]

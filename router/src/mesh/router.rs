@@ -1185,8 +1185,7 @@ impl Mesh {
                     c.phase = Phase::Features;
                     let rest = std::mem::take(&mut c.pending);
                     c.frames.push(&rest);
-                    let conn_id = c.conn_id;
-                    let features = wire::encode_features(&self.features(key, conn_id));
+                    let features = wire::encode_features(&self.features(&self.conns[&key]));
                     self.send_body(key, &features);
                 }
                 Phase::Features | Phase::Ready => {
@@ -1223,8 +1222,9 @@ impl Mesh {
         }
     }
 
-    fn features(&self, key: ConnKey, conn_id: ConnId) -> BTreeMap<String, String> {
-        let trusted = self.conns.get(&key).is_some_and(|c| c.trust_remote);
+    /// Our feature map for connection `c`.
+    fn features(&self, c: &Conn) -> BTreeMap<String, String> {
+        let trusted = c.trust_remote;
         let me = self.topo.ourself();
         let mut f = BTreeMap::new();
         f.insert("PeerNameFlavour".into(), "mac".into());
@@ -1232,7 +1232,7 @@ impl Mesh {
         f.insert("NickName".into(), me.nickname.clone());
         f.insert("ShortID".into(), me.short_id.0.to_string());
         f.insert("UID".into(), me.uid.0.to_string());
-        f.insert("ConnID".into(), conn_id.0.to_string());
+        f.insert("ConnID".into(), c.conn_id.0.to_string());
         f.insert("Trusted".into(), trusted.to_string());
         // Weave encrypts its fast datapath with IPsec, which we do not: towards a peer we
         // do not trust, we offer the sleeve only.
