@@ -13,5 +13,5 @@ pub mod topology;
 pub use maker::DirectPeer;
 pub use router::{
     ChannelEvent, Command, ConnKey, Encryption, Event, FastdpPath, GossipError, Mesh, MeshConfig,
-    SleeveCrypto, SleevePeer, AEAD_FEATURE, SPREAD_FEATURE,
+    SleeveCrypto, SleevePeer, AEAD_FEATURE, DIGEST_FEATURE, SPREAD_FEATURE,
 };

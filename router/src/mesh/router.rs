@@ -25,7 +25,8 @@ use crate::mesh::status::{
     BroadcastRouteStatus, LocalConnectionStatus, PeerConnectionStatus, PeerStatus, RouterStatus,
     UnicastRouteStatus,
 };
-use crate::mesh::topology::{Peer, PeerConn, Topology};
+use crate::mesh::topology::{Newer, Peer, PeerConn, Topology, UpdateOutcome};
+use crate::wire::digest::DigestMessage;
 use crate::wire::fastdp as fastdp_wire;
 use crate::wire::mesh::{self as wire, FrameDecoder, Message, PeerSummary, ProtocolHeader};
 use crate::wire::sleeve::SpecialFrame;
@@ -48,6 +49,26 @@ pub const TOPOLOGY_UPDATE_DELAY: Duration = Duration::from_secs(1);
 pub const GC_DELAY: Duration = Duration::from_secs(1);
 /// The gossip channel of the topology.
 pub const TOPOLOGY_CHANNEL: &str = "topology";
+/// The gossip channel of topology summaries, digests and requests between weave-routers
+/// (see [`crate::wire::digest`]).
+pub const DIGEST_CHANNEL: &str = "topology.digest";
+/// The feature-map key with which a weave-router says it speaks [`DIGEST_CHANNEL`]: with
+/// such a neighbour, periodic gossip is a summary instead of the whole table, and relayed
+/// changes are announced by digest and sent only to those that ask. Weave Net does not
+/// send it, and gets Weave's gossip from us.
+pub const DIGEST_FEATURE: &str = "TopologyDigest";
+/// The only version of [`DIGEST_FEATURE`] so far.
+pub const DIGEST_VERSION: &str = "1";
+/// Improvements learned from gossip are gathered this long before they are relayed, so
+/// that one message per neighbour carries them all, each at its latest version.
+pub const RELAY_DELAY: Duration = Duration::from_millis(100);
+/// Once the table has not changed for this long, a summary goes to one neighbour that
+/// speaks digests, so that an entry a relay missed is found now rather than at the next
+/// periodic gossip.
+pub const SETTLE_DELAY: Duration = Duration::from_secs(3);
+/// How long a request for an entry stands before an announcement from another neighbour
+/// may ask again.
+pub const WANT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The feature-map key with which a weave-router says its sleeve may receive a peer's
 /// datagrams from any of the peer's worker ports (and steers them by source port), so that
@@ -362,6 +383,11 @@ struct Conn {
     trusted_by_remote: bool,
     /// Whether both ends offer [`AEAD_FEATURE`].
     aead: bool,
+    /// Whether both ends offer [`DIGEST_FEATURE`].
+    digest: bool,
+    /// Whether we sent a summary on this connection that the remote has not yet answered
+    /// with its digest.
+    summary_sent: bool,
 }
 
 impl Conn {
@@ -395,6 +421,11 @@ pub struct Mesh {
     broadcast_all: BTreeMap<PeerName, Vec<PeerName>>,
     pending_update: BTreeSet<PeerName>,
     update_due: Option<Instant>,
+    /// Improved entries waiting to be relayed, each with the neighbour it came from.
+    relay_pending: BTreeMap<PeerName, PeerName>,
+    relay_due: Option<Instant>,
+    /// When the table will have been quiet for [`SETTLE_DELAY`].
+    settle_due: Option<Instant>,
     gc_due: Option<Instant>,
     next_gossip: Instant,
     maker_due: Option<Instant>,
@@ -412,6 +443,11 @@ pub struct Mesh {
     generation: u64,
     channels: BTreeSet<String>,
     channel_events: VecDeque<ChannelEvent>,
+    /// Whether we offer [`DIGEST_FEATURE`].
+    digest: bool,
+    /// Entries asked for by `Want` and not yet received: the version and UID asked for,
+    /// and when.
+    wanted: BTreeMap<PeerName, (u64, u64, Instant)>,
 }
 
 impl Mesh {
@@ -445,6 +481,9 @@ impl Mesh {
             broadcast_all: BTreeMap::new(),
             pending_update: BTreeSet::new(),
             update_due: None,
+            relay_pending: BTreeMap::new(),
+            relay_due: None,
+            settle_due: None,
             gc_due: None,
             next_gossip,
             maker_due: None,
@@ -461,6 +500,8 @@ impl Mesh {
             generation: 0,
             channels: BTreeSet::new(),
             channel_events: VecDeque::new(),
+            digest: true,
+            wanted: BTreeMap::new(),
         };
         let me = mesh.topo.ourself();
         let line = format!("Our name is {}({})", me.name, me.nickname);
@@ -507,6 +548,13 @@ impl Mesh {
     /// the same password are refused.
     pub fn with_encryption(mut self, encryption: Encryption) -> Self {
         self.encryption = Some(encryption);
+        self
+    }
+
+    /// Keeps to Weave Net's topology gossip with every neighbour: offers no
+    /// [`DIGEST_FEATURE`].
+    pub fn without_topology_digest(mut self) -> Self {
+        self.digest = false;
         self
     }
 
@@ -655,15 +703,7 @@ impl Mesh {
 
     /// Broadcast next hops for every known source, over established connections.
     pub fn broadcast_routes(&self) -> BTreeMap<PeerName, Vec<PeerName>> {
-        self.topo
-            .peers()
-            .map(|p| {
-                (
-                    p.name,
-                    routes::broadcast(&self.topo, self.config.name, p.name, true),
-                )
-            })
-            .collect()
+        routes::Graph::new(&self.topo, true).broadcast_all(self.config.name)
     }
 
     /// Changes whenever routes or sleeve paths may have changed; the shell rebuilds the
@@ -778,7 +818,7 @@ impl Mesh {
         }
         if self.gc_due.is_some_and(|t| t <= now) {
             self.gc_due = None;
-            self.garbage_collect();
+            self.garbage_collect(now);
         }
         if self.update_due.is_some_and(|t| t <= now) {
             self.update_due = None;
@@ -787,10 +827,27 @@ impl Mesh {
             let payload = self.topo.encode(&names);
             self.gossip_to_neighbours(TOPOLOGY_CHANNEL, self.config.name, payload);
         }
+        if self.relay_due.is_some_and(|t| t <= now) {
+            self.relay_due = None;
+            self.relay_topology();
+        }
+        if self.settle_due.is_some_and(|t| t <= now) {
+            self.settle_due = None;
+            let mut hops: Vec<ConnKey> = self
+                .by_peer
+                .values()
+                .copied()
+                .filter(|k| self.conns.get(k).is_some_and(|c| c.digest))
+                .collect();
+            hops.shuffle(&mut self.rng);
+            if let Some(&key) = hops.first() {
+                self.send_summary(key, false);
+            }
+        }
         if self.next_gossip <= now {
             self.next_gossip = now + GOSSIP_INTERVAL;
-            let payload = self.topo.encode(&self.topo.names());
-            self.gossip_to_neighbours(TOPOLOGY_CHANNEL, self.config.name, payload);
+            self.wanted.retain(|_, (_, _, at)| *at + WANT_TIMEOUT > now);
+            self.periodic_topology_gossip();
         }
         if self.maker_due.is_some_and(|t| t <= now) {
             self.maker_due = None;
@@ -842,6 +899,8 @@ impl Mesh {
         [
             self.gc_due,
             self.update_due,
+            self.relay_due,
+            self.settle_due,
             self.maker_due,
             Some(self.next_gossip),
         ]
@@ -1090,6 +1149,8 @@ impl Mesh {
                 trust_remote,
                 trusted_by_remote: false,
                 aead: false,
+                digest: false,
+                summary_sent: false,
             },
         );
         key
@@ -1256,6 +1317,9 @@ impl Mesh {
         if self.encryption.as_ref().is_some_and(|e| e.fast_cipher) {
             f.insert(AEAD_FEATURE.into(), AEAD_VERSION.into());
         }
+        if self.digest {
+            f.insert(DIGEST_FEATURE.into(), DIGEST_VERSION.into());
+        }
         f
     }
 
@@ -1298,6 +1362,8 @@ impl Mesh {
         c.trusted_by_remote = remote.trusted;
         c.aead = self.encryption.as_ref().is_some_and(|e| e.fast_cipher)
             && features.get(AEAD_FEATURE).map(String::as_str) == Some(AEAD_VERSION);
+        c.digest =
+            self.digest && features.get(DIGEST_FEATURE).map(String::as_str) == Some(DIGEST_VERSION);
         c.remote = Some(Remote {
             name: remote.name,
             nickname: remote.nickname.clone(),
@@ -1575,8 +1641,12 @@ impl Mesh {
             self.info(format!("{prefix}: connection added (new peer)"));
         }
         if restarted || !connected_peer {
-            let payload = self.topo.encode(&self.topo.names());
-            self.send_gossip(key, TOPOLOGY_CHANNEL, payload);
+            if self.conns[&key].digest {
+                self.send_summary(key, false);
+            } else {
+                let payload = self.topo.encode(&self.topo.names());
+                self.send_gossip(key, TOPOLOGY_CHANNEL, payload);
+            }
         }
         self.schedule_update(Some(name), now);
         Ok(())
@@ -1630,6 +1700,9 @@ impl Mesh {
         if let Some(remote) = &c.remote {
             if c.holds_ref {
                 self.topo.release_local_ref(remote.name);
+                // A peer known only from this connection's feature map is collected, or
+                // its entry asked for, at the next collection.
+                self.gc_due.get_or_insert(now + GC_DELAY);
             }
             if c.registered && self.by_peer.get(&remote.name) == Some(&key) {
                 self.by_peer.remove(&remote.name);
@@ -1638,7 +1711,7 @@ impl Mesh {
                 ourself.version += 1;
                 self.info(format!("{prefix}: connection deleted"));
                 // Collect first so that the update never names unreachable peers.
-                self.garbage_collect();
+                self.garbage_collect(now);
                 self.topology_changed();
                 self.schedule_update(None, now);
             }
@@ -1699,7 +1772,12 @@ impl Mesh {
                 channel,
                 src,
                 payload,
-            } => self.handle_gossip(&channel, src, &payload, now),
+            } if channel == DIGEST_CHANNEL => self.handle_digest(key, src, &payload, now),
+            Message::Gossip {
+                channel,
+                src,
+                payload,
+            } => self.handle_gossip(key, &channel, src, &payload, now),
             Message::GossipUnicast {
                 channel,
                 src,
@@ -1790,16 +1868,42 @@ impl Mesh {
 
     fn handle_gossip(
         &mut self,
+        key: ConnKey,
         channel: &str,
         src: PeerName,
         payload: &[u8],
         now: Instant,
     ) -> Result<(), ConnError> {
         if channel == TOPOLOGY_CHANNEL {
-            let improved = self.apply_topology(payload, now)?.1;
-            if !improved.is_empty() {
-                let delta = self.topo.encode(&improved);
-                self.gossip_to_neighbours(channel, src, delta);
+            let out = self.apply_topology(payload, now)?.1;
+            for name in out.improved {
+                self.relay_pending.entry(name).or_insert(src);
+            }
+            // Peers the update names only in someone's connections (we never had their
+            // entry, or collected it while nothing we knew led to them): the sender most
+            // likely holds their entries, and one that speaks digests is asked for them
+            // rather than waiting for the next summary.
+            if self.conns.get(&key).is_some_and(|c| c.digest) {
+                let unknown: Vec<PeerName> = out
+                    .added
+                    .iter()
+                    .filter(|n| self.topo.get(**n).is_some_and(Peer::is_placeholder))
+                    .filter(|n| {
+                        self.wanted
+                            .get(n)
+                            .is_none_or(|(_, _, at)| *at + WANT_TIMEOUT <= now)
+                    })
+                    .copied()
+                    .collect();
+                if !unknown.is_empty() {
+                    for n in &unknown {
+                        self.wanted.insert(*n, (0, 0, now));
+                    }
+                    self.send_gossip(key, DIGEST_CHANNEL, DigestMessage::Want(unknown).emit());
+                }
+            }
+            if !self.relay_pending.is_empty() && self.relay_due.is_none() {
+                self.relay_due = Some(now + RELAY_DELAY);
             }
             return Ok(());
         }
@@ -1828,12 +1932,225 @@ impl Mesh {
         Ok(())
     }
 
-    /// Applies a topology payload; returns (names in the update, names that improved).
+    /// A message on [`DIGEST_CHANNEL`]. Only a neighbour that negotiated it speaks it, and
+    /// only for itself; anything else is ignored (a Weave Net peer may relay it as gossip
+    /// of a channel it does not know).
+    fn handle_digest(
+        &mut self,
+        key: ConnKey,
+        src: PeerName,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), ConnError> {
+        let Some(c) = self.conns.get(&key) else {
+            return Ok(());
+        };
+        let from_neighbour = c.remote.as_ref().is_some_and(|r| r.name == src);
+        if !c.digest || !from_neighbour {
+            return Ok(());
+        }
+        let msg = DigestMessage::parse(payload)
+            .map_err(|e| ConnError::failed(format!("bad topology digest: {e}")))?;
+        match msg {
+            DigestMessage::Summary {
+                entries,
+                hash,
+                answer,
+            } => {
+                let (n, h) = self.topo.summary();
+                if (n, h) == (entries, hash) {
+                    return Ok(());
+                }
+                // The side with fewer entries sends its digest (the cheaper one), ties
+                // broken by name. The other side answers with its summary, unless its own
+                // is already on the way: then that one brings the digest.
+                let ours_smaller = (n, self.config.name) < (entries, src);
+                if answer || ours_smaller {
+                    let msg = DigestMessage::Digest {
+                        whole: true,
+                        entries: self.topo.digest(),
+                    };
+                    self.send_gossip(key, DIGEST_CHANNEL, msg.emit());
+                } else if !self.conns[&key].summary_sent {
+                    self.send_summary(key, true);
+                }
+            }
+            DigestMessage::Digest { whole, entries } => {
+                if let Some(c) = self.conns.get_mut(&key) {
+                    c.summary_sent = false;
+                }
+                let mut push = BTreeSet::new();
+                let mut want = Vec::new();
+                for e in &entries {
+                    match self.topo.compare(e) {
+                        Newer::Ours => {
+                            push.insert(e.name);
+                        }
+                        Newer::Theirs => {
+                            let asked = self.wanted.get(&e.name).is_some_and(|(v, u, at)| {
+                                (*v, *u) >= (e.version, e.uid) && *at + WANT_TIMEOUT > now
+                            });
+                            if !asked {
+                                self.wanted.insert(e.name, (e.version, e.uid, now));
+                                want.push(e.name);
+                            }
+                        }
+                        Newer::Neither => {}
+                    }
+                }
+                if whole {
+                    let theirs: BTreeSet<PeerName> = entries.iter().map(|e| e.name).collect();
+                    push.extend(
+                        self.topo
+                            .peers()
+                            .filter(|p| !p.is_placeholder() && !theirs.contains(&p.name))
+                            .map(|p| p.name),
+                    );
+                }
+                if !push.is_empty() {
+                    let payload = self.topo.encode(&push);
+                    self.send_gossip(key, TOPOLOGY_CHANNEL, payload);
+                }
+                if !want.is_empty() {
+                    self.send_gossip(key, DIGEST_CHANNEL, DigestMessage::Want(want).emit());
+                }
+            }
+            DigestMessage::Want(names) => {
+                let names: BTreeSet<PeerName> = names
+                    .into_iter()
+                    .filter(|n| self.topo.get(*n).is_some_and(|p| !p.is_placeholder()))
+                    .collect();
+                if names.is_empty() {
+                    return Ok(());
+                }
+                let payload = self.topo.encode(&names);
+                self.send_gossip(key, TOPOLOGY_CHANNEL, payload);
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks a random neighbour that speaks digests for the entries of peers we know only
+    /// by name (an entry that was collected while nothing led to it, then named again by
+    /// a connection, is otherwise only learnt at the next summary), and looks again when
+    /// the request expires.
+    fn want_placeholders(&mut self, now: Instant) {
+        let placeholders: Vec<PeerName> = self
+            .topo
+            .peers()
+            .filter(|p| p.is_placeholder() && p.name != self.config.name)
+            .map(|p| p.name)
+            .collect();
+        if placeholders.is_empty() {
+            return;
+        }
+        let unknown: Vec<PeerName> = placeholders
+            .into_iter()
+            .filter(|n| {
+                self.wanted
+                    .get(n)
+                    .is_none_or(|(_, _, at)| *at + WANT_TIMEOUT <= now)
+            })
+            .collect();
+        let mut digest_hops: Vec<ConnKey> = self
+            .by_peer
+            .values()
+            .copied()
+            .filter(|k| self.conns.get(k).is_some_and(|c| c.digest))
+            .collect();
+        digest_hops.shuffle(&mut self.rng);
+        let Some(&key) = digest_hops.first() else {
+            return;
+        };
+        // Look again once a request has expired, in case that neighbour lacked them too.
+        let again = now + WANT_TIMEOUT;
+        self.gc_due = Some(self.gc_due.map_or(again, |t| t.min(again)));
+        if unknown.is_empty() {
+            return;
+        }
+        for n in &unknown {
+            self.wanted.insert(*n, (0, 0, now));
+        }
+        self.send_gossip(key, DIGEST_CHANNEL, DigestMessage::Want(unknown).emit());
+    }
+
+    /// Sends our topology summary on a connection that speaks [`DIGEST_CHANNEL`].
+    fn send_summary(&mut self, key: ConnKey, answer: bool) {
+        let (entries, hash) = self.topo.summary();
+        if !answer {
+            if let Some(c) = self.conns.get_mut(&key) {
+                c.summary_sent = true;
+            }
+        }
+        let msg = DigestMessage::Summary {
+            entries,
+            hash,
+            answer,
+        };
+        self.send_gossip(key, DIGEST_CHANNEL, msg.emit());
+    }
+
+    /// Every gossip interval: our summary to neighbours that speak digests, the whole
+    /// table (as Weave Net) to those that do not.
+    fn periodic_topology_gossip(&mut self) {
+        let mut whole = None;
+        for hop in self.random_neighbours(self.config.name) {
+            let Some(&key) = self.by_peer.get(&hop) else {
+                continue;
+            };
+            if self.conns[&key].digest {
+                self.send_summary(key, false);
+            } else {
+                let payload = whole
+                    .get_or_insert_with(|| self.topo.encode(&self.topo.names()))
+                    .clone();
+                self.send_gossip(key, TOPOLOGY_CHANNEL, payload);
+            }
+        }
+    }
+
+    /// Passes on the entries gossip improved since the last time (each to neighbours
+    /// other than the one it came from): to neighbours that speak digests an announcement
+    /// of their (name, UID, version), so that each asks only for what it lacks; to the
+    /// others the entries themselves, as Weave Net relays them.
+    fn relay_topology(&mut self) {
+        let pending = std::mem::take(&mut self.relay_pending);
+        for hop in self.random_neighbours(UNKNOWN_PEER_NAME) {
+            let Some(&key) = self.by_peer.get(&hop) else {
+                continue;
+            };
+            let names: BTreeSet<PeerName> = pending
+                .iter()
+                .filter(|(name, src)| **src != hop && **name != hop)
+                .map(|(name, _)| *name)
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            if self.conns[&key].digest {
+                let entries = names
+                    .iter()
+                    .filter_map(|n| self.topo.get(*n))
+                    .map(Peer::digest_entry)
+                    .collect();
+                let msg = DigestMessage::Digest {
+                    whole: false,
+                    entries,
+                };
+                self.send_gossip(key, DIGEST_CHANNEL, msg.emit());
+            } else {
+                let payload = self.topo.encode(&names);
+                self.send_gossip(key, TOPOLOGY_CHANNEL, payload);
+            }
+        }
+    }
+
+    /// Applies a topology payload; returns the names in the update and what it changed.
     fn apply_topology(
         &mut self,
         payload: &[u8],
         now: Instant,
-    ) -> Result<(BTreeSet<PeerName>, BTreeSet<PeerName>), ConnError> {
+    ) -> Result<(BTreeSet<PeerName>, UpdateOutcome), ConnError> {
         let entries = wire::decode_topology(payload)
             .map_err(|e| ConnError::failed(format!("bad topology update: {e}")))?;
         let names: BTreeSet<PeerName> = entries.iter().map(|(s, _)| s.name).collect();
@@ -1846,15 +2163,30 @@ impl Mesh {
         }
         if !out.improved.is_empty() || out.ourself_changed {
             self.topology_changed();
+            self.settle_due = Some(now + SETTLE_DELAY);
+        }
+        for name in &out.improved {
+            let Some(p) = self.topo.get(*name) else {
+                continue;
+            };
+            let have = (p.version, p.uid.0);
+            if self
+                .wanted
+                .get(name)
+                .is_some_and(|(v, u, _)| have >= (*v, *u))
+            {
+                self.wanted.remove(name);
+            }
         }
         if self.gc_due.is_none() {
             self.gc_due = Some(now + GC_DELAY);
         }
-        Ok((names, out.improved))
+        Ok((names, out))
     }
 
-    fn garbage_collect(&mut self) {
+    fn garbage_collect(&mut self, now: Instant) {
         let removed = self.topo.garbage_collect();
+        self.want_placeholders(now);
         if removed.is_empty() {
             return;
         }
@@ -1912,30 +2244,27 @@ impl Mesh {
         }
     }
 
+    /// Up to `max(1, 2·log2(n))` distinct next hops, never `except`, chosen at random.
+    ///
+    /// The next hops of the gossip routes (every connection counts) are exactly the
+    /// neighbours our own entry lists that the table knows, so they are taken from there
+    /// rather than from a search of the whole mesh. Weave draws them weighted by how many
+    /// destinations each serves; here each is as likely, which spreads gossip more evenly.
     fn random_neighbours(&mut self, except: PeerName) -> Vec<PeerName> {
-        self.ensure_routes();
         // The fan-out protocol-notes.md gives: 2·log2(n), at least one. A single
         // log2(n) leaves small meshes waiting for the periodic gossip.
-        let count = (2.0 * (self.unicast_all.len() as f64).log2())
-            .floor()
-            .max(1.0) as usize;
+        let count = (2.0 * (self.topo.len() as f64).log2()).floor().max(1.0) as usize;
         let mut hops: Vec<PeerName> = self
-            .unicast_all
-            .values()
+            .topo
+            .ourself()
+            .conns
+            .keys()
             .copied()
-            .filter(|h| *h != UNKNOWN_PEER_NAME && *h != except)
+            .filter(|h| *h != except && self.topo.get(*h).is_some())
             .collect();
         hops.shuffle(&mut self.rng);
-        let mut chosen = Vec::new();
-        for hop in hops {
-            if !chosen.contains(&hop) {
-                chosen.push(hop);
-                if chosen.len() >= count {
-                    break;
-                }
-            }
-        }
-        chosen
+        hops.truncate(count);
+        hops
     }
 
     fn relay_unicast(&mut self, channel: &str, dst: PeerName, body: &[u8]) {

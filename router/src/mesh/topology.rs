@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ids::{PeerName, PeerUid, ShortId};
+use crate::wire::digest::DigestEntry;
 use crate::wire::mesh::{ConnectionSummary, PeerSummary, TopologyEntry};
 
 /// A connection as a peer gossips it.
@@ -93,6 +94,23 @@ impl Peer {
         (summary, conns)
     }
 
+    /// This entry as a topology digest lists it.
+    pub fn digest_entry(&self) -> DigestEntry {
+        DigestEntry {
+            name: self.name,
+            uid: self.uid.0,
+            version: self.version,
+        }
+    }
+
+    /// Whether we know this peer only by name: someone's connection referred to it, or it
+    /// connected to us, but no entry of its own has reached us. (A peer gossips its entry
+    /// only once a connection has bumped its version, so a real entry has version 1 or
+    /// more.)
+    pub fn is_placeholder(&self) -> bool {
+        self.version == 0
+    }
+
     /// Whether `self` should be replaced by `newer` under Weave's merge rule.
     fn superseded_by(&self, newer: &PeerSummary) -> bool {
         if newer.version != self.version {
@@ -103,6 +121,17 @@ impl Peer {
         }
         newer.has_short_id && !self.has_short_id
     }
+}
+
+/// Which of two tables holds the newer entry for a peer (see [`Topology::compare`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Newer {
+    /// Ours is newer, or theirs is only a placeholder: they should have ours.
+    Ours,
+    /// Theirs is newer, or we lack it: we should have theirs.
+    Theirs,
+    /// The same entry, or nothing on either side worth sending.
+    Neither,
 }
 
 /// What applying an update changed.
@@ -183,6 +212,57 @@ impl Topology {
     /// All peer names.
     pub fn names(&self) -> BTreeSet<PeerName> {
         self.peers.keys().copied().collect()
+    }
+
+    /// The table's size and hash, as a topology summary carries them: equal summaries mean
+    /// equal tables (see [`crate::wire::digest`]).
+    pub fn summary(&self) -> (u32, u64) {
+        let hash = self
+            .peers
+            .values()
+            .fold(0u64, |h, p| h.wrapping_add(p.digest_entry().hash()));
+        (self.peers.len() as u32, hash)
+    }
+
+    /// Every entry's (name, UID, version).
+    pub fn digest(&self) -> Vec<DigestEntry> {
+        self.peers.values().map(Peer::digest_entry).collect()
+    }
+
+    /// Compares a remote table's entry with ours under the merge rule. Our own entry is
+    /// always ours to give, except against a newer one of an earlier incarnation of us:
+    /// that one we take, so that the merge makes us bump our version past it.
+    pub fn compare(&self, theirs: &DigestEntry) -> Newer {
+        let nothing = theirs.version == 0;
+        let Some(ours) = self.peers.get(&theirs.name) else {
+            return if nothing {
+                Newer::Neither
+            } else {
+                Newer::Theirs
+            };
+        };
+        if ours.is_placeholder() {
+            return if nothing {
+                Newer::Neither
+            } else {
+                Newer::Theirs
+            };
+        }
+        let (ov, ou) = (ours.version, ours.uid.0);
+        if theirs.name == self.ourself {
+            return if theirs.uid != ou && theirs.version >= ov {
+                Newer::Theirs
+            } else if (theirs.version, theirs.uid) == (ov, ou) {
+                Newer::Neither
+            } else {
+                Newer::Ours
+            };
+        }
+        match (theirs.version, theirs.uid).cmp(&(ov, ou)) {
+            std::cmp::Ordering::Greater => Newer::Theirs,
+            std::cmp::Ordering::Less => Newer::Ours,
+            std::cmp::Ordering::Equal => Newer::Neither,
+        }
     }
 
     /// Takes a reference on a peer for one of our connections, adding it if unknown.
@@ -293,7 +373,7 @@ impl Topology {
                 .collect();
             out.improved.insert(summary.name);
         }
-        if self.resolve_short_id_clash(pick_short_id) {
+        if self.resolve_short_id_clash(&out.improved, pick_short_id) {
             out.ourself_changed = true;
         }
         out
@@ -301,13 +381,16 @@ impl Topology {
 
     /// When another peer holds our short id and has the lower name, it keeps it and we take
     /// an unused one. Returns whether ours changed.
+    ///
+    /// Only the entries an update changed can bring a clash (ours is always picked unused),
+    /// so only those are looked at: an update costs what it carries, not the table's size.
     fn resolve_short_id_clash(
         &mut self,
+        changed: &BTreeSet<PeerName>,
         pick_short_id: &mut dyn FnMut(&BTreeSet<ShortId>) -> ShortId,
     ) -> bool {
-        let me = self.ourself();
-        let ours = me.short_id;
-        let clash = self.peers.values().any(|p| {
+        let ours = self.ourself().short_id;
+        let clash = changed.iter().filter_map(|n| self.peers.get(n)).any(|p| {
             p.name != self.ourself && p.has_short_id && p.short_id == ours && p.name < self.ourself
         });
         if !clash {

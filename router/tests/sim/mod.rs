@@ -98,11 +98,18 @@ pub struct Sim<A: App = ()> {
     pub latency: (u64, u64),
     pub messages: u64,
     pub bytes: u64,
+    /// Bytes each peer has sent (TCP and UDP), by index.
+    pub sent: Vec<u64>,
+    /// Messages and bytes by kind: handshake, heartbeat, gossip by channel (the digest
+    /// channel by message), sleeve, ...
+    pub by_kind: BTreeMap<String, (u64, u64)>,
     pub keep_logs: bool,
     /// Run every new peer's sleeve (UDP heartbeats decide establishment).
     pub sleeve: bool,
     /// With `sleeve`: the peers that offer to spread sleeve traffic over their workers.
     pub spread: std::collections::BTreeSet<Idx>,
+    /// Peers that keep to Weave Net's topology gossip (no digests).
+    pub weave_gossip: BTreeSet<Idx>,
     /// Peers that run with a password (and trusted subnets).
     pub encryption: BTreeMap<Idx, weave_router::mesh::Encryption>,
 }
@@ -163,9 +170,12 @@ impl<A: App> Sim<A> {
             latency: (1, 10),
             messages: 0,
             bytes: 0,
+            sent: Vec::new(),
+            by_kind: BTreeMap::new(),
             keep_logs: true,
             sleeve: false,
             spread: Default::default(),
+            weave_gossip: BTreeSet::new(),
             encryption: BTreeMap::new(),
         }
     }
@@ -183,6 +193,7 @@ impl<A: App> Sim<A> {
             log: Vec::new(),
             timer_at: None,
         });
+        self.sent.push(0);
         config.uid = PeerUid(self.rng.gen());
         self.start_peer(i, config);
         i
@@ -198,6 +209,9 @@ impl<A: App> Sim<A> {
         let mut mesh = Mesh::new(config, seed, self.instant());
         if let Some(e) = self.encryption.get(&i) {
             mesh = mesh.with_encryption(e.clone());
+        }
+        if self.weave_gossip.contains(&i) {
+            mesh = mesh.without_topology_digest();
         }
         if self.sleeve {
             mesh = mesh.with_sleeve(1500);
@@ -257,11 +271,9 @@ impl<A: App> Sim<A> {
         let addrs: Vec<DirectPeer> = targets
             .iter()
             .map(|t| {
-                DirectPeer::new(
-                    self.peers[*t].addr.ip().to_string(),
-                    self.peers[*t].addr,
-                    6783,
-                )
+                // A peer not started yet has the address it will have.
+                let addr = peer_addr(*t);
+                DirectPeer::new(addr.ip().to_string(), addr, 6783)
             })
             .collect();
         let now = self.instant();
@@ -340,12 +352,21 @@ impl<A: App> Sim<A> {
                     };
                     self.messages += 1;
                     self.bytes += bytes.len() as u64;
+                    self.sent[i] += bytes.len() as u64;
                     // The handshake (header, flag, feature map) is never lost: a TCP
                     // connection either delivers it or fails. Loss models messages that
                     // vanish afterwards, which the gossip must survive.
                     let sent = self.sends.entry(from).or_insert(0);
                     *sent += 1;
                     let lossy = *sent > 3;
+                    let kind = if lossy {
+                        kind_of(&bytes)
+                    } else {
+                        "handshake".into()
+                    };
+                    let k = self.by_kind.entry(kind).or_default();
+                    k.0 += 1;
+                    k.1 += bytes.len() as u64;
                     if self.cut(i, to.peer) || (lossy && self.rng.gen_bool(self.loss)) {
                         continue;
                     }
@@ -359,6 +380,7 @@ impl<A: App> Sim<A> {
                 Command::SendUdp(udp) => {
                     self.messages += 1;
                     self.bytes += udp.datagram.len() as u64;
+                    self.sent[i] += udp.datagram.len() as u64;
                     let Some(t) = self.peers.iter().position(|p| p.addr == udp.to) else {
                         continue;
                     };
@@ -533,6 +555,28 @@ impl<A: App> Sim<A> {
             .collect()
     }
 
+    /// A cheap summary of a peer's view: its size and a hash of every entry's name, UID and
+    /// version (an entry's content is fixed by those three).
+    pub fn fingerprint(&self, i: Idx) -> (usize, u64) {
+        use std::hash::{Hash, Hasher};
+        let topo = self.mesh(i).topology();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for p in topo.peers() {
+            (p.name, p.uid.0, p.version).hash(&mut h);
+        }
+        (topo.len(), h.finish())
+    }
+
+    /// Whether the peers `who` hold the same entries, by [`Sim::fingerprint`]; linear in
+    /// the table per peer, so it can be asked often of a large mesh.
+    pub fn agree_fast(&self, who: &[Idx]) -> bool {
+        let mut prints = who.iter().map(|i| self.fingerprint(*i));
+        let Some(first) = prints.next() else {
+            return true;
+        };
+        prints.all(|p| p == first)
+    }
+
     /// Whether every running peer holds the same topology.
     pub fn agree(&self, who: &[Idx]) -> bool {
         let mut views = who.iter().map(|i| self.view(*i));
@@ -580,6 +624,27 @@ impl<A: App> Sim<A> {
 
     pub fn dump_logs(&self, i: Idx) -> String {
         self.peers[i].log.join("\n")
+    }
+}
+
+/// What a framed mesh message is, for [`Sim::by_kind`].
+fn kind_of(framed: &[u8]) -> String {
+    use weave_router::wire::mesh::Message;
+    let Some(body) = framed.get(4..) else {
+        return "short".into();
+    };
+    match Message::parse(body) {
+        Ok(Message::Heartbeat) => "heartbeat".into(),
+        Ok(Message::Gossip {
+            channel, payload, ..
+        }) => match payload.first() {
+            Some(k) if channel == "topology.digest" => format!("gossip {channel} {k}"),
+            _ => format!("gossip {channel}"),
+        },
+        Ok(Message::GossipUnicast { channel, .. }) => format!("unicast {channel}"),
+        Ok(Message::GossipBroadcast { channel, .. }) => format!("broadcast {channel}"),
+        Ok(Message::OverlayControl { .. }) => "overlay control".into(),
+        _ => "other (sealed?)".into(),
     }
 }
 
