@@ -165,6 +165,7 @@ impl Scale {
     fn cold_start(n: usize, seed: u64, weave_only: &BTreeSet<Idx>) -> (Scale, Figures) {
         let mut sim = Sim::new(seed);
         sim.keep_logs = false;
+        sim.topology_digest = true;
         sim.weave_gossip = weave_only.clone();
         let mut sc = Scale {
             sim,

@@ -108,7 +108,9 @@ pub struct Sim<A: App = ()> {
     pub sleeve: bool,
     /// With `sleeve`: the peers that offer to spread sleeve traffic over their workers.
     pub spread: std::collections::BTreeSet<Idx>,
-    /// Peers that keep to Weave Net's topology gossip (no digests).
+    /// Whether new peers offer topology digests ([`Mesh::with_topology_digest`])...
+    pub topology_digest: bool,
+    /// ...except these, which keep to Weave Net's topology gossip.
     pub weave_gossip: BTreeSet<Idx>,
     /// Peers that run with a password (and trusted subnets).
     pub encryption: BTreeMap<Idx, weave_router::mesh::Encryption>,
@@ -175,6 +177,7 @@ impl<A: App> Sim<A> {
             keep_logs: true,
             sleeve: false,
             spread: Default::default(),
+            topology_digest: false,
             weave_gossip: BTreeSet::new(),
             encryption: BTreeMap::new(),
         }
@@ -210,8 +213,8 @@ impl<A: App> Sim<A> {
         if let Some(e) = self.encryption.get(&i) {
             mesh = mesh.with_encryption(e.clone());
         }
-        if self.weave_gossip.contains(&i) {
-            mesh = mesh.without_topology_digest();
+        if self.topology_digest && !self.weave_gossip.contains(&i) {
+            mesh = mesh.with_topology_digest();
         }
         if self.sleeve {
             mesh = mesh.with_sleeve(1500);
