@@ -834,14 +834,7 @@ impl Mesh {
         }
         if self.settle_due.is_some_and(|t| t <= now) {
             self.settle_due = None;
-            let mut hops: Vec<ConnKey> = self
-                .by_peer
-                .values()
-                .copied()
-                .filter(|k| self.conns.get(k).is_some_and(|c| c.digest))
-                .collect();
-            hops.shuffle(&mut self.rng);
-            if let Some(&key) = hops.first() {
+            if let Some(key) = self.random_digest_neighbour() {
                 self.send_summary(key, false);
             }
         }
@@ -2053,14 +2046,7 @@ impl Mesh {
                     .is_none_or(|(_, _, at)| *at + WANT_TIMEOUT <= now)
             })
             .collect();
-        let mut digest_hops: Vec<ConnKey> = self
-            .by_peer
-            .values()
-            .copied()
-            .filter(|k| self.conns.get(k).is_some_and(|c| c.digest))
-            .collect();
-        digest_hops.shuffle(&mut self.rng);
-        let Some(&key) = digest_hops.first() else {
+        let Some(key) = self.random_digest_neighbour() else {
             return;
         };
         // Look again once a request has expired, in case that neighbour lacked them too.
@@ -2073,6 +2059,17 @@ impl Mesh {
             self.wanted.insert(*n, (0, 0, now));
         }
         self.send_gossip(key, DIGEST_CHANNEL, DigestMessage::Want(unknown).emit());
+    }
+
+    /// One of our connections that speaks [`DIGEST_CHANNEL`], at random.
+    fn random_digest_neighbour(&mut self) -> Option<ConnKey> {
+        let keys: Vec<ConnKey> = self
+            .by_peer
+            .values()
+            .copied()
+            .filter(|k| self.conns.get(k).is_some_and(|c| c.digest))
+            .collect();
+        keys.choose(&mut self.rng).copied()
     }
 
     /// Sends our topology summary on a connection that speaks [`DIGEST_CHANNEL`].
