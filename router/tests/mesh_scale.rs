@@ -9,15 +9,14 @@
 mod sim;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sim::{bfs, Idx, Sim};
-use weave_router::ids::{PeerName, UNKNOWN_PEER_NAME};
+use sim::{assert_routes_match_bfs, connected_to, Idx, Sim};
 
 /// The system allocator, counting the bytes live: the simulated routers' state is most of
 /// the heap of this test, so live bytes over peers bounds one router's.
@@ -48,46 +47,6 @@ static ALLOC: Counting = Counting;
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
-}
-
-fn connected_to(sim: &Sim, i: Idx, j: Idx) -> bool {
-    sim.mesh(i)
-        .connected_peers()
-        .any(|n| n == sim.peers[j].name)
-}
-
-/// Every running peer's data routes against a plain BFS over the edges both ends report
-/// established: the same reachable set, and every first hop one step closer.
-fn assert_routes_match_bfs(sim: &Sim, who: &[Idx]) {
-    let edges = sim.established_edges(who);
-    let mut dist: BTreeMap<PeerName, BTreeMap<PeerName, usize>> = BTreeMap::new();
-    for &i in who {
-        let me = sim.mesh(i).name();
-        dist.insert(me, bfs(&edges, me));
-    }
-    for &i in who {
-        let me = sim.mesh(i).name();
-        let routes = sim.mesh(i).unicast_routes();
-        let mine = &dist[&me];
-        let reached: BTreeSet<PeerName> = routes.keys().copied().collect();
-        let expected: BTreeSet<PeerName> = mine.keys().copied().collect();
-        assert_eq!(reached, expected, "peer {i}: reachable set differs");
-        for (dest, via) in &routes {
-            if *dest == me {
-                assert_eq!(*via, UNKNOWN_PEER_NAME);
-                continue;
-            }
-            assert!(
-                edges.contains(&(me.min(*via), me.max(*via))),
-                "peer {i}: hop {via} is not a neighbour"
-            );
-            assert_eq!(
-                dist[via][dest] + 1,
-                mine[dest],
-                "peer {i}: hop {via} to {dest} is not on a shortest path"
-            );
-        }
-    }
 }
 
 /// What one run measured.

@@ -8,8 +8,7 @@ use std::time::Duration;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sim::{bfs, peer_name, Idx, Sim};
-use weave_router::ids::{PeerName, UNKNOWN_PEER_NAME};
+use sim::{assert_routes_match_bfs, connected_to, peer_name, Idx, Sim};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -23,46 +22,6 @@ fn all(sim: &Sim) -> Vec<Idx> {
 
 fn peer_count(sim: &Sim, i: Idx) -> usize {
     sim.mesh(i).topology().len()
-}
-
-fn connected_to(sim: &Sim, i: Idx, j: Idx) -> bool {
-    sim.mesh(i)
-        .connected_peers()
-        .any(|n| n == sim.peers[j].name)
-}
-
-/// Checks every running peer's data routes against a plain BFS over the edges both ends
-/// report established: same reachable set, and every first hop is a neighbour one step
-/// closer to the destination.
-fn assert_routes_match_bfs(sim: &Sim, who: &[Idx]) {
-    let edges = sim.established_edges(who);
-    for &i in who {
-        let me = sim.mesh(i).name();
-        let routes = sim.mesh(i).unicast_routes();
-        let dist = bfs(&edges, me);
-        let reached: BTreeSet<PeerName> = routes.keys().copied().collect();
-        let expected: BTreeSet<PeerName> = dist.keys().copied().collect();
-        assert_eq!(
-            reached, expected,
-            "peer {i}: reachable set differs from BFS"
-        );
-        for (dest, via) in &routes {
-            if *dest == me {
-                assert_eq!(*via, UNKNOWN_PEER_NAME);
-                continue;
-            }
-            assert!(
-                edges.contains(&(me.min(*via), me.max(*via))),
-                "peer {i}: hop {via} is not a neighbour"
-            );
-            let from_hop = bfs(&edges, *via);
-            assert_eq!(
-                from_hop[dest] + 1,
-                dist[dest],
-                "peer {i}: hop {via} to {dest} is not on a shortest path"
-            );
-        }
-    }
 }
 
 #[test]

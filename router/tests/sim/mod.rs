@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use weave_router::ids::{PeerName, PeerUid};
+use weave_router::ids::{PeerName, PeerUid, UNKNOWN_PEER_NAME};
 use weave_router::mesh::{Command, ConnKey, DirectPeer, Mesh, MeshConfig};
 
 /// What runs beside a peer's mesh, in the same process.
@@ -671,4 +671,45 @@ pub fn bfs(edges: &BTreeSet<(PeerName, PeerName)>, start: PeerName) -> BTreeMap<
         }
     }
     dist
+}
+
+/// Whether peer `i` holds a registered connection to peer `j`.
+pub fn connected_to(sim: &Sim, i: Idx, j: Idx) -> bool {
+    sim.mesh(i)
+        .connected_peers()
+        .any(|n| n == sim.peers[j].name)
+}
+
+/// Every running peer's data routes against a plain BFS over the edges both ends report
+/// established: the same reachable set, and every first hop one step closer.
+pub fn assert_routes_match_bfs(sim: &Sim, who: &[Idx]) {
+    let edges = sim.established_edges(who);
+    let mut dist: BTreeMap<PeerName, BTreeMap<PeerName, usize>> = BTreeMap::new();
+    for &i in who {
+        let me = sim.mesh(i).name();
+        dist.insert(me, bfs(&edges, me));
+    }
+    for &i in who {
+        let me = sim.mesh(i).name();
+        let routes = sim.mesh(i).unicast_routes();
+        let mine = &dist[&me];
+        let reached: BTreeSet<PeerName> = routes.keys().copied().collect();
+        let expected: BTreeSet<PeerName> = mine.keys().copied().collect();
+        assert_eq!(reached, expected, "peer {i}: reachable set differs");
+        for (dest, via) in &routes {
+            if *dest == me {
+                assert_eq!(*via, UNKNOWN_PEER_NAME);
+                continue;
+            }
+            assert!(
+                edges.contains(&(me.min(*via), me.max(*via))),
+                "peer {i}: hop {via} is not a neighbour"
+            );
+            assert_eq!(
+                dist[via][dest] + 1,
+                mine[dest],
+                "peer {i}: hop {via} to {dest} is not on a shortest path"
+            );
+        }
+    }
 }
