@@ -89,6 +89,12 @@ pub struct LaunchArgs {
     /// Net peers always get them). Env: WEAVE_SLEEVE_CHECKSUMS.
     #[arg(long, value_name = "partial|full")]
     pub sleeve_checksums: Option<String>,
+    /// Topology gossip between weave-routers: `digest` (the default: summaries every 30 s,
+    /// and only the entries a neighbour lacks, so gossip grows with change rather than with
+    /// the mesh) or `weave` (the whole table every 30 s and every change in full, as Weave
+    /// Net gossips). Weave Net peers always get Weave's gossip. Env: WEAVE_TOPOLOGY_GOSSIP.
+    #[arg(long, value_name = "digest|weave")]
+    pub topology_gossip: Option<String>,
     /// Microseconds a data-plane worker keeps polling for more work after its last before it
     /// sleeps, from 0 (never poll: every frame after a quiet moment costs a thread wake-up)
     /// to 1000. Polling lowers round-trip latency for CPU time; it stops while traffic is too
@@ -296,6 +302,8 @@ pub struct Config {
     pub sleeve_spread: bool,
     /// Whether TCP checksums between weave-routers are partial (`--sleeve-checksums`).
     pub partial_checksums: bool,
+    /// Whether topology digests are offered to weave-routers (`--topology-gossip`).
+    pub topology_digest: bool,
     /// Whether the sleeve batches with UDP GSO/GRO and TAP offloads.
     pub offload: bool,
     /// How long workers poll for work before they sleep (`--busy-poll`).
@@ -586,6 +594,19 @@ impl Config {
             None => true,
         };
 
+        let topology_digest = match pick(
+            &args.topology_gossip,
+            "topology-gossip",
+            &["WEAVE_TOPOLOGY_GOSSIP"],
+        ) {
+            Some(s) => choose(
+                s,
+                &[("digest", true), ("weave", false)],
+                "expected digest or weave",
+            )?,
+            None => true,
+        };
+
         let offload = match pick(&args.offload, "offload", &["WEAVE_OFFLOAD"]) {
             Some(s) => choose(s, &[("on", true), ("off", false)], "expected on or off")?,
             None => true,
@@ -646,6 +667,7 @@ impl Config {
             cpus,
             sleeve_spread,
             partial_checksums,
+            topology_digest,
             offload,
             busy_poll,
             name,

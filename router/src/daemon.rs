@@ -78,6 +78,11 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     if let Some(e) = &config.encryption {
         mesh = mesh.with_encryption(e.clone());
     }
+    if config.topology_digest {
+        mesh = mesh.with_topology_digest();
+    } else {
+        info!("Topology gossip as Weave Net's to every peer (--topology-gossip weave)");
+    }
     while let Some(ev) = mesh.poll_event() {
         log_event(&ev);
     }

@@ -191,6 +191,29 @@ fn offloads_can_be_turned_off() {
 }
 
 #[test]
+fn topology_digests_are_offered_unless_weave_gossip_is_asked_for() {
+    assert!(resolve(&[], &[]).unwrap().topology_digest);
+    assert!(
+        !resolve(&["--topology-gossip", "weave"], &[])
+            .unwrap()
+            .topology_digest
+    );
+    assert!(
+        !resolve(&[], &[("WEAVE_TOPOLOGY_GOSSIP", "weave")])
+            .unwrap()
+            .topology_digest
+    );
+    assert!(
+        resolve(
+            &["--topology-gossip=digest"],
+            &[("WEAVE_TOPOLOGY_GOSSIP", "weave")]
+        )
+        .unwrap()
+        .topology_digest
+    );
+}
+
+#[test]
 fn busy_polling_is_bounded_and_can_be_turned_off() {
     use std::time::Duration;
     assert_eq!(
@@ -275,6 +298,16 @@ fn bad_values_are_refused_by_name() {
             &[],
             &[("WEAVE_BUSY_POLL", "-5")],
             "invalid value '-5' for 'WEAVE_BUSY_POLL'",
+        ),
+        (
+            &["--topology-gossip=full"],
+            &[],
+            "invalid value 'full' for '--topology-gossip'",
+        ),
+        (
+            &[],
+            &[("WEAVE_TOPOLOGY_GOSSIP", "on")],
+            "invalid value 'on' for 'WEAVE_TOPOLOGY_GOSSIP'",
         ),
         (
             &["host:99999"],

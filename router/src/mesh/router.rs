@@ -552,8 +552,8 @@ impl Mesh {
     }
 
     /// Offers [`DIGEST_FEATURE`]: topology summaries and digests with weave-routers that
-    /// offer it too. Off by default until it converges as fast as Weave's gossip after a
-    /// partition heals under message loss (the simulations show it slower there).
+    /// offer it too (the daemon does unless `--topology-gossip weave`). Without it, the
+    /// mesh gossips exactly as Weave Net does.
     pub fn with_topology_digest(mut self) -> Self {
         self.digest = true;
         self
@@ -2117,10 +2117,12 @@ impl Mesh {
             let Some(&key) = self.by_peer.get(&hop) else {
                 continue;
             };
+            // Entries collected since they were learnt are not passed on.
             let names: BTreeSet<PeerName> = pending
                 .iter()
                 .filter(|(name, src)| **src != hop && **name != hop)
                 .map(|(name, _)| *name)
+                .filter(|name| self.topo.get(*name).is_some())
                 .collect();
             if names.is_empty() {
                 continue;

@@ -108,7 +108,8 @@ pub struct Sim<A: App = ()> {
     pub sleeve: bool,
     /// With `sleeve`: the peers that offer to spread sleeve traffic over their workers.
     pub spread: std::collections::BTreeSet<Idx>,
-    /// Whether new peers offer topology digests ([`Mesh::with_topology_digest`])...
+    /// Whether new peers offer topology digests ([`Mesh::with_topology_digest`]), as the
+    /// daemon's do by default...
     pub topology_digest: bool,
     /// ...except these, which keep to Weave Net's topology gossip.
     pub weave_gossip: BTreeSet<Idx>,
@@ -177,7 +178,7 @@ impl<A: App> Sim<A> {
             keep_logs: true,
             sleeve: false,
             spread: Default::default(),
-            topology_digest: false,
+            topology_digest: true,
             weave_gossip: BTreeSet::new(),
             encryption: BTreeMap::new(),
         }
