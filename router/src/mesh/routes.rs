@@ -11,7 +11,7 @@
 //! [`Graph::broadcast_all`] gets the same answer from the searches of ourself, our
 //! neighbours and theirs (see there). [`broadcast`] stays as the per-source definition.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::ids::{PeerName, UNKNOWN_PEER_NAME};
 use crate::mesh::topology::Topology;
@@ -212,15 +212,28 @@ pub fn unicast(topo: &Topology, start: PeerName, established_symmetric: bool) ->
     Graph::new(topo, established_symmetric).unicast(start)
 }
 
-/// Every peer reachable from `start`, itself included.
-pub fn reachable(
-    topo: &Topology,
-    start: PeerName,
-    established_symmetric: bool,
-) -> BTreeSet<PeerName> {
-    unicast(topo, start, established_symmetric)
-        .into_keys()
-        .collect()
+/// Every peer reachable from `start` over the connections each entry lists (one-sided
+/// ones count), itself included: what [`unicast`] without `established_symmetric` reaches.
+/// Garbage collection asks this after every batch of changes, so it walks the table
+/// directly, in no particular order, rather than indexing it for ordered searches.
+pub fn reachable(topo: &Topology, start: PeerName) -> HashSet<PeerName> {
+    let mut seen = HashSet::with_capacity(topo.len());
+    if topo.get(start).is_none() {
+        return seen;
+    }
+    seen.insert(start);
+    let mut stack = vec![start];
+    while let Some(cur) = stack.pop() {
+        let Some(p) = topo.get(cur) else {
+            continue;
+        };
+        for r in p.conns.keys() {
+            if topo.get(*r).is_some() && seen.insert(*r) {
+                stack.push(*r);
+            }
+        }
+    }
+    seen
 }
 
 /// The neighbours of `ourself` that a broadcast from `source` must be forwarded to: those
@@ -427,6 +440,11 @@ mod tests {
                 }
                 entry.1.retain(|_| !rng.gen_bool(0.05));
                 t.apply_entries(&[entry], &mut |_| ShortId(0));
+            }
+            for start in &names {
+                let all: HashSet<PeerName> =
+                    search(&t, *start, None, false).1.into_keys().collect();
+                assert_eq!(reachable(&t, *start), all, "round {round}: reachable");
             }
             for sym in [true, false] {
                 let g = Graph::new(&t, sym);

@@ -413,7 +413,7 @@ impl Topology {
     /// Removes peers we can no longer reach over any gossiped connection and that none of
     /// our connections refers to. Returns the removed entries.
     pub fn garbage_collect(&mut self) -> Vec<Peer> {
-        let reached = crate::mesh::routes::reachable(self, self.ourself, false);
+        let reached = crate::mesh::routes::reachable(self, self.ourself);
         let removed: BTreeSet<PeerName> = self
             .peers
             .values()
