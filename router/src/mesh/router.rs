@@ -427,6 +427,11 @@ pub struct Mesh {
     /// When the table will have been quiet for [`SETTLE_DELAY`].
     settle_due: Option<Instant>,
     gc_due: Option<Instant>,
+    /// Whether the table may hold unreachable peers: it changed since the last collection.
+    gc_dirty: bool,
+    /// Whether gossip added peers since the last collection, which must be collected
+    /// before relaying (see `handle_timeout`).
+    gc_added: bool,
     next_gossip: Instant,
     maker_due: Option<Instant>,
     maker_dirty: bool,
@@ -485,6 +490,8 @@ impl Mesh {
             relay_due: None,
             settle_due: None,
             gc_due: None,
+            gc_dirty: false,
+            gc_added: false,
             next_gossip,
             maker_due: None,
             maker_dirty: false,
@@ -830,6 +837,16 @@ impl Mesh {
         }
         if self.relay_due.is_some_and(|t| t <= now) {
             self.relay_due = None;
+            // Collect first, as Weave Net does after every update, when gossip brought
+            // peers we did not have: an entry of a peer we cannot reach (one a neighbour
+            // still held when it sent it) must not travel on, or the mesh keeps passing a
+            // partitioned half's entries round after each router has dropped them. (An
+            // entry we already held was reachable at the last collection, at most
+            // `GC_DELAY` ago; one that is no longer goes one hop further at most, to a
+            // router that collects it here.)
+            if self.gc_added {
+                self.garbage_collect(now);
+            }
             self.relay_topology();
         }
         if self.settle_due.is_some_and(|t| t <= now) {
@@ -1697,6 +1714,7 @@ impl Mesh {
                 // A peer known only from this connection's feature map is collected, or
                 // its entry asked for, at the next collection.
                 self.gc_due.get_or_insert(now + GC_DELAY);
+                self.gc_dirty = true;
             }
             if c.registered && self.by_peer.get(&remote.name) == Some(&key) {
                 self.by_peer.remove(&remote.name);
@@ -1705,6 +1723,7 @@ impl Mesh {
                 ourself.version += 1;
                 self.info(format!("{prefix}: connection deleted"));
                 // Collect first so that the update never names unreachable peers.
+                self.gc_dirty = true;
                 self.garbage_collect(now);
                 self.topology_changed();
                 self.schedule_update(None, now);
@@ -2178,6 +2197,12 @@ impl Mesh {
                 self.wanted.remove(name);
             }
         }
+        if !out.improved.is_empty() || !out.added.is_empty() {
+            self.gc_dirty = true;
+        }
+        if !out.added.is_empty() {
+            self.gc_added = true;
+        }
         if self.gc_due.is_none() {
             self.gc_due = Some(now + GC_DELAY);
         }
@@ -2185,7 +2210,12 @@ impl Mesh {
     }
 
     fn garbage_collect(&mut self, now: Instant) {
-        let removed = self.topo.garbage_collect();
+        self.gc_added = false;
+        let removed = if std::mem::take(&mut self.gc_dirty) {
+            self.topo.garbage_collect()
+        } else {
+            Vec::new()
+        };
         self.want_placeholders(now);
         if removed.is_empty() {
             return;

@@ -228,7 +228,8 @@ pub fn reachable(topo: &Topology, start: PeerName) -> HashSet<PeerName> {
             continue;
         };
         for r in p.conns.keys() {
-            if topo.get(*r).is_some() && seen.insert(*r) {
+            if !seen.contains(r) && topo.get(*r).is_some() {
+                seen.insert(*r);
                 stack.push(*r);
             }
         }
