@@ -384,7 +384,8 @@ fn a_mixed_mesh_where_a_third_keep_to_weaves_gossip_converges() {
 
 /// [`converge`] at a larger size, without the partition (which takes far longer). Every
 /// simulated router holds the whole table, so the heap grows with the square of the size:
-/// about 1 MiB per router at 1,000 and 3 MiB at 3,000, so 5,000 need more than 24 GiB.
+/// 1.0 MiB per router at 1,000 and 2.0 MiB at 2,000 (4.8 GB resident in all), so 5,000
+/// would need about 25 GiB.
 #[test]
 #[ignore = "5,000 simulated peers, minutes: run with --release --ignored --nocapture (WEAVE_SIM_PEERS to size)"]
 fn five_thousand_peers_converge() {
