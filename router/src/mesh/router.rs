@@ -842,8 +842,8 @@ impl Mesh {
             // still held when it sent it) must not travel on, or the mesh keeps passing a
             // partitioned half's entries round after each router has dropped them. (An
             // entry we already held was reachable at the last collection, at most
-            // `GC_DELAY` ago; one that is no longer goes one hop further at most, to a
-            // router that collects it here.)
+            // `GC_DELAY` ago; one that is no longer travels on only through routers that
+            // still hold it, and stops at the first that had collected it.)
             if self.gc_added {
                 self.garbage_collect(now);
             }
