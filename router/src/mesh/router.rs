@@ -2026,6 +2026,9 @@ impl Mesh {
                 }
                 if !want.is_empty() {
                     self.send_gossip(key, DIGEST_CHANNEL, DigestMessage::Want(want).emit());
+                    // See to it that the request is repeated if it goes unanswered.
+                    let again = now + WANT_TIMEOUT;
+                    self.gc_due = Some(self.gc_due.map_or(again, |t| t.min(again)));
                 }
             }
             DigestMessage::Want(names) => {
@@ -2045,39 +2048,43 @@ impl Mesh {
 
     /// Asks a random neighbour that speaks digests for the entries of peers we know only
     /// by name (an entry that was collected while nothing led to it, then named again by
-    /// a connection, is otherwise only learnt at the next summary), and looks again when
-    /// the request expires.
+    /// a connection, is otherwise only learnt at the next summary), and again for entries
+    /// asked for whose request expired unanswered (the request or the answer was lost, and
+    /// the neighbours that announced the same version were not asked because of it); looks
+    /// again when these requests expire.
     fn want_placeholders(&mut self, now: Instant) {
-        let placeholders: Vec<PeerName> = self
+        let expired = |at: &Instant| *at + WANT_TIMEOUT <= now;
+        let mut ask: Vec<PeerName> = self
             .topo
             .peers()
             .filter(|p| p.is_placeholder() && p.name != self.config.name)
             .map(|p| p.name)
+            .filter(|n| self.wanted.get(n).is_none_or(|(_, _, at)| expired(at)))
             .collect();
-        if placeholders.is_empty() {
+        let pending = self.wanted.iter().any(|(_, (_, _, at))| !expired(at));
+        // Only entries still in the table: one collected since was unreachable, and its
+        // request lapses (the periodic summary finds it if it comes back).
+        ask.extend(self.wanted.iter().filter_map(|(n, (v, u, at))| {
+            let p = self.topo.get(*n)?;
+            (expired(at) && !p.is_placeholder() && (p.version, p.uid.0) < (*v, *u)).then_some(*n)
+        }));
+        if ask.is_empty() && !pending {
             return;
         }
-        let unknown: Vec<PeerName> = placeholders
-            .into_iter()
-            .filter(|n| {
-                self.wanted
-                    .get(n)
-                    .is_none_or(|(_, _, at)| *at + WANT_TIMEOUT <= now)
-            })
-            .collect();
         let Some(key) = self.random_digest_neighbour() else {
             return;
         };
-        // Look again once a request has expired, in case that neighbour lacked them too.
+        // Look again once these requests have expired, in case that neighbour lacked them.
         let again = now + WANT_TIMEOUT;
         self.gc_due = Some(self.gc_due.map_or(again, |t| t.min(again)));
-        if unknown.is_empty() {
+        if ask.is_empty() {
             return;
         }
-        for n in &unknown {
-            self.wanted.insert(*n, (0, 0, now));
+        for n in &ask {
+            let e = self.wanted.entry(*n).or_insert((0, 0, now));
+            e.2 = now;
         }
-        self.send_gossip(key, DIGEST_CHANNEL, DigestMessage::Want(unknown).emit());
+        self.send_gossip(key, DIGEST_CHANNEL, DigestMessage::Want(ask).emit());
     }
 
     /// One of our connections that speaks [`DIGEST_CHANNEL`], at random.
