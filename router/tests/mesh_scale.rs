@@ -254,7 +254,7 @@ impl Scale {
                 s.mesh(i)
                     .topology()
                     .peers()
-                    .map(|p| (p.name.as_u64() - 0x0200_0000_0000 - 1) as usize)
+                    .map(|p| sim::peer_index(p.name))
                     .find(|idx| side.contains(idx) != mine)
                     .map(|idx| (i, idx))
             })
@@ -275,7 +275,7 @@ impl Scale {
                 .peers()
                 .filter(|p| p.conns.contains_key(&far))
                 .map(|p| {
-                    let at = (p.name.as_u64() - 0x0200_0000_0000 - 1) as usize;
+                    let at = sim::peer_index(p.name);
                     let own = self.sim.mesh(at).topology().get(p.name).map(|o| o.version);
                     format!("{at} (v{} here, v{own:?} its own)", p.version)
                 })

@@ -281,7 +281,7 @@ fn two_hundred_peers_with_loss_and_a_healing_partition_converge() {
     for i in 0..N {
         let mine = side.contains(&i);
         for p in sim.mesh(i).topology().peers() {
-            let idx = (p.name.as_u64() - 0x0200_0000_0000 - 1) as usize;
+            let idx = sim::peer_index(p.name);
             assert_eq!(
                 side.contains(&idx),
                 mine,

@@ -2027,8 +2027,7 @@ impl Mesh {
                 if !want.is_empty() {
                     self.send_gossip(key, DIGEST_CHANNEL, DigestMessage::Want(want).emit());
                     // See to it that the request is repeated if it goes unanswered.
-                    let again = now + WANT_TIMEOUT;
-                    self.gc_due = Some(self.gc_due.map_or(again, |t| t.min(again)));
+                    self.collect_by(now + WANT_TIMEOUT);
                 }
             }
             DigestMessage::Want(names) => {
@@ -2075,8 +2074,7 @@ impl Mesh {
             return;
         };
         // Look again once these requests have expired, in case that neighbour lacked them.
-        let again = now + WANT_TIMEOUT;
-        self.gc_due = Some(self.gc_due.map_or(again, |t| t.min(again)));
+        self.collect_by(now + WANT_TIMEOUT);
         if ask.is_empty() {
             return;
         }
@@ -2085,6 +2083,11 @@ impl Mesh {
             e.2 = now;
         }
         self.send_gossip(key, DIGEST_CHANNEL, DigestMessage::Want(ask).emit());
+    }
+
+    /// Runs the next collection (and with it the requests' expiry check) by `at`.
+    fn collect_by(&mut self, at: Instant) {
+        self.gc_due = Some(self.gc_due.map_or(at, |t| t.min(at)));
     }
 
     /// One of our connections that speaks [`DIGEST_CHANNEL`], at random.

@@ -121,6 +121,11 @@ pub fn peer_name(i: Idx) -> PeerName {
     PeerName::from_u64(0x0200_0000_0000 + i as u64 + 1).unwrap()
 }
 
+/// The index of the simulated peer named `name` (the inverse of [`peer_name`]).
+pub fn peer_index(name: PeerName) -> Idx {
+    (name.as_u64() - 0x0200_0000_0000 - 1) as usize
+}
+
 pub fn peer_addr(i: Idx) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(
         Ipv4Addr::new(10, 1, (i >> 8) as u8, (i & 255) as u8),
