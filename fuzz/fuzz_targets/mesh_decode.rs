@@ -1,9 +1,11 @@
 //! Mesh TCP stream decoding: split a v2 byte stream into bodies (fed in pieces and at once,
-//! which must agree), parse each as a message, decode feature maps and topology payloads,
-//! and check that parsed messages re-encode to messages that parse the same.
+//! which must agree), parse each as a message, decode feature maps, topology payloads and
+//! topology-digest messages, and check that parsed messages re-encode to messages that
+//! parse the same.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use weave_router::wire::digest::DigestMessage;
 use weave_router::wire::mesh::{
     decode_features, decode_topology, FrameDecoder, Message, ProtocolHeader,
 };
@@ -39,12 +41,22 @@ fuzz_target!(|data: &[u8]| {
             | Message::GossipUnicast { payload, .. }
             | Message::GossipBroadcast { payload, .. } => {
                 let _ = decode_topology(payload);
+                digest_round_trip(payload);
             }
             Message::Heartbeat | Message::OverlayControl { .. } | Message::Unknown { .. } => {}
         }
     }
     let _ = decode_topology(stream);
+    digest_round_trip(stream);
 });
+
+/// A digest-channel payload that parses must encode to one that parses the same.
+fn digest_round_trip(payload: &[u8]) {
+    if let Ok(msg) = DigestMessage::parse(payload) {
+        let again = DigestMessage::parse(&msg.emit()).expect("emitted digest message parses");
+        assert_eq!(again, msg);
+    }
+}
 
 /// All bodies the decoder yields when the stream arrives `chunk` bytes at a time, and
 /// whether it ended with an error.

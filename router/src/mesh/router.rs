@@ -57,8 +57,10 @@ pub const DIGEST_CHANNEL: &str = "topology.digest";
 /// changes are announced by digest and sent only to those that ask. Weave Net does not
 /// send it, and gets Weave's gossip from us.
 pub const DIGEST_FEATURE: &str = "TopologyDigest";
-/// The only version of [`DIGEST_FEATURE`] so far.
-pub const DIGEST_VERSION: &str = "1";
+/// The version of [`DIGEST_FEATURE`] spoken: 2, with entries in a compact form on the
+/// digest channel (see [`crate::wire::digest`]). A neighbour that offers another version
+/// gets Weave's gossip.
+pub const DIGEST_VERSION: &str = "2";
 /// Improvements learned from gossip are gathered this long before they are relayed, so
 /// that one message per neighbour carries them all, each at its latest version.
 pub const RELAY_DELAY: Duration = Duration::from_millis(100);
@@ -293,6 +295,33 @@ pub enum GossipError {
         /// The hop.
         hop: PeerName,
     },
+}
+
+/// The same entries encoded for each kind of neighbour, each at most once.
+#[derive(Default)]
+struct EntryPayloads {
+    digest: Option<Vec<u8>>,
+    weave: Option<Vec<u8>>,
+}
+
+impl EntryPayloads {
+    /// The channel and payload that carry `names`' entries to the neighbour on `c`.
+    fn for_conn(
+        &mut self,
+        c: &Conn,
+        topo: &Topology,
+        names: &BTreeSet<PeerName>,
+    ) -> (&'static str, Vec<u8>) {
+        if c.digest {
+            let p = self
+                .digest
+                .get_or_insert_with(|| DigestMessage::Entries(topo.entries(names)).emit());
+            (DIGEST_CHANNEL, p.clone())
+        } else {
+            let p = self.weave.get_or_insert_with(|| topo.encode(names));
+            (TOPOLOGY_CHANNEL, p.clone())
+        }
+    }
 }
 
 /// Why a connection ended; decides whether its target is retried.
@@ -832,8 +861,14 @@ impl Mesh {
             self.update_due = None;
             let mut names = std::mem::take(&mut self.pending_update);
             names.insert(self.config.name);
-            let payload = self.topo.encode(&names);
-            self.gossip_to_neighbours(TOPOLOGY_CHANNEL, self.config.name, payload);
+            let mut payloads = EntryPayloads::default();
+            for hop in self.random_neighbours(self.config.name) {
+                if let Some(&key) = self.by_peer.get(&hop) {
+                    let (channel, payload) =
+                        payloads.for_conn(&self.conns[&key], &self.topo, &names);
+                    self.send_gossip(key, channel, payload);
+                }
+            }
         }
         if self.relay_due.is_some_and(|t| t <= now) {
             self.relay_due = None;
@@ -1830,7 +1865,9 @@ impl Mesh {
                     return Ok(());
                 }
                 let payload = if channel == TOPOLOGY_CHANNEL {
-                    let names = self.apply_topology(&payload, now)?.0;
+                    let entries = wire::decode_topology(&payload)
+                        .map_err(|e| ConnError::failed(format!("bad topology update: {e}")))?;
+                    let names = self.apply_topology(&entries, now).0;
                     if names.is_empty() {
                         return Ok(());
                     }
@@ -1888,36 +1925,9 @@ impl Mesh {
         now: Instant,
     ) -> Result<(), ConnError> {
         if channel == TOPOLOGY_CHANNEL {
-            let out = self.apply_topology(payload, now)?.1;
-            for name in out.improved {
-                self.relay_pending.entry(name).or_insert(src);
-            }
-            // Peers the update names only in someone's connections (we never had their
-            // entry, or collected it while nothing we knew led to them): the sender most
-            // likely holds their entries, and one that speaks digests is asked for them
-            // rather than waiting for the next summary.
-            if self.conns.get(&key).is_some_and(|c| c.digest) {
-                let unknown: Vec<PeerName> = out
-                    .added
-                    .iter()
-                    .filter(|n| self.topo.get(**n).is_some_and(Peer::is_placeholder))
-                    .filter(|n| {
-                        self.wanted
-                            .get(n)
-                            .is_none_or(|(_, _, at)| *at + WANT_TIMEOUT <= now)
-                    })
-                    .copied()
-                    .collect();
-                if !unknown.is_empty() {
-                    for n in &unknown {
-                        self.wanted.insert(*n, (0, 0, now));
-                    }
-                    self.send_gossip(key, DIGEST_CHANNEL, DigestMessage::Want(unknown).emit());
-                }
-            }
-            if !self.relay_pending.is_empty() && self.relay_due.is_none() {
-                self.relay_due = Some(now + RELAY_DELAY);
-            }
+            let entries = wire::decode_topology(payload)
+                .map_err(|e| ConnError::failed(format!("bad topology update: {e}")))?;
+            self.receive_entries(key, src, &entries, now);
             return Ok(());
         }
         if self.channels.contains(channel) {
@@ -1943,6 +1953,48 @@ impl Mesh {
         self.surrogate_seen.push_back((hash, now));
         self.gossip_to_neighbours(channel, src, payload.to_vec());
         Ok(())
+    }
+
+    /// Entries gossiped to us by the neighbour on `key` (named `src`), from Weave's
+    /// `topology` channel or a digest channel's `Entries`: merges them, and schedules the
+    /// relay of what they improved.
+    fn receive_entries(
+        &mut self,
+        key: ConnKey,
+        src: PeerName,
+        entries: &[wire::TopologyEntry],
+        now: Instant,
+    ) {
+        let out = self.apply_topology(entries, now).1;
+        for name in out.improved {
+            self.relay_pending.entry(name).or_insert(src);
+        }
+        // Peers the update names only in someone's connections (we never had their
+        // entry, or collected it while nothing we knew led to them): the sender most
+        // likely holds their entries, and one that speaks digests is asked for them
+        // rather than waiting for the next summary.
+        if self.conns.get(&key).is_some_and(|c| c.digest) {
+            let unknown: Vec<PeerName> = out
+                .added
+                .iter()
+                .filter(|n| self.topo.get(**n).is_some_and(Peer::is_placeholder))
+                .filter(|n| {
+                    self.wanted
+                        .get(n)
+                        .is_none_or(|(_, _, at)| *at + WANT_TIMEOUT <= now)
+                })
+                .copied()
+                .collect();
+            if !unknown.is_empty() {
+                for n in &unknown {
+                    self.wanted.insert(*n, (0, 0, now));
+                }
+                self.send_gossip(key, DIGEST_CHANNEL, DigestMessage::Want(unknown).emit());
+            }
+        }
+        if !self.relay_pending.is_empty() && self.relay_due.is_none() {
+            self.relay_due = Some(now + RELAY_DELAY);
+        }
     }
 
     /// A message on [`DIGEST_CHANNEL`]. Only a neighbour that negotiated it speaks it, and
@@ -2021,8 +2073,7 @@ impl Mesh {
                     );
                 }
                 if !push.is_empty() {
-                    let payload = self.topo.encode(&push);
-                    self.send_gossip(key, TOPOLOGY_CHANNEL, payload);
+                    self.send_entries(key, &push);
                 }
                 if !want.is_empty() {
                     self.send_gossip(key, DIGEST_CHANNEL, DigestMessage::Want(want).emit());
@@ -2038,9 +2089,9 @@ impl Mesh {
                 if names.is_empty() {
                     return Ok(());
                 }
-                let payload = self.topo.encode(&names);
-                self.send_gossip(key, TOPOLOGY_CHANNEL, payload);
+                self.send_entries(key, &names);
             }
+            DigestMessage::Entries(entries) => self.receive_entries(key, src, &entries, now),
         }
         Ok(())
     }
@@ -2168,25 +2219,22 @@ impl Mesh {
                 };
                 self.send_gossip(key, DIGEST_CHANNEL, msg.emit());
             } else {
-                let payload = self.topo.encode(&names);
-                self.send_gossip(key, TOPOLOGY_CHANNEL, payload);
+                self.send_entries(key, &names);
             }
         }
     }
 
-    /// Applies a topology payload; returns the names in the update and what it changed.
+    /// Applies received entries; returns the names in the update and what it changed.
     fn apply_topology(
         &mut self,
-        payload: &[u8],
+        entries: &[wire::TopologyEntry],
         now: Instant,
-    ) -> Result<(BTreeSet<PeerName>, UpdateOutcome), ConnError> {
-        let entries = wire::decode_topology(payload)
-            .map_err(|e| ConnError::failed(format!("bad topology update: {e}")))?;
+    ) -> (BTreeSet<PeerName>, UpdateOutcome) {
         let names: BTreeSet<PeerName> = entries.iter().map(|(s, _)| s.name).collect();
         let rng = &mut self.rng;
         let out = self
             .topo
-            .apply_entries(&entries, &mut |used| pick_short_id(rng, used));
+            .apply_entries(entries, &mut |used| pick_short_id(rng, used));
         if out.ourself_changed {
             self.schedule_update(None, now);
         }
@@ -2216,7 +2264,7 @@ impl Mesh {
         if self.gc_due.is_none() {
             self.gc_due = Some(now + GC_DELAY);
         }
-        Ok((names, out))
+        (names, out)
     }
 
     fn garbage_collect(&mut self, now: Instant) {
@@ -2264,6 +2312,17 @@ impl Mesh {
 
     fn send_message(&mut self, key: ConnKey, msg: &Message) {
         self.send_body(key, &msg.emit());
+    }
+
+    /// Sends these entries of our table down one connection: as a digest channel's
+    /// `Entries` to a neighbour that speaks it, in Weave's gob on the `topology` channel to
+    /// any other.
+    fn send_entries(&mut self, key: ConnKey, names: &BTreeSet<PeerName>) {
+        let Some(c) = self.conns.get(&key) else {
+            return;
+        };
+        let (channel, payload) = EntryPayloads::default().for_conn(c, &self.topo, names);
+        self.send_gossip(key, channel, payload);
     }
 
     fn send_gossip(&mut self, key: ConnKey, channel: &str, payload: Vec<u8>) {

@@ -291,12 +291,16 @@ impl Topology {
 
     /// Encodes the entries of `names` (those still known) as a topology gossip payload.
     pub fn encode(&self, names: &BTreeSet<PeerName>) -> Vec<u8> {
-        let entries: Vec<TopologyEntry> = names
+        crate::wire::mesh::encode_topology(&self.entries(names))
+    }
+
+    /// The entries of `names` that the table holds, as a topology update carries them.
+    pub fn entries(&self, names: &BTreeSet<PeerName>) -> Vec<TopologyEntry> {
+        names
             .iter()
             .filter_map(|n| self.peers.get(n))
             .map(Peer::to_entry)
-            .collect();
-        crate::wire::mesh::encode_topology(&entries)
+            .collect()
     }
 
     /// Applies a received topology payload; `pick_short_id` chooses a fresh short id for us

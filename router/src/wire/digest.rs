@@ -9,22 +9,41 @@
 //!   Equal summaries mean equal tables, so a mesh at rest sends a few bytes per period.
 //! - `Digest`: (name, UID, version) of some entries: all of them in answer to a summary
 //!   that differs, or those a change improved when relaying it. The receiver asks for the
-//!   entries it lacks and sends those it has newer, in Weave's topology format on the
-//!   `topology` channel.
+//!   entries it lacks and sends those it has newer.
 //! - `Want`: the names whose entries the sender asks for.
+//! - `Entries`: whole topology entries, as Weave's `topology` channel carries them in gob,
+//!   in a compact binary form: a thousand-peer mesh moves each entry hundreds of thousands of
+//!   times while it starts, and gob spends 220 bytes on an entry with six connections where
+//!   this form spends about 100 (addresses as 6 bytes instead of text, no field names, no
+//!   type definitions per message).
 //!
-//! Layout (all integers big-endian):
+//! Layout (fixed-width integers big-endian; `v` is an unsigned LEB128 varint, at most 10
+//! bytes):
 //!
 //! ```text
 //! Summary  01 | entries u32 | hash u64 | flags u8 (bit 0: an answer)
-//! Digest   02 | flags u8 (bit 0: the whole table) | count u32 | { name[6] uid u64 version u64 }*
-//! Want     03 | count u32 | { name[6] }*
+//! Digest   02 | flags u8 (bit 0: the whole table) | count v | { name[6] uid u64 version v }*
+//! Want     03 | count v | { name[6] }*
+//! Entries  04 | count v | { entry }*
+//!   entry: name[6] uid u64 version v short v (short_id << 1 | has_short_id)
+//!          nickname_len v nickname | conns v | { conn }*
+//!   conn:  name[6] flags u8 (bit 0: outbound, bit 1: established, bit 2: IPv4 address)
+//!          address: ip[4] port u16 with bit 2, else len v and the text
 //! ```
+//!
+//! An address goes as 6 bytes only when its text is exactly how an IPv4 socket address
+//! prints (Go prints `net.TCPAddr` the same way), so every entry decodes to the bytes that
+//! were encoded. The varints are written here rather than taken from a crate: LEB128 is a
+//! dozen lines, and the reader must bound each one by the bytes left anyway.
+//!
+//! Version 1 of the feature used fixed-width counts and versions and sent entries on the
+//! `topology` channel in gob; a weave-router that offers only that version gets Weave's
+//! gossip from this one.
+
+use std::net::SocketAddrV4;
 
 use crate::ids::PeerName;
-
-/// Bytes of one digest entry.
-const ENTRY_LEN: usize = 6 + 8 + 8;
+use crate::wire::mesh::{ConnectionSummary, PeerSummary, TopologyEntry};
 
 /// One entry of a digest: enough to tell which of two tables holds the newer entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -38,8 +57,8 @@ pub struct DigestEntry {
 }
 
 impl DigestEntry {
-    /// This entry's part of a table's summary hash: FNV-1a (64 bit) over the 22 bytes of
-    /// its wire form, then MurmurHash3's 64-bit finaliser. A table's hash is the wrapping
+    /// This entry's part of a table's summary hash: FNV-1a (64 bit) over its name, UID and
+    /// version as 22 big-endian bytes, then MurmurHash3's 64-bit finaliser. A table's hash is the wrapping
     /// sum of its entries' parts, so it does not depend on order and can be kept up to date
     /// entry by entry.
     ///
@@ -97,6 +116,9 @@ pub enum DigestMessage {
     },
     /// Names whose entries the sender asks for.
     Want(Vec<PeerName>),
+    /// Whole entries: those asked for, those the sender holds newer than a digest showed,
+    /// and the sender's own changes.
+    Entries(Vec<TopologyEntry>),
 }
 
 /// Why a digest-channel payload was refused.
@@ -108,98 +130,289 @@ pub enum DigestError {
     /// The first byte named no known message.
     #[error("unknown topology digest message kind {0}")]
     UnknownKind(u8),
-    /// The payload's length does not match what its header announces.
-    #[error("topology digest message of kind {kind} has {len} bytes, expected {expected}")]
-    BadLength {
+    /// The payload ended inside a field.
+    #[error("topology digest message of kind {kind} ends inside its {field}")]
+    Truncated {
         /// The message kind.
         kind: u8,
-        /// Its length.
-        len: usize,
-        /// The length its header implies.
-        expected: usize,
+        /// The field being read.
+        field: &'static str,
+    },
+    /// Bytes were left after the last field.
+    #[error("topology digest message of kind {kind} has {extra} bytes after its end")]
+    Trailing {
+        /// The message kind.
+        kind: u8,
+        /// How many.
+        extra: usize,
+    },
+    /// A field held a value its type does not allow.
+    #[error("topology digest message of kind {kind} has a bad {field}")]
+    Invalid {
+        /// The message kind.
+        kind: u8,
+        /// The field.
+        field: &'static str,
     },
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+/// Reads a payload front to back; every read is bounded by the bytes left.
+struct Reader<'a> {
+    b: &'a [u8],
+    kind: u8,
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DigestError> {
+        if self.b.len() < n {
+            return Err(DigestError::Truncated {
+                kind: self.kind,
+                field,
+            });
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(head)
+    }
 
-fn name_at(b: &[u8], at: usize) -> PeerName {
-    PeerName::from_bytes(b[at..at + 6].try_into().expect("6 bytes"))
-}
+    fn u8(&mut self, field: &'static str) -> Result<u8, DigestError> {
+        Ok(self.take(1, field)?[0])
+    }
 
-fn check_len(kind: u8, len: usize, expected: usize) -> Result<(), DigestError> {
-    if len == expected {
-        Ok(())
-    } else {
-        Err(DigestError::BadLength {
-            kind,
-            len,
-            expected,
+    fn u16(&mut self, field: &'static str) -> Result<u16, DigestError> {
+        let b = self.take(2, field)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, DigestError> {
+        let b = self.take(4, field)?;
+        Ok(u32::from_be_bytes(b.try_into().expect("4 bytes")))
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, DigestError> {
+        let b = self.take(8, field)?;
+        Ok(u64::from_be_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    fn name(&mut self, field: &'static str) -> Result<PeerName, DigestError> {
+        let b = self.take(6, field)?;
+        Ok(PeerName::from_bytes(b.try_into().expect("6 bytes")))
+    }
+
+    /// An unsigned LEB128 varint of at most 64 bits.
+    fn varint(&mut self, field: &'static str) -> Result<u64, DigestError> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let byte = self.u8(field)?;
+            let bits = u64::from(byte & 0x7f);
+            // The tenth byte may carry only the 64th bit.
+            if i == 9 && bits > 1 {
+                return Err(DigestError::Invalid {
+                    kind: self.kind,
+                    field,
+                });
+            }
+            v |= bits << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(DigestError::Invalid {
+            kind: self.kind,
+            field,
         })
+    }
+
+    /// A count of items of at least `min_len` bytes each, refused when the bytes left
+    /// cannot hold that many (so a forged count allocates nothing).
+    fn count(&mut self, min_len: usize, field: &'static str) -> Result<usize, DigestError> {
+        let n = self.varint(field)?;
+        if n > (self.b.len() / min_len.max(1)) as u64 {
+            return Err(DigestError::Truncated {
+                kind: self.kind,
+                field,
+            });
+        }
+        Ok(n as usize)
+    }
+
+    fn text(&mut self, field: &'static str) -> Result<String, DigestError> {
+        let len = self.count(1, field)?;
+        let b = self.take(len, field)?;
+        String::from_utf8(b.to_vec()).map_err(|_| DigestError::Invalid {
+            kind: self.kind,
+            field,
+        })
+    }
+
+    fn end(self) -> Result<(), DigestError> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(DigestError::Trailing {
+                kind: self.kind,
+                extra: self.b.len(),
+            })
+        }
     }
 }
 
+fn put_varint(b: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        b.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    b.push(v as u8);
+}
+
+/// Connection flag bits of an `Entries` message.
+const OUTBOUND: u8 = 1;
+const ESTABLISHED: u8 = 2;
+const IPV4: u8 = 4;
+
+/// The bytes of the smallest entry: name, UID, and one byte each of version, short id,
+/// nickname length and connection count.
+const MIN_ENTRY_LEN: usize = 6 + 8 + 4;
+/// The bytes of the smallest connection: name, flags and an empty address.
+const MIN_CONN_LEN: usize = 6 + 2;
+
+fn put_entry(b: &mut Vec<u8>, (peer, conns): &TopologyEntry) {
+    b.extend_from_slice(&peer.name.to_bytes());
+    b.extend_from_slice(&peer.uid.to_be_bytes());
+    put_varint(b, peer.version);
+    put_varint(
+        b,
+        (u64::from(peer.short_id) << 1) | u64::from(peer.has_short_id),
+    );
+    put_varint(b, peer.nickname.len() as u64);
+    b.extend_from_slice(peer.nickname.as_bytes());
+    put_varint(b, conns.len() as u64);
+    for c in conns {
+        b.extend_from_slice(&c.name.to_bytes());
+        let mut flags = 0;
+        if c.outbound {
+            flags |= OUTBOUND;
+        }
+        if c.established {
+            flags |= ESTABLISHED;
+        }
+        // Only an address that prints back to the same text goes as 6 bytes.
+        let v4 = c
+            .remote_tcp_addr
+            .parse::<SocketAddrV4>()
+            .ok()
+            .filter(|a| a.to_string() == c.remote_tcp_addr);
+        match v4 {
+            Some(a) => {
+                b.push(flags | IPV4);
+                b.extend_from_slice(&a.ip().octets());
+                b.extend_from_slice(&a.port().to_be_bytes());
+            }
+            None => {
+                b.push(flags);
+                put_varint(b, c.remote_tcp_addr.len() as u64);
+                b.extend_from_slice(c.remote_tcp_addr.as_bytes());
+            }
+        }
+    }
+}
+
+fn read_entry(r: &mut Reader<'_>) -> Result<TopologyEntry, DigestError> {
+    let name = r.name("entry name")?;
+    let uid = r.u64("entry UID")?;
+    let version = r.varint("entry version")?;
+    let short = r.varint("entry short id")?;
+    let short_id = u16::try_from(short >> 1).map_err(|_| DigestError::Invalid {
+        kind: r.kind,
+        field: "entry short id",
+    })?;
+    let nickname = r.text("entry nickname")?;
+    let n = r.count(MIN_CONN_LEN, "connection count")?;
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = r.name("connection name")?;
+        let flags = r.u8("connection flags")?;
+        if flags & !(OUTBOUND | ESTABLISHED | IPV4) != 0 {
+            return Err(DigestError::Invalid {
+                kind: r.kind,
+                field: "connection flags",
+            });
+        }
+        let remote_tcp_addr = if flags & IPV4 != 0 {
+            let ip: [u8; 4] = r
+                .take(4, "connection address")?
+                .try_into()
+                .expect("4 bytes");
+            let port = r.u16("connection address")?;
+            SocketAddrV4::new(ip.into(), port).to_string()
+        } else {
+            r.text("connection address")?
+        };
+        conns.push(ConnectionSummary {
+            name,
+            remote_tcp_addr,
+            outbound: flags & OUTBOUND != 0,
+            established: flags & ESTABLISHED != 0,
+        });
+    }
+    let peer = PeerSummary {
+        name,
+        nickname,
+        uid,
+        version,
+        short_id,
+        has_short_id: short & 1 != 0,
+    };
+    Ok((peer, conns))
+}
+
 impl DigestMessage {
-    /// Decodes a payload; every length is checked before it is used.
+    /// Decodes a payload; every length is checked before it is used, and nothing may
+    /// follow the last field.
     pub fn parse(b: &[u8]) -> Result<Self, DigestError> {
-        let Some(&kind) = b.first() else {
+        let Some((&kind, rest)) = b.split_first() else {
             return Err(DigestError::Empty);
         };
-        match kind {
-            1 => {
-                check_len(kind, b.len(), 14)?;
-                Ok(DigestMessage::Summary {
-                    entries: u32_at(b, 1),
-                    hash: u64_at(b, 5),
-                    answer: b[13] & 1 != 0,
-                })
-            }
+        let mut r = Reader { b: rest, kind };
+        let msg = match kind {
+            1 => DigestMessage::Summary {
+                entries: r.u32("entry count")?,
+                hash: r.u64("hash")?,
+                answer: r.u8("flags")? & 1 != 0,
+            },
             2 => {
-                if b.len() < 6 {
-                    return Err(DigestError::BadLength {
-                        kind,
-                        len: b.len(),
-                        expected: 6,
+                let whole = r.u8("flags")? & 1 != 0;
+                let count = r.count(6 + 8 + 1, "entry count")?;
+                let mut entries = Vec::with_capacity(count);
+                for _ in 0..count {
+                    entries.push(DigestEntry {
+                        name: r.name("entry name")?,
+                        uid: r.u64("entry UID")?,
+                        version: r.varint("entry version")?,
                     });
                 }
-                let count = u32_at(b, 2) as usize;
-                check_len(kind, b.len(), 6 + count.saturating_mul(ENTRY_LEN))?;
-                let entries = (0..count)
-                    .map(|i| {
-                        let at = 6 + i * ENTRY_LEN;
-                        DigestEntry {
-                            name: name_at(b, at),
-                            uid: u64_at(b, at + 6),
-                            version: u64_at(b, at + 14),
-                        }
-                    })
-                    .collect();
-                Ok(DigestMessage::Digest {
-                    whole: b[1] & 1 != 0,
-                    entries,
-                })
+                DigestMessage::Digest { whole, entries }
             }
             3 => {
-                if b.len() < 5 {
-                    return Err(DigestError::BadLength {
-                        kind,
-                        len: b.len(),
-                        expected: 5,
-                    });
+                let count = r.count(6, "name count")?;
+                let mut names = Vec::with_capacity(count);
+                for _ in 0..count {
+                    names.push(r.name("name")?);
                 }
-                let count = u32_at(b, 1) as usize;
-                check_len(kind, b.len(), 5 + count.saturating_mul(6))?;
-                Ok(DigestMessage::Want(
-                    (0..count).map(|i| name_at(b, 5 + i * 6)).collect(),
-                ))
+                DigestMessage::Want(names)
             }
-            other => Err(DigestError::UnknownKind(other)),
-        }
+            4 => {
+                let count = r.count(MIN_ENTRY_LEN, "entry count")?;
+                let mut entries = Vec::with_capacity(count);
+                for _ in 0..count {
+                    entries.push(read_entry(&mut r)?);
+                }
+                DigestMessage::Entries(entries)
+            }
+            other => return Err(DigestError::UnknownKind(other)),
+        };
+        r.end()?;
+        Ok(msg)
     }
 
     /// Encodes the message.
@@ -218,23 +431,32 @@ impl DigestMessage {
                 b
             }
             DigestMessage::Digest { whole, entries } => {
-                let mut b = Vec::with_capacity(6 + entries.len() * ENTRY_LEN);
+                let mut b = Vec::with_capacity(7 + entries.len() * 16);
                 b.push(2);
                 b.push(u8::from(*whole));
-                b.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+                put_varint(&mut b, entries.len() as u64);
                 for e in entries {
                     b.extend_from_slice(&e.name.to_bytes());
                     b.extend_from_slice(&e.uid.to_be_bytes());
-                    b.extend_from_slice(&e.version.to_be_bytes());
+                    put_varint(&mut b, e.version);
                 }
                 b
             }
             DigestMessage::Want(names) => {
-                let mut b = Vec::with_capacity(5 + names.len() * 6);
+                let mut b = Vec::with_capacity(6 + names.len() * 6);
                 b.push(3);
-                b.extend_from_slice(&(names.len() as u32).to_be_bytes());
+                put_varint(&mut b, names.len() as u64);
                 for n in names {
                     b.extend_from_slice(&n.to_bytes());
+                }
+                b
+            }
+            DigestMessage::Entries(entries) => {
+                let mut b = Vec::with_capacity(6 + entries.len() * 112);
+                b.push(4);
+                put_varint(&mut b, entries.len() as u64);
+                for e in entries {
+                    put_entry(&mut b, e);
                 }
                 b
             }
@@ -266,17 +488,69 @@ mod tests {
             entries: vec![DigestEntry {
                 name: name(0xaa00_0000_0001),
                 uid: 2,
-                version: 3,
+                version: 300,
             }],
         };
-        let b = d.emit();
-        assert_eq!(b.len(), 6 + 22);
-        assert_eq!(&b[..12], &[2, 1, 0, 0, 0, 1, 0xaa, 0, 0, 0, 0, 1]);
+        assert_eq!(
+            d.emit(),
+            [2, 1, 1, 0xaa, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0xac, 0x02].to_vec()
+        );
         let w = DigestMessage::Want(vec![name(1), name(2)]);
-        assert_eq!(w.emit().len(), 5 + 12);
-        for m in [s, d, w] {
+        assert_eq!(w.emit().len(), 2 + 12);
+        let e = DigestMessage::Entries(vec![entry(7, 6), entry(8, 0)]);
+        for m in [s, d, w, e] {
             assert_eq!(DigestMessage::parse(&m.emit()).unwrap(), m);
         }
+    }
+
+    /// A peer with `conns` connections, addressed as the mesh prints IPv4 addresses.
+    fn entry(n: u64, conns: u64) -> TopologyEntry {
+        let peer = PeerSummary {
+            name: name(0x0200_0000_0000 + n),
+            nickname: format!("node-{n}"),
+            uid: 0x9e37_79b9_7f4a_7c15 ^ n,
+            version: 12,
+            short_id: 0xfff,
+            has_short_id: true,
+        };
+        let conns = (0..conns)
+            .map(|c| ConnectionSummary {
+                name: name(0x0200_0000_1000 + c),
+                remote_tcp_addr: format!("10.1.{c}.{n}:{}", 40000 + c),
+                outbound: c % 2 == 0,
+                established: c % 3 != 0,
+            })
+            .collect();
+        (peer, conns)
+    }
+
+    #[test]
+    fn entries_are_less_than_half_the_size_of_gob() {
+        let es = vec![entry(1, 6), entry(2, 6), entry(3, 6)];
+        let compact = DigestMessage::Entries(es.clone()).emit().len();
+        let gob = crate::wire::mesh::encode_topology(&es).len();
+        // 6 + 8 + 1 + 2 + 7 + 1 + 6 × 13 = 103 bytes an entry, and the count.
+        assert_eq!(compact, 2 + 3 * 103);
+        assert!(compact * 2 < gob, "{compact} vs {gob}");
+    }
+
+    #[test]
+    fn addresses_that_do_not_print_back_the_same_go_as_text() {
+        let (peer, mut conns) = entry(1, 4);
+        conns[0].remote_tcp_addr = "[fd00::1]:6783".into();
+        conns[1].remote_tcp_addr = "10.0.0.1:0080".into();
+        conns[2].remote_tcp_addr = String::new();
+        conns[3].remote_tcp_addr = "10.0.0.1:65535".into();
+        let m = DigestMessage::Entries(vec![(peer, conns)]);
+        assert_eq!(DigestMessage::parse(&m.emit()).unwrap(), m);
+        // Out-of-range fields are kept exactly too.
+        let (mut peer, conns) = entry(2, 1);
+        peer.version = u64::MAX;
+        peer.uid = u64::MAX;
+        peer.short_id = u16::MAX;
+        peer.has_short_id = false;
+        let m = DigestMessage::Entries(vec![(peer, conns)]);
+        assert_eq!(DigestMessage::parse(&m.emit()).unwrap(), m);
     }
 
     #[test]
@@ -284,24 +558,69 @@ mod tests {
         assert_eq!(DigestMessage::parse(&[]), Err(DigestError::Empty));
         assert_eq!(DigestMessage::parse(&[9]), Err(DigestError::UnknownKind(9)));
         assert!(DigestMessage::parse(&[1, 0, 0]).is_err());
-        // A count larger than the bytes that follow.
-        assert!(DigestMessage::parse(&[2, 0, 0xff, 0xff, 0xff, 0xff]).is_err());
-        assert!(DigestMessage::parse(&[3, 0, 0, 0, 2, 1, 2, 3, 4, 5, 6]).is_err());
+        // Counts larger than the bytes that follow, even when huge.
+        assert!(DigestMessage::parse(&[2, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+        assert!(DigestMessage::parse(&[3, 2, 1, 2, 3, 4, 5, 6]).is_err());
+        assert!(DigestMessage::parse(&[4, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+        // A varint longer than 64 bits.
+        let mut long = vec![2, 0, 1, 1, 2, 3, 4, 5, 6, 0, 0, 0, 0, 0, 0, 0, 0];
+        long.extend_from_slice(&[0xff; 9]);
+        long.push(0x02);
+        assert_eq!(
+            DigestMessage::parse(&long),
+            Err(DigestError::Invalid {
+                kind: 2,
+                field: "entry version"
+            })
+        );
+        // Something after the end.
+        let mut extra = DigestMessage::Want(vec![name(1)]).emit();
+        extra.push(0);
+        assert_eq!(
+            DigestMessage::parse(&extra),
+            Err(DigestError::Trailing { kind: 3, extra: 1 })
+        );
+        // Unknown connection flags, and a nickname that is not UTF-8.
+        let good = DigestMessage::Entries(vec![entry(1, 1)]).emit();
+        let flags_at = good.len() - 7;
+        let mut bad = good.clone();
+        bad[flags_at] |= 0x80;
+        assert!(matches!(
+            DigestMessage::parse(&bad),
+            Err(DigestError::Invalid {
+                field: "connection flags",
+                ..
+            })
+        ));
+        let nick_at = 2 + 6 + 8 + 1 + 2 + 1;
+        let mut bad = good.clone();
+        bad[nick_at] = 0xff;
+        assert!(matches!(
+            DigestMessage::parse(&bad),
+            Err(DigestError::Invalid {
+                field: "entry nickname",
+                ..
+            })
+        ));
         // Every truncation of a valid message is refused, never a panic.
-        let full = DigestMessage::Digest {
+        let digest = DigestMessage::Digest {
             whole: false,
             entries: vec![
                 DigestEntry {
                     name: name(5),
                     uid: 6,
-                    version: 7
+                    version: 700
                 };
                 3
             ],
         }
         .emit();
-        for len in 0..full.len() {
-            assert!(DigestMessage::parse(&full[..len]).is_err(), "{len}");
+        let entries = DigestMessage::Entries(vec![entry(1, 2), entry(2, 0)]).emit();
+        for full in [digest, entries] {
+            DigestMessage::parse(&full).unwrap();
+            for len in 0..full.len() {
+                assert!(DigestMessage::parse(&full[..len]).is_err(), "{len}");
+            }
         }
     }
 
