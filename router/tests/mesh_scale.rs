@@ -188,6 +188,8 @@ impl Scale {
         for (kind, (m, b)) in &sc.sim.by_kind {
             println!("  {kind}: {m} messages, {:.1} MB", *b as f64 / 1e6);
         }
+        let (full, changes) = sc.sim.entries_sent;
+        println!("  entries sent whole: {full}, as changes: {changes}");
         let fig = Figures {
             peers: n,
             cold_start_s: (t - last_start).as_secs_f64(),

@@ -357,6 +357,7 @@ mod tests {
             has_short_id: true,
             conns: BTreeMap::new(),
             local_refs: 0,
+            history: None,
         };
         let topo = Topology::new(me);
         let (attempts, _) = m.check(&[], &topo, now);

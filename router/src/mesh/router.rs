@@ -26,7 +26,7 @@ use crate::mesh::status::{
     UnicastRouteStatus,
 };
 use crate::mesh::topology::{Newer, Peer, PeerConn, Topology, UpdateOutcome};
-use crate::wire::digest::DigestMessage;
+use crate::wire::digest::{DigestEntry, DigestMessage};
 use crate::wire::fastdp as fastdp_wire;
 use crate::wire::mesh::{self as wire, FrameDecoder, Message, PeerSummary, ProtocolHeader};
 use crate::wire::sleeve::SpecialFrame;
@@ -313,9 +313,13 @@ impl EntryPayloads {
         names: &BTreeSet<PeerName>,
     ) -> (&'static str, Vec<u8>) {
         if c.digest {
-            let p = self
-                .digest
-                .get_or_insert_with(|| DigestMessage::Entries(topo.entries(names)).emit());
+            let p = self.digest.get_or_insert_with(|| {
+                DigestMessage::Entries {
+                    full: topo.entries(names),
+                    changes: Vec::new(),
+                }
+                .emit()
+            });
             (DIGEST_CHANNEL, p.clone())
         } else {
             let p = self.weave.get_or_insert_with(|| topo.encode(names));
@@ -450,8 +454,14 @@ pub struct Mesh {
     broadcast_all: BTreeMap<PeerName, Vec<PeerName>>,
     pending_update: BTreeSet<PeerName>,
     update_due: Option<Instant>,
-    /// Improved entries waiting to be relayed, each with the neighbour it came from.
-    relay_pending: BTreeMap<PeerName, PeerName>,
+    /// Improved entries waiting to be relayed, each with the neighbours known to hold it as
+    /// we do (the one it came from, those that announced it or were sent it since), whom
+    /// the relay skips.
+    relay_pending: BTreeMap<PeerName, Vec<PeerName>>,
+    /// Neighbours that announced an entry newer than ours, with the version and UID they
+    /// announced: once we hold that, the relay skips them too. Kept while a request for
+    /// the entry stands.
+    heard: BTreeMap<PeerName, Vec<(PeerName, u64, u64)>>,
     relay_due: Option<Instant>,
     /// When the table will have been quiet for [`SETTLE_DELAY`].
     settle_due: Option<Instant>,
@@ -497,6 +507,7 @@ impl Mesh {
             has_short_id: true,
             conns: BTreeMap::new(),
             local_refs: 1,
+            history: None,
         };
         let maker = ConnectionMaker::new(config.port, config.discovery);
         let next_gossip = now + GOSSIP_INTERVAL;
@@ -516,6 +527,7 @@ impl Mesh {
             pending_update: BTreeSet::new(),
             update_due: None,
             relay_pending: BTreeMap::new(),
+            heard: BTreeMap::new(),
             relay_due: None,
             settle_due: None,
             gc_due: None,
@@ -893,6 +905,8 @@ impl Mesh {
         if self.next_gossip <= now {
             self.next_gossip = now + GOSSIP_INTERVAL;
             self.wanted.retain(|_, (_, _, at)| *at + WANT_TIMEOUT > now);
+            let wanted = &self.wanted;
+            self.heard.retain(|n, _| wanted.contains_key(n));
             self.periodic_topology_gossip();
         }
         if self.maker_due.is_some_and(|t| t <= now) {
@@ -1967,7 +1981,21 @@ impl Mesh {
     ) {
         let out = self.apply_topology(entries, now).1;
         for name in out.improved {
-            self.relay_pending.entry(name).or_insert(src);
+            // Who holds this version (or a newer one) need not hear of it from us.
+            let mut holders = vec![src];
+            if let (Some(p), Some(h)) = (self.topo.get(name), self.heard.get_mut(&name)) {
+                let have = (p.version, p.uid.0);
+                h.retain(|(n, v, u)| {
+                    if (*v, *u) >= have && !holders.contains(n) {
+                        holders.push(*n);
+                    }
+                    (*v, *u) > have
+                });
+                if h.is_empty() {
+                    self.heard.remove(&name);
+                }
+            }
+            self.relay_pending.insert(name, holders);
         }
         // Peers the update names only in someone's connections (we never had their
         // entry, or collected it while nothing we knew led to them): the sender most
@@ -1989,7 +2017,8 @@ impl Mesh {
                 for n in &unknown {
                     self.wanted.insert(*n, (0, 0, now));
                 }
-                self.send_gossip(key, DIGEST_CHANNEL, DigestMessage::Want(unknown).emit());
+                let want = unknown.into_iter().map(|n| (n, 0)).collect();
+                self.send_gossip(key, DIGEST_CHANNEL, DigestMessage::Want(want).emit());
             }
         }
         if !self.relay_pending.is_empty() && self.relay_due.is_none() {
@@ -2026,11 +2055,14 @@ impl Mesh {
                 if (n, h) == (entries, hash) {
                     return Ok(());
                 }
-                // The side with fewer entries sends its digest (the cheaper one), ties
-                // broken by name. The other side answers with its summary, unless its own
-                // is already on the way: then that one brings the digest.
-                let ours_smaller = (n, self.config.name) < (entries, src);
-                if answer || ours_smaller {
+                // The side with more entries sends its digest, ties broken by name; the
+                // other asks for what it lacks. (A router that has just started and joins
+                // several neighbours at once so asks each entry of one of them only,
+                // rather than being sent every neighbour's whole table.) The side with
+                // fewer answers with its summary, unless its own is already on the way:
+                // then that one brings the digest.
+                let ours_larger = (n, self.config.name) > (entries, src);
+                if answer || ours_larger {
                     let msg = DigestMessage::Digest {
                         whole: true,
                         entries: self.topo.digest(),
@@ -2044,23 +2076,35 @@ impl Mesh {
                 if let Some(c) = self.conns.get_mut(&key) {
                     c.summary_sent = false;
                 }
-                let mut push = BTreeSet::new();
+                // What to send, with the version they hold (a change from it may do).
+                let mut push = BTreeMap::new();
                 let mut want = Vec::new();
                 for e in &entries {
                     match self.topo.compare(e) {
+                        Newer::Neither => {
+                            // They hold what we are about to relay.
+                            if let Some(h) = self.relay_pending.get_mut(&e.name) {
+                                if !h.contains(&src) {
+                                    h.push(src);
+                                }
+                            }
+                        }
                         Newer::Ours => {
-                            push.insert(e.name);
+                            let same = self.topo.get(e.name).is_some_and(|p| p.uid.0 == e.uid);
+                            push.insert(e.name, if same { e.version } else { 0 });
                         }
                         Newer::Theirs => {
                             let asked = self.wanted.get(&e.name).is_some_and(|(v, u, at)| {
                                 (*v, *u) >= (e.version, e.uid) && *at + WANT_TIMEOUT > now
                             });
+                            let h = self.heard.entry(e.name).or_default();
+                            h.retain(|(n, _, _)| *n != src);
+                            h.push((src, e.version, e.uid));
                             if !asked {
                                 self.wanted.insert(e.name, (e.version, e.uid, now));
-                                want.push(e.name);
+                                want.push((e.name, self.held(e.name)));
                             }
                         }
-                        Newer::Neither => {}
                     }
                 }
                 if whole {
@@ -2069,7 +2113,7 @@ impl Mesh {
                         self.topo
                             .peers()
                             .filter(|p| !p.is_placeholder() && !theirs.contains(&p.name))
-                            .map(|p| p.name),
+                            .map(|p| (p.name, 0)),
                     );
                 }
                 if !push.is_empty() {
@@ -2082,18 +2126,51 @@ impl Mesh {
                 }
             }
             DigestMessage::Want(names) => {
-                let names: BTreeSet<PeerName> = names
+                let names: BTreeMap<PeerName, u64> = names
                     .into_iter()
-                    .filter(|n| self.topo.get(*n).is_some_and(|p| !p.is_placeholder()))
+                    .filter(|(n, _)| self.topo.get(*n).is_some_and(|p| !p.is_placeholder()))
                     .collect();
                 if names.is_empty() {
                     return Ok(());
                 }
                 self.send_entries(key, &names);
             }
-            DigestMessage::Entries(entries) => self.receive_entries(key, src, &entries, now),
+            DigestMessage::Entries { mut full, changes } => {
+                // A change whose base we no longer hold (the entry moved on meanwhile) is
+                // asked for again, with the version we hold now.
+                let mut again = Vec::new();
+                for change in &changes {
+                    if let Some(entry) = self.topo.rebuild(change) {
+                        full.push(entry);
+                        continue;
+                    }
+                    let offered = DigestEntry {
+                        name: change.name,
+                        uid: change.uid,
+                        version: change.version,
+                    };
+                    if self.topo.compare(&offered) == Newer::Theirs {
+                        self.wanted
+                            .insert(change.name, (change.version, change.uid, now));
+                        again.push((change.name, self.held(change.name)));
+                    }
+                }
+                self.receive_entries(key, src, &full, now);
+                if !again.is_empty() {
+                    self.send_gossip(key, DIGEST_CHANNEL, DigestMessage::Want(again).emit());
+                    self.collect_by(now + WANT_TIMEOUT);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The version of `name`'s entry we hold, 0 for none (what a `Want` tells).
+    fn held(&self, name: PeerName) -> u64 {
+        self.topo
+            .get(name)
+            .filter(|p| !p.is_placeholder())
+            .map_or(0, |p| p.version)
     }
 
     /// Asks a random neighbour that speaks digests for the entries of peers we know only
@@ -2133,6 +2210,7 @@ impl Mesh {
             let e = self.wanted.entry(*n).or_insert((0, 0, now));
             e.2 = now;
         }
+        let ask = ask.into_iter().map(|n| (n, self.held(n))).collect();
         self.send_gossip(key, DIGEST_CHANNEL, DigestMessage::Want(ask).emit());
     }
 
@@ -2200,7 +2278,7 @@ impl Mesh {
             // Entries collected since they were learnt are not passed on.
             let names: BTreeSet<PeerName> = pending
                 .iter()
-                .filter(|(name, src)| **src != hop && **name != hop)
+                .filter(|(name, holders)| !holders.contains(&hop) && **name != hop)
                 .map(|(name, _)| *name)
                 .filter(|name| self.topo.get(*name).is_some())
                 .collect();
@@ -2219,7 +2297,8 @@ impl Mesh {
                 };
                 self.send_gossip(key, DIGEST_CHANNEL, msg.emit());
             } else {
-                self.send_entries(key, &names);
+                let payload = self.topo.encode(&names);
+                self.send_gossip(key, TOPOLOGY_CHANNEL, payload);
             }
         }
     }
@@ -2280,6 +2359,7 @@ impl Mesh {
         }
         for peer in &removed {
             self.pending_update.remove(&peer.name);
+            self.heard.remove(&peer.name);
             if !self.channels.is_empty() {
                 self.channel_events
                     .push_back(ChannelEvent::PeerGone { peer: peer.name });
@@ -2314,15 +2394,36 @@ impl Mesh {
         self.send_body(key, &msg.emit());
     }
 
-    /// Sends these entries of our table down one connection: as a digest channel's
-    /// `Entries` to a neighbour that speaks it, in Weave's gob on the `topology` channel to
-    /// any other.
-    fn send_entries(&mut self, key: ConnKey, names: &BTreeSet<PeerName>) {
-        let Some(c) = self.conns.get(&key) else {
-            return;
+    /// Sends these entries of our table down a connection that speaks digests, each a
+    /// change from the version the neighbour holds (given beside the name, 0 for none)
+    /// where we kept that version, whole otherwise.
+    fn send_entries(&mut self, key: ConnKey, names: &BTreeMap<PeerName, u64>) {
+        let mut full = BTreeSet::new();
+        let mut changes = Vec::new();
+        let to = self
+            .conns
+            .get(&key)
+            .and_then(|c| c.remote.as_ref())
+            .map(|r| r.name);
+        for (name, held) in names {
+            // They will hold it: a relay pending need not announce it to them.
+            if let (Some(to), Some(h)) = (to, self.relay_pending.get_mut(name)) {
+                if !h.contains(&to) {
+                    h.push(to);
+                }
+            }
+            match self.topo.change_from(*name, *held) {
+                Some(c) => changes.push(c),
+                None => {
+                    full.insert(*name);
+                }
+            }
+        }
+        let msg = DigestMessage::Entries {
+            full: self.topo.entries(&full),
+            changes,
         };
-        let (channel, payload) = EntryPayloads::default().for_conn(c, &self.topo, names);
-        self.send_gossip(key, channel, payload);
+        self.send_gossip(key, DIGEST_CHANNEL, msg.emit());
     }
 
     fn send_gossip(&mut self, key: ConnKey, channel: &str, payload: Vec<u8>) {

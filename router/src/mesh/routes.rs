@@ -335,6 +335,7 @@ mod tests {
             has_short_id: true,
             conns: BTreeMap::new(),
             local_refs: 0,
+            history: None,
         };
         let mut all: BTreeMap<u64, Peer> = (1..=n).map(|i| (i, mk(i))).collect();
         for &(a, b) in edges {

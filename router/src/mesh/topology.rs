@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ids::{PeerName, PeerUid, ShortId};
-use crate::wire::digest::DigestEntry;
+use crate::wire::digest::{DigestEntry, EntryChange};
 use crate::wire::mesh::{ConnectionSummary, PeerSummary, TopologyEntry};
 
 /// A connection as a peer gossips it.
@@ -20,6 +20,18 @@ pub struct PeerConn {
     pub outbound: bool,
     /// Whether the owner counts it as established.
     pub established: bool,
+}
+
+impl PeerConn {
+    /// This connection, to `name`, as a topology update carries it.
+    pub fn summary(&self, name: PeerName) -> ConnectionSummary {
+        ConnectionSummary {
+            name,
+            remote_tcp_addr: self.remote_tcp_addr.clone(),
+            outbound: self.outbound,
+            established: self.established,
+        }
+    }
 }
 
 /// One peer's entry.
@@ -41,6 +53,77 @@ pub struct Peer {
     pub conns: BTreeMap<PeerName, PeerConn>,
     /// How many of our own connections refer to this peer (keeps it from collection).
     pub local_refs: usize,
+    /// Which versions of this UID the table held and what changed between them, so that a
+    /// neighbour holding one of them can be sent only the difference
+    /// ([`Topology::change_from`]). Kept for entries learnt from gossip.
+    pub history: Option<Box<History>>,
+}
+
+/// Versions of an entry this table held, at most this many.
+const HISTORY_VERSIONS: usize = 8;
+
+/// What [`Peer::history`] keeps: enough to say how the entry differs from any version of
+/// the same UID the table held since the oldest listed (an entry's content is fixed by its
+/// UID and version, so a neighbour holding one of these holds exactly what we held).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    /// The versions held, oldest first, the current one last.
+    versions: Vec<u64>,
+    /// Each current connection, in name order, with the first of `versions` since which it
+    /// has been as it is now.
+    since: Vec<(PeerName, u64)>,
+    /// Connections dropped, with the first of `versions` that lacked them (only those
+    /// after the oldest of `versions`).
+    removed: Vec<(PeerName, u64)>,
+}
+
+impl History {
+    /// The history of an entry first held at `version` with `conns`.
+    fn start(version: u64, conns: &BTreeMap<PeerName, PeerConn>) -> Self {
+        History {
+            versions: vec![version],
+            since: conns.keys().map(|n| (*n, version)).collect(),
+            removed: Vec::new(),
+        }
+    }
+
+    /// The history once `old` (at the last of `versions`) is replaced by `new` at `version`
+    /// of the same UID.
+    fn next(
+        mut self,
+        old: &BTreeMap<PeerName, PeerConn>,
+        new: &BTreeMap<PeerName, PeerConn>,
+        version: u64,
+    ) -> Self {
+        let since = |n: &PeerName| {
+            self.since
+                .binary_search_by_key(n, |(k, _)| *k)
+                .map_or(version, |i| self.since[i].1)
+        };
+        let next_since = new
+            .iter()
+            .map(|(n, c)| {
+                let kept = old.get(n) == Some(c);
+                (*n, if kept { since(n) } else { version })
+            })
+            .collect();
+        self.since = next_since;
+        self.removed.extend(
+            old.keys()
+                .filter(|n| !new.contains_key(n))
+                .map(|n| (*n, version)),
+        );
+        if self.versions.last().is_none_or(|v| *v < version) {
+            self.versions.push(version);
+        }
+        if self.versions.len() > HISTORY_VERSIONS {
+            self.versions.remove(0);
+            // A drop at or before the oldest version listed is already missing from it.
+            let oldest = self.versions[0];
+            self.removed.retain(|(_, v)| *v > oldest);
+        }
+        self
+    }
 }
 
 impl Peer {
@@ -55,6 +138,7 @@ impl Peer {
             has_short_id: false,
             conns: BTreeMap::new(),
             local_refs: 0,
+            history: None,
         }
     }
 
@@ -68,6 +152,7 @@ impl Peer {
             has_short_id: s.has_short_id,
             conns: BTreeMap::new(),
             local_refs: 0,
+            history: None,
         }
     }
 
@@ -81,16 +166,7 @@ impl Peer {
             short_id: self.short_id.0,
             has_short_id: self.has_short_id,
         };
-        let conns = self
-            .conns
-            .iter()
-            .map(|(name, c)| ConnectionSummary {
-                name: *name,
-                remote_tcp_addr: c.remote_tcp_addr.clone(),
-                outbound: c.outbound,
-                established: c.established,
-            })
-            .collect();
+        let conns = self.conns.iter().map(|(n, c)| c.summary(*n)).collect();
         (summary, conns)
     }
 
@@ -303,6 +379,76 @@ impl Topology {
             .collect()
     }
 
+    /// How `name`'s entry differs from its version `base` of the same UID, when the table
+    /// held that version: what a neighbour holding `base` needs to rebuild it.
+    pub fn change_from(&self, name: PeerName, base: u64) -> Option<EntryChange> {
+        let p = self.peers.get(&name)?;
+        let h = p.history.as_ref()?;
+        if base >= p.version || !h.versions.contains(&base) || h.since.len() != p.conns.len() {
+            return None;
+        }
+        // A connection as it is now since `base` or earlier was so in `base` too: `base`
+        // is a version we held, and the stamp is the first held version since which it
+        // has not changed.
+        let set = p
+            .conns
+            .iter()
+            .zip(&h.since)
+            .filter(|(_, (_, since))| *since > base)
+            .map(|((n, c), _)| c.summary(*n))
+            .collect();
+        let removed: BTreeSet<PeerName> = h
+            .removed
+            .iter()
+            .filter(|(n, at)| *at > base && !p.conns.contains_key(n))
+            .map(|(n, _)| *n)
+            .collect();
+        let removed = removed.into_iter().collect();
+        Some(EntryChange {
+            name,
+            uid: p.uid.0,
+            base,
+            version: p.version,
+            short_id: p.short_id.0,
+            has_short_id: p.has_short_id,
+            removed,
+            set,
+        })
+    }
+
+    /// The whole entry a change describes, when we hold the version it was made from;
+    /// `None` when we do not (the entry must then be asked for whole).
+    pub fn rebuild(&self, change: &EntryChange) -> Option<TopologyEntry> {
+        let held = self.peers.get(&change.name)?;
+        if held.is_placeholder() || (held.uid.0, held.version) != (change.uid, change.base) {
+            return None;
+        }
+        let mut conns = held.conns.clone();
+        for n in &change.removed {
+            conns.remove(n);
+        }
+        for c in &change.set {
+            conns.insert(
+                c.name,
+                PeerConn {
+                    remote_tcp_addr: c.remote_tcp_addr.clone(),
+                    outbound: c.outbound,
+                    established: c.established,
+                },
+            );
+        }
+        let summary = PeerSummary {
+            name: change.name,
+            nickname: held.nickname.clone(),
+            uid: change.uid,
+            version: change.version,
+            short_id: change.short_id,
+            has_short_id: change.has_short_id,
+        };
+        let conns = conns.iter().map(|(n, c)| c.summary(*n)).collect();
+        Some((summary, conns))
+    }
+
     /// Applies a received topology payload; `pick_short_id` chooses a fresh short id for us
     /// when another peer wins ours.
     pub fn apply_update(
@@ -357,6 +503,10 @@ impl Topology {
             if !is_new && !peer.superseded_by(summary) {
                 continue;
             }
+            // The history goes on while the incarnation does.
+            let same_uid = !is_new && !peer.is_placeholder() && peer.uid.0 == summary.uid;
+            let old_conns = std::mem::take(&mut peer.conns);
+            let old_history = peer.history.take().filter(|_| same_uid);
             peer.nickname = summary.nickname.clone();
             peer.uid = PeerUid(summary.uid);
             peer.version = summary.version;
@@ -375,6 +525,11 @@ impl Topology {
                     )
                 })
                 .collect();
+            let history = match old_history {
+                Some(h) => h.next(&old_conns, &peer.conns, peer.version),
+                None => History::start(peer.version, &peer.conns),
+            };
+            peer.history = Some(Box::new(history));
             out.improved.insert(summary.name);
         }
         if self.resolve_short_id_clash(&out.improved, pick_short_id) {
@@ -449,6 +604,7 @@ mod tests {
             has_short_id: true,
             conns: BTreeMap::new(),
             local_refs: 0,
+            history: None,
         }
     }
 
@@ -474,6 +630,76 @@ mod tests {
 
     fn no_pick(_: &BTreeSet<ShortId>) -> ShortId {
         panic!("no short id clash expected")
+    }
+
+    /// Peer 2's entry at `version` (UID 5): connections drawn from peers 3 to 9, with
+    /// addresses and flags that change as well.
+    fn random_entry(rng: &mut impl rand::Rng, version: u64) -> TopologyEntry {
+        let mut conns = Vec::new();
+        for n in 3..10 {
+            if rng.gen_bool(0.6) {
+                conns.push(ConnectionSummary {
+                    name: name(n),
+                    remote_tcp_addr: format!("10.0.0.{n}:{}", 6783 + rng.gen_range(0..2)),
+                    outbound: rng.gen_bool(0.5),
+                    established: rng.gen_bool(0.7),
+                });
+            }
+        }
+        (summary(2, 5, version, 9), conns)
+    }
+
+    /// A sender that saw some of an entry's versions: for every version it held among the
+    /// last [`HISTORY_VERSIONS`], a receiver holding that version rebuilds the current one
+    /// exactly from the change; for any other, no change is offered, and a receiver that
+    /// holds another version or UID refuses one.
+    #[test]
+    fn a_change_from_any_version_held_rebuilds_the_entry_exactly() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        for _ in 0..200 {
+            let mut sender = Topology::new(me());
+            let last = rng.gen_range(1..30u64);
+            let truth: Vec<TopologyEntry> = (0..=last).map(|v| random_entry(&mut rng, v)).collect();
+            let mut held = Vec::new();
+            for v in 1..=last {
+                if v == last || rng.gen_bool(0.6) {
+                    sender.apply_entries(&[truth[v as usize].clone()], &mut no_pick);
+                    held.push(v);
+                }
+            }
+            let recent = &held[held.len().saturating_sub(HISTORY_VERSIONS)..];
+            for base in 0..=last {
+                let change = sender.change_from(name(2), base);
+                let offered = base != last && recent.contains(&base);
+                assert_eq!(
+                    change.is_some(),
+                    offered,
+                    "base {base} of {last}, held {held:?}"
+                );
+                let Some(change) = change else {
+                    continue;
+                };
+                let mut receiver = Topology::new(me());
+                receiver.apply_entries(&[truth[base as usize].clone()], &mut no_pick);
+                assert_eq!(
+                    receiver.rebuild(&change),
+                    Some(truth[last as usize].clone()),
+                    "base {base} of {last}, held {held:?}"
+                );
+                // Another version, or another incarnation at this one, cannot use it.
+                let mut other = Topology::new(me());
+                let (mut s, c) = truth[base as usize].clone();
+                s.uid = 6;
+                other.apply_entries(&[(s, c)], &mut no_pick);
+                assert_eq!(other.rebuild(&change), None);
+                if base > 0 {
+                    let mut older = Topology::new(me());
+                    older.apply_entries(&[truth[base as usize - 1].clone()], &mut no_pick);
+                    assert_eq!(older.rebuild(&change), None);
+                }
+            }
+        }
     }
 
     #[test]

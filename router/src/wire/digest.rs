@@ -10,12 +10,14 @@
 //! - `Digest`: (name, UID, version) of some entries: all of them in answer to a summary
 //!   that differs, or those a change improved when relaying it. The receiver asks for the
 //!   entries it lacks and sends those it has newer.
-//! - `Want`: the names whose entries the sender asks for.
-//! - `Entries`: whole topology entries, as Weave's `topology` channel carries them in gob,
-//!   in a compact binary form: a thousand-peer mesh moves each entry hundreds of thousands of
-//!   times while it starts, and gob spends 220 bytes on an entry with six connections where
-//!   this form spends about 100 (addresses as 6 bytes instead of text, no field names, no
-//!   type definitions per message).
+//! - `Want`: the names whose entries the sender asks for, each with the version it holds.
+//! - `Entries`: topology entries, as Weave's `topology` channel carries them in gob, in a
+//!   compact binary form, and changes. A thousand-peer mesh moves each entry hundreds of
+//!   thousands of times while it starts, mostly one new connection after another: gob spends
+//!   220 bytes on an entry with six connections, the whole entry here about 100 (addresses
+//!   as 6 bytes instead of text, no field names, no type definitions per message), and a
+//!   change from the version the receiver holds about 35 (what was removed, what was added
+//!   or changed).
 //!
 //! Layout (fixed-width integers big-endian; `v` is an unsigned LEB128 varint, at most 10
 //! bytes):
@@ -23,13 +25,18 @@
 //! ```text
 //! Summary  01 | entries u32 | hash u64 | flags u8 (bit 0: an answer)
 //! Digest   02 | flags u8 (bit 0: the whole table) | count v | { name[6] uid u64 version v }*
-//! Want     03 | count v | { name[6] }*
-//! Entries  04 | count v | { entry }*
-//!   entry: name[6] uid u64 version v short v (short_id << 1 | has_short_id)
-//!          nickname_len v nickname | conns v | { conn }*
-//!   conn:  name[6] flags u8 (bit 0: outbound, bit 1: established, bit 2: IPv4 address)
-//!          address: ip[4] port u16 with bit 2, else len v and the text
+//! Want     03 | count v | { name[6] held_version v }*
+//! Entries  04 | count v | { entry }* | count v | { change }*
+//!   entry:  name[6] uid u64 version v short v (short_id << 1 | has_short_id)
+//!           nickname_len v nickname | conns v | { conn }*
+//!   change: name[6] uid u64 base_version v version v short v
+//!           removed v | { name[6] }* | set v | { conn }*
+//!   conn:   name[6] flags u8 (bit 0: outbound, bit 1: established, bit 2: IPv4 address)
+//!           address: ip[4] port u16 with bit 2, else len v and the text
 //! ```
+//!
+//! A change goes only to a neighbour whose `Want` or digest named its base version; one
+//! whose base the receiver no longer holds is asked for again with the version it does.
 //!
 //! An address goes as 6 bytes only when its text is exactly how an IPv4 socket address
 //! prints (Go prints `net.TCPAddr` the same way), so every entry decodes to the bytes that
@@ -114,11 +121,39 @@ pub enum DigestMessage {
         /// The entries.
         entries: Vec<DigestEntry>,
     },
-    /// Names whose entries the sender asks for.
-    Want(Vec<PeerName>),
-    /// Whole entries: those asked for, those the sender holds newer than a digest showed,
-    /// and the sender's own changes.
-    Entries(Vec<TopologyEntry>),
+    /// Names whose entries the sender asks for, each with the version of it the sender
+    /// holds (0 for none), so that the answer can be a change from that version.
+    Want(Vec<(PeerName, u64)>),
+    /// Entries asked for, those the sender holds newer than a digest showed, and the
+    /// sender's own changes: whole, or as changes from the version the receiver holds.
+    Entries {
+        /// Whole entries.
+        full: Vec<TopologyEntry>,
+        /// Changes.
+        changes: Vec<EntryChange>,
+    },
+}
+
+/// How an entry differs from an earlier version of it (same UID): rebuilt by a receiver
+/// that holds `base` (see [`crate::mesh::topology::Topology::rebuild`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryChange {
+    /// The peer.
+    pub name: PeerName,
+    /// Its UID, the same in both versions.
+    pub uid: u64,
+    /// The version the change is from.
+    pub base: u64,
+    /// The version it makes.
+    pub version: u64,
+    /// The short id in `version`.
+    pub short_id: u16,
+    /// Whether `short_id` is meaningful.
+    pub has_short_id: bool,
+    /// Connections in `base` and not in `version`.
+    pub removed: Vec<PeerName>,
+    /// Connections of `version` that `base` lacks or holds otherwise.
+    pub set: Vec<ConnectionSummary>,
 }
 
 /// Why a digest-channel payload was refused.
@@ -273,6 +308,9 @@ const IPV4: u8 = 4;
 /// The bytes of the smallest entry: name, UID, and one byte each of version, short id,
 /// nickname length and connection count.
 const MIN_ENTRY_LEN: usize = 6 + 8 + 4;
+/// The bytes of the smallest change: name, UID, and one byte each of base version, version,
+/// short id, removed count and connection count.
+const MIN_CHANGE_LEN: usize = 6 + 8 + 5;
 /// The bytes of the smallest connection: name, flags and an empty address.
 const MIN_CONN_LEN: usize = 6 + 2;
 
@@ -280,12 +318,13 @@ fn put_entry(b: &mut Vec<u8>, (peer, conns): &TopologyEntry) {
     b.extend_from_slice(&peer.name.to_bytes());
     b.extend_from_slice(&peer.uid.to_be_bytes());
     put_varint(b, peer.version);
-    put_varint(
-        b,
-        (u64::from(peer.short_id) << 1) | u64::from(peer.has_short_id),
-    );
+    put_short(b, peer.short_id, peer.has_short_id);
     put_varint(b, peer.nickname.len() as u64);
     b.extend_from_slice(peer.nickname.as_bytes());
+    put_conns(b, conns);
+}
+
+fn put_conns(b: &mut Vec<u8>, conns: &[ConnectionSummary]) {
     put_varint(b, conns.len() as u64);
     for c in conns {
         b.extend_from_slice(&c.name.to_bytes());
@@ -321,12 +360,72 @@ fn read_entry(r: &mut Reader<'_>) -> Result<TopologyEntry, DigestError> {
     let name = r.name("entry name")?;
     let uid = r.u64("entry UID")?;
     let version = r.varint("entry version")?;
-    let short = r.varint("entry short id")?;
-    let short_id = u16::try_from(short >> 1).map_err(|_| DigestError::Invalid {
-        kind: r.kind,
-        field: "entry short id",
-    })?;
+    let (short_id, has_short_id) = read_short(r)?;
     let nickname = r.text("entry nickname")?;
+    let conns = read_conns(r)?;
+    let peer = PeerSummary {
+        name,
+        nickname,
+        uid,
+        version,
+        short_id,
+        has_short_id,
+    };
+    Ok((peer, conns))
+}
+
+/// A short id and its flag, as `short v` carries them.
+fn read_short(r: &mut Reader<'_>) -> Result<(u16, bool), DigestError> {
+    let short = r.varint("short id")?;
+    let id = u16::try_from(short >> 1).map_err(|_| DigestError::Invalid {
+        kind: r.kind,
+        field: "short id",
+    })?;
+    Ok((id, short & 1 != 0))
+}
+
+fn put_short(b: &mut Vec<u8>, id: u16, has: bool) {
+    put_varint(b, (u64::from(id) << 1) | u64::from(has));
+}
+
+fn put_change(b: &mut Vec<u8>, c: &EntryChange) {
+    b.extend_from_slice(&c.name.to_bytes());
+    b.extend_from_slice(&c.uid.to_be_bytes());
+    put_varint(b, c.base);
+    put_varint(b, c.version);
+    put_short(b, c.short_id, c.has_short_id);
+    put_varint(b, c.removed.len() as u64);
+    for n in &c.removed {
+        b.extend_from_slice(&n.to_bytes());
+    }
+    put_conns(b, &c.set);
+}
+
+fn read_change(r: &mut Reader<'_>) -> Result<EntryChange, DigestError> {
+    let name = r.name("change name")?;
+    let uid = r.u64("change UID")?;
+    let base = r.varint("change base version")?;
+    let version = r.varint("change version")?;
+    let (short_id, has_short_id) = read_short(r)?;
+    let n = r.count(6, "removed count")?;
+    let mut removed = Vec::with_capacity(n);
+    for _ in 0..n {
+        removed.push(r.name("removed name")?);
+    }
+    let set = read_conns(r)?;
+    Ok(EntryChange {
+        name,
+        uid,
+        base,
+        version,
+        short_id,
+        has_short_id,
+        removed,
+        set,
+    })
+}
+
+fn read_conns(r: &mut Reader<'_>) -> Result<Vec<ConnectionSummary>, DigestError> {
     let n = r.count(MIN_CONN_LEN, "connection count")?;
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
@@ -355,15 +454,7 @@ fn read_entry(r: &mut Reader<'_>) -> Result<TopologyEntry, DigestError> {
             established: flags & ESTABLISHED != 0,
         });
     }
-    let peer = PeerSummary {
-        name,
-        nickname,
-        uid,
-        version,
-        short_id,
-        has_short_id: short & 1 != 0,
-    };
-    Ok((peer, conns))
+    Ok(conns)
 }
 
 impl DigestMessage {
@@ -394,20 +485,25 @@ impl DigestMessage {
                 DigestMessage::Digest { whole, entries }
             }
             3 => {
-                let count = r.count(6, "name count")?;
+                let count = r.count(7, "name count")?;
                 let mut names = Vec::with_capacity(count);
                 for _ in 0..count {
-                    names.push(r.name("name")?);
+                    names.push((r.name("name")?, r.varint("held version")?));
                 }
                 DigestMessage::Want(names)
             }
             4 => {
                 let count = r.count(MIN_ENTRY_LEN, "entry count")?;
-                let mut entries = Vec::with_capacity(count);
+                let mut full = Vec::with_capacity(count);
                 for _ in 0..count {
-                    entries.push(read_entry(&mut r)?);
+                    full.push(read_entry(&mut r)?);
                 }
-                DigestMessage::Entries(entries)
+                let count = r.count(MIN_CHANGE_LEN, "change count")?;
+                let mut changes = Vec::with_capacity(count);
+                for _ in 0..count {
+                    changes.push(read_change(&mut r)?);
+                }
+                DigestMessage::Entries { full, changes }
             }
             other => return Err(DigestError::UnknownKind(other)),
         };
@@ -443,20 +539,25 @@ impl DigestMessage {
                 b
             }
             DigestMessage::Want(names) => {
-                let mut b = Vec::with_capacity(6 + names.len() * 6);
+                let mut b = Vec::with_capacity(6 + names.len() * 8);
                 b.push(3);
                 put_varint(&mut b, names.len() as u64);
-                for n in names {
+                for (n, held) in names {
                     b.extend_from_slice(&n.to_bytes());
+                    put_varint(&mut b, *held);
                 }
                 b
             }
-            DigestMessage::Entries(entries) => {
-                let mut b = Vec::with_capacity(6 + entries.len() * 112);
+            DigestMessage::Entries { full, changes } => {
+                let mut b = Vec::with_capacity(12 + full.len() * 112 + changes.len() * 40);
                 b.push(4);
-                put_varint(&mut b, entries.len() as u64);
-                for e in entries {
+                put_varint(&mut b, full.len() as u64);
+                for e in full {
                     put_entry(&mut b, e);
+                }
+                put_varint(&mut b, changes.len() as u64);
+                for c in changes {
+                    put_change(&mut b, c);
                 }
                 b
             }
@@ -495,9 +596,12 @@ mod tests {
             d.emit(),
             [2, 1, 1, 0xaa, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0xac, 0x02].to_vec()
         );
-        let w = DigestMessage::Want(vec![name(1), name(2)]);
-        assert_eq!(w.emit().len(), 2 + 12);
-        let e = DigestMessage::Entries(vec![entry(7, 6), entry(8, 0)]);
+        let w = DigestMessage::Want(vec![(name(1), 0), (name(2), 300)]);
+        assert_eq!(w.emit().len(), 2 + 7 + 8);
+        let e = DigestMessage::Entries {
+            full: vec![entry(7, 6), entry(8, 0)],
+            changes: vec![change(9), change(10)],
+        };
         for m in [s, d, w, e] {
             assert_eq!(DigestMessage::parse(&m.emit()).unwrap(), m);
         }
@@ -524,14 +628,47 @@ mod tests {
         (peer, conns)
     }
 
+    /// A change that drops one connection and adds another.
+    fn change(n: u64) -> EntryChange {
+        let (_, mut conns) = entry(n, 2);
+        EntryChange {
+            name: name(0x0200_0000_0000 + n),
+            uid: 0x9e37_79b9_7f4a_7c15 ^ n,
+            base: 11,
+            version: 200,
+            short_id: 0x123,
+            has_short_id: false,
+            removed: vec![name(0x0200_0000_2000 + n)],
+            set: vec![conns.remove(1)],
+        }
+    }
+
+    fn entries(full: Vec<TopologyEntry>, changes: Vec<EntryChange>) -> Vec<u8> {
+        DigestMessage::Entries { full, changes }.emit()
+    }
+
     #[test]
-    fn entries_are_less_than_half_the_size_of_gob() {
+    fn entries_are_less_than_half_the_size_of_gob_and_changes_a_third_of_that() {
         let es = vec![entry(1, 6), entry(2, 6), entry(3, 6)];
-        let compact = DigestMessage::Entries(es.clone()).emit().len();
+        let compact = entries(es.clone(), Vec::new()).len();
         let gob = crate::wire::mesh::encode_topology(&es).len();
-        // 6 + 8 + 1 + 2 + 7 + 1 + 6 × 13 = 103 bytes an entry, and the count.
-        assert_eq!(compact, 2 + 3 * 103);
+        // 6 + 8 + 1 + 2 + 7 + 1 + 6 × 13 = 103 bytes an entry, and the two counts.
+        assert_eq!(compact, 3 + 3 * 103);
         assert!(compact * 2 < gob, "{compact} vs {gob}");
+        // A new connection: name, UID, two one-byte versions, a two-byte short id, two
+        // counts and the connection: 6 + 8 + 2 + 2 + 2 + 13 bytes.
+        let (_, mut conns) = entry(1, 6);
+        let one = EntryChange {
+            name: name(1),
+            uid: 1,
+            base: 12,
+            version: 14,
+            short_id: 0xfff,
+            has_short_id: true,
+            removed: Vec::new(),
+            set: vec![conns.remove(5)],
+        };
+        assert_eq!(entries(Vec::new(), vec![one]).len(), 3 + 33);
     }
 
     #[test]
@@ -541,7 +678,10 @@ mod tests {
         conns[1].remote_tcp_addr = "10.0.0.1:0080".into();
         conns[2].remote_tcp_addr = String::new();
         conns[3].remote_tcp_addr = "10.0.0.1:65535".into();
-        let m = DigestMessage::Entries(vec![(peer, conns)]);
+        let m = DigestMessage::Entries {
+            full: vec![(peer, conns)],
+            changes: Vec::new(),
+        };
         assert_eq!(DigestMessage::parse(&m.emit()).unwrap(), m);
         // Out-of-range fields are kept exactly too.
         let (mut peer, conns) = entry(2, 1);
@@ -549,7 +689,10 @@ mod tests {
         peer.uid = u64::MAX;
         peer.short_id = u16::MAX;
         peer.has_short_id = false;
-        let m = DigestMessage::Entries(vec![(peer, conns)]);
+        let m = DigestMessage::Entries {
+            full: vec![(peer, conns)],
+            changes: Vec::new(),
+        };
         assert_eq!(DigestMessage::parse(&m.emit()).unwrap(), m);
     }
 
@@ -560,7 +703,7 @@ mod tests {
         assert!(DigestMessage::parse(&[1, 0, 0]).is_err());
         // Counts larger than the bytes that follow, even when huge.
         assert!(DigestMessage::parse(&[2, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
-        assert!(DigestMessage::parse(&[3, 2, 1, 2, 3, 4, 5, 6]).is_err());
+        assert!(DigestMessage::parse(&[3, 2, 1, 2, 3, 4, 5, 6, 0]).is_err());
         assert!(DigestMessage::parse(&[4, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
         // A varint longer than 64 bits.
         let mut long = vec![2, 0, 1, 1, 2, 3, 4, 5, 6, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -574,15 +717,15 @@ mod tests {
             })
         );
         // Something after the end.
-        let mut extra = DigestMessage::Want(vec![name(1)]).emit();
+        let mut extra = DigestMessage::Want(vec![(name(1), 1)]).emit();
         extra.push(0);
         assert_eq!(
             DigestMessage::parse(&extra),
             Err(DigestError::Trailing { kind: 3, extra: 1 })
         );
         // Unknown connection flags, and a nickname that is not UTF-8.
-        let good = DigestMessage::Entries(vec![entry(1, 1)]).emit();
-        let flags_at = good.len() - 7;
+        let good = entries(vec![entry(1, 1)], Vec::new());
+        let flags_at = good.len() - 8;
         let mut bad = good.clone();
         bad[flags_at] |= 0x80;
         assert!(matches!(
@@ -615,8 +758,8 @@ mod tests {
             ],
         }
         .emit();
-        let entries = DigestMessage::Entries(vec![entry(1, 2), entry(2, 0)]).emit();
-        for full in [digest, entries] {
+        let both = entries(vec![entry(1, 2), entry(2, 0)], vec![change(3)]);
+        for full in [digest, both] {
             DigestMessage::parse(&full).unwrap();
             for len in 0..full.len() {
                 assert!(DigestMessage::parse(&full[..len]).is_err(), "{len}");

@@ -103,6 +103,8 @@ pub struct Sim<A: App = ()> {
     /// Messages and bytes by kind: handshake, heartbeat, gossip by channel (the digest
     /// channel by message), sleeve, ...
     pub by_kind: BTreeMap<String, (u64, u64)>,
+    /// Entries sent on the digest channel: whole, and as changes.
+    pub entries_sent: (u64, u64),
     pub keep_logs: bool,
     /// Run every new peer's sleeve (UDP heartbeats decide establishment).
     pub sleeve: bool,
@@ -180,6 +182,7 @@ impl<A: App> Sim<A> {
             bytes: 0,
             sent: Vec::new(),
             by_kind: BTreeMap::new(),
+            entries_sent: (0, 0),
             keep_logs: true,
             sleeve: false,
             spread: Default::default(),
@@ -373,6 +376,11 @@ impl<A: App> Sim<A> {
                     } else {
                         "handshake".into()
                     };
+                    if kind == "gossip topology.digest 4" {
+                        let (full, changes) = digest_entries(&bytes);
+                        self.entries_sent.0 += full;
+                        self.entries_sent.1 += changes;
+                    }
                     let k = self.by_kind.entry(kind).or_default();
                     k.0 += 1;
                     k.1 += bytes.len() as u64;
@@ -546,21 +554,13 @@ impl<A: App> Sim<A> {
         }
     }
 
-    /// Each running peer's view: name → (uid, version, connections with established flag).
-    pub fn view(&self, i: Idx) -> BTreeMap<PeerName, (u64, u64, BTreeMap<PeerName, bool>)> {
+    /// A peer's view: every entry whole, as it would gossip it (nickname, UID, version,
+    /// short id, and each connection's address and flags).
+    pub fn view(&self, i: Idx) -> BTreeMap<PeerName, weave_router::wire::mesh::TopologyEntry> {
         self.mesh(i)
             .topology()
             .peers()
-            .map(|p| {
-                (
-                    p.name,
-                    (
-                        p.uid.0,
-                        p.version,
-                        p.conns.iter().map(|(n, c)| (*n, c.established)).collect(),
-                    ),
-                )
-            })
+            .map(|p| (p.name, p.to_entry()))
             .collect()
     }
 
@@ -654,6 +654,19 @@ fn kind_of(framed: &[u8]) -> String {
         Ok(Message::GossipBroadcast { channel, .. }) => format!("broadcast {channel}"),
         Ok(Message::OverlayControl { .. }) => "overlay control".into(),
         _ => "other (sealed?)".into(),
+    }
+}
+
+/// How many whole entries and changes a framed digest-channel `Entries` message carries.
+fn digest_entries(framed: &[u8]) -> (u64, u64) {
+    use weave_router::wire::digest::DigestMessage;
+    use weave_router::wire::mesh::Message;
+    let Some(Ok(Message::Gossip { payload, .. })) = framed.get(4..).map(Message::parse) else {
+        return (0, 0);
+    };
+    match DigestMessage::parse(&payload) {
+        Ok(DigestMessage::Entries { full, changes }) => (full.len() as u64, changes.len() as u64),
+        _ => (0, 0),
     }
 }
 
