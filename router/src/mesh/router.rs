@@ -2137,11 +2137,15 @@ impl Mesh {
             }
             DigestMessage::Entries { mut full, changes } => {
                 // A change whose base we no longer hold (the entry moved on meanwhile) is
-                // asked for again, with the version we hold now.
+                // asked for again, with the version we hold now; not when we collected the
+                // entry since (it was unreachable, as a request for it lapses then).
                 let mut again = Vec::new();
                 for change in &changes {
                     if let Some(entry) = self.topo.rebuild(change) {
                         full.push(entry);
+                        continue;
+                    }
+                    if self.topo.get(change.name).is_none() {
                         continue;
                     }
                     let offered = DigestEntry {
