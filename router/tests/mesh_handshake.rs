@@ -334,3 +334,47 @@ fn password_handshake_matches_the_capture_layout() {
         .iter()
         .any(|e| e.contains("its password differs from ours")));
 }
+
+/// The first gossip a router that offers topology digests sends a new peer whose feature
+/// map carries `digest` (as `TopologyDigest`, or nothing): its channel and payload kind.
+fn first_gossip_to(digest: Option<&str>) -> (String, u8) {
+    let cap = capture();
+    let now = Instant::now();
+    let mut mesh = Mesh::new(host1(), 7, now).with_topology_digest();
+    let key = mesh.handle_accepted("192.168.77.2:43347".parse().unwrap(), now);
+    let mut features = wire::decode_features(&hex_of(&cap, 13)).unwrap();
+    if let Some(v) = digest {
+        features.insert(weave_router::mesh::DIGEST_FEATURE.into(), v.into());
+    }
+    let mut input = hex_of(&cap, 6);
+    input.extend(hex_of(&cap, 12));
+    input.extend(wire::frame(&wire::encode_features(&features)));
+    mesh.handle_data(key, &input, now);
+    let (sent, closed) = drain(&mut mesh, key);
+    assert!(!closed, "{:?}", events(&mut mesh));
+    let mut frames = FrameDecoder::default();
+    frames.push(&sent[8..]);
+    frames.next_body().unwrap().unwrap();
+    let Message::Gossip {
+        channel, payload, ..
+    } = Message::parse(&frames.next_body().unwrap().unwrap()).unwrap()
+    else {
+        panic!("expected gossip after the feature map");
+    };
+    (channel, payload[0])
+}
+
+/// A peer that offers this version of topology digests gets a summary; one that offers
+/// none, or another version (a weave-router before the compact entries), gets the whole
+/// table in Weave's format.
+#[test]
+fn only_a_peer_offering_our_digest_version_gets_digests() {
+    assert_eq!(
+        first_gossip_to(Some(weave_router::mesh::router::DIGEST_VERSION)),
+        ("topology.digest".to_string(), 1)
+    );
+    for other in [None, Some("1"), Some("3")] {
+        let (channel, _) = first_gossip_to(other);
+        assert_eq!(channel, "topology", "{other:?}");
+    }
+}
