@@ -767,6 +767,51 @@ mod tests {
         }
     }
 
+    /// Any entry, with each connection's address replaced, at random, by an IPv4 socket
+    /// address as a Go peer prints it.
+    fn arb_entry() -> impl proptest::strategy::Strategy<Value = TopologyEntry> {
+        use proptest::prelude::*;
+        let v4 = proptest::collection::vec((any::<bool>(), any::<[u8; 4]>(), any::<u16>()), 5);
+        (crate::wire::mesh::tests::arb_entry(), v4).prop_map(|((peer, mut conns), v4)| {
+            for (c, (replace, ip, port)) in conns.iter_mut().zip(v4) {
+                if replace {
+                    c.remote_tcp_addr = std::net::SocketAddrV4::new(ip.into(), port).to_string();
+                }
+            }
+            (peer, conns)
+        })
+    }
+
+    proptest::proptest! {
+        /// Whole entries and changes made of any fields survive the round trip exactly,
+        /// and no truncation of the message parses.
+        #[test]
+        fn any_entries_and_changes_round_trip(
+            full in proptest::collection::vec(arb_entry(), 0..4),
+            bases in proptest::collection::vec((arb_entry(), proptest::num::u64::ANY, 0..3usize), 0..3),
+        ) {
+            let changes: Vec<EntryChange> = bases
+                .into_iter()
+                .map(|((peer, conns), base, drop)| EntryChange {
+                    name: peer.name,
+                    uid: peer.uid,
+                    base,
+                    version: peer.version,
+                    short_id: peer.short_id,
+                    has_short_id: peer.has_short_id,
+                    removed: conns.iter().take(drop).map(|c| c.name).collect(),
+                    set: conns.into_iter().skip(drop).collect(),
+                })
+                .collect();
+            let m = DigestMessage::Entries { full, changes };
+            let b = m.emit();
+            proptest::prop_assert_eq!(DigestMessage::parse(&b).unwrap(), m);
+            for len in 0..b.len() {
+                proptest::prop_assert!(DigestMessage::parse(&b[..len]).is_err());
+            }
+        }
+    }
+
     #[test]
     fn the_entry_hash_is_finalised_fnv1a_over_the_wire_form() {
         // FNV-1a of 22 zero bytes, computed independently, then the finaliser.

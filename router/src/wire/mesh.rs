@@ -678,7 +678,7 @@ pub fn frame(body: &[u8]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -979,11 +979,12 @@ mod tests {
         assert_eq!(entries[0].0.version, 0);
     }
 
-    fn arb_peer_name() -> impl Strategy<Value = PeerName> {
+    pub(crate) fn arb_peer_name() -> impl Strategy<Value = PeerName> {
         (0..=PeerName::MAX).prop_map(name)
     }
 
-    fn arb_entry() -> impl Strategy<Value = TopologyEntry> {
+    /// Any topology entry, with up to four connections whose addresses are any text.
+    pub(crate) fn arb_entry() -> impl Strategy<Value = TopologyEntry> {
         let peer = (
             arb_peer_name(),
             ".{0,12}",
