@@ -136,6 +136,7 @@ fn topology(n: u64) -> Topology {
         has_short_id: true,
         conns: BTreeMap::new(),
         local_refs: 1,
+        history: None,
     };
     let mut topo = Topology::new(me);
     let entries: Vec<_> = (0..n).map(|i| (summary(i), conns(i))).collect();

@@ -35,6 +35,7 @@ fn topology(n: usize) -> Topology {
             has_short_id: true,
             conns: BTreeMap::new(),
             local_refs: 0,
+            history: None,
         })
         .collect();
     for i in 0..n {
