@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ids::{PeerName, PeerUid, ShortId};
-use crate::wire::digest::{DigestEntry, EntryChange};
+use crate::wire::digest::{entry_check, DigestEntry, EntryChange};
 use crate::wire::mesh::{ConnectionSummary, PeerSummary, TopologyEntry};
 
 /// A connection as a peer gossips it.
@@ -413,11 +413,13 @@ impl Topology {
             has_short_id: p.has_short_id,
             removed,
             set,
+            check: entry_check(&p.to_entry()),
         })
     }
 
-    /// The whole entry a change describes, when we hold the version it was made from;
-    /// `None` when we do not (the entry must then be asked for whole).
+    /// The whole entry a change describes, when we hold the version it was made from and
+    /// the result matches the change's check; `None` otherwise (the entry must then be
+    /// asked for whole).
     pub fn rebuild(&self, change: &EntryChange) -> Option<TopologyEntry> {
         let held = self.peers.get(&change.name)?;
         if held.is_placeholder() || (held.uid.0, held.version) != (change.uid, change.base) {
@@ -446,7 +448,8 @@ impl Topology {
             has_short_id: change.has_short_id,
         };
         let conns = conns.iter().map(|(n, c)| c.summary(*n)).collect();
-        Some((summary, conns))
+        let entry = (summary, conns);
+        (entry_check(&entry) == change.check).then_some(entry)
     }
 
     /// Applies a received topology payload; `pick_short_id` chooses a fresh short id for us

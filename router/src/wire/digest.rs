@@ -29,14 +29,17 @@
 //! Entries  04 | count v | { entry }* | count v | { change }*
 //!   entry:  name[6] uid u64 version v short v (short_id << 1 | has_short_id)
 //!           nickname_len v nickname | conns v | { conn }*
-//!   change: name[6] uid u64 base_version v version v short v
+//!   change: name[6] uid u64 base_version v version v short v check u32
 //!           removed v | { name[6] }* | set v | { conn }*
 //!   conn:   name[6] flags u8 (bit 0: outbound, bit 1: established, bit 2: IPv4 address)
 //!           address: ip[4] port u16 with bit 2, else len v and the text
 //! ```
 //!
 //! A change goes only to a neighbour whose `Want` or digest named its base version; one
-//! whose base the receiver no longer holds is asked for again with the version it does.
+//! whose base the receiver no longer holds is asked for again whole. `check` is
+//! [`entry_check`] of the entry the change makes: a receiver whose rebuilt entry does not
+//! match it (its copy of the base differed) discards it and asks for the entry whole, so a
+//! change can never make two tables disagree about one version.
 //!
 //! An address goes as 6 bytes only when its text is exactly how an IPv4 socket address
 //! prints (Go prints `net.TCPAddr` the same way), so every entry decodes to the bytes that
@@ -154,6 +157,18 @@ pub struct EntryChange {
     pub removed: Vec<PeerName>,
     /// Connections of `version` that `base` lacks or holds otherwise.
     pub set: Vec<ConnectionSummary>,
+    /// [`entry_check`] of the whole entry at `version`.
+    pub check: u32,
+}
+
+/// A 32-bit FNV-1a of an entry's form in an `Entries` message: what a change carries so
+/// that the receiver can tell that it rebuilt exactly the sender's entry.
+pub fn entry_check(entry: &TopologyEntry) -> u32 {
+    let mut b = Vec::with_capacity(128);
+    put_entry(&mut b, entry);
+    b.iter().fold(0x811c_9dc5u32, |h, x| {
+        (h ^ u32::from(*x)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Why a digest-channel payload was refused.
@@ -308,9 +323,9 @@ const IPV4: u8 = 4;
 /// The bytes of the smallest entry: name, UID, and one byte each of version, short id,
 /// nickname length and connection count.
 const MIN_ENTRY_LEN: usize = 6 + 8 + 4;
-/// The bytes of the smallest change: name, UID, and one byte each of base version, version,
-/// short id, removed count and connection count.
-const MIN_CHANGE_LEN: usize = 6 + 8 + 5;
+/// The bytes of the smallest change: name, UID, one byte each of base version, version and
+/// short id, the check, and one byte each of removed count and connection count.
+const MIN_CHANGE_LEN: usize = 6 + 8 + 3 + 4 + 2;
 /// The bytes of the smallest connection: name, flags and an empty address.
 const MIN_CONN_LEN: usize = 6 + 2;
 
@@ -394,6 +409,7 @@ fn put_change(b: &mut Vec<u8>, c: &EntryChange) {
     put_varint(b, c.base);
     put_varint(b, c.version);
     put_short(b, c.short_id, c.has_short_id);
+    b.extend_from_slice(&c.check.to_be_bytes());
     put_varint(b, c.removed.len() as u64);
     for n in &c.removed {
         b.extend_from_slice(&n.to_bytes());
@@ -407,6 +423,7 @@ fn read_change(r: &mut Reader<'_>) -> Result<EntryChange, DigestError> {
     let base = r.varint("change base version")?;
     let version = r.varint("change version")?;
     let (short_id, has_short_id) = read_short(r)?;
+    let check = r.u32("change check")?;
     let n = r.count(6, "removed count")?;
     let mut removed = Vec::with_capacity(n);
     for _ in 0..n {
@@ -422,6 +439,7 @@ fn read_change(r: &mut Reader<'_>) -> Result<EntryChange, DigestError> {
         has_short_id,
         removed,
         set,
+        check,
     })
 }
 
@@ -640,6 +658,7 @@ mod tests {
             has_short_id: false,
             removed: vec![name(0x0200_0000_2000 + n)],
             set: vec![conns.remove(1)],
+            check: 0xdead_beef,
         }
     }
 
@@ -655,8 +674,8 @@ mod tests {
         // 6 + 8 + 1 + 2 + 7 + 1 + 6 × 13 = 103 bytes an entry, and the two counts.
         assert_eq!(compact, 3 + 3 * 103);
         assert!(compact * 2 < gob, "{compact} vs {gob}");
-        // A new connection: name, UID, two one-byte versions, a two-byte short id, two
-        // counts and the connection: 6 + 8 + 2 + 2 + 2 + 13 bytes.
+        // A new connection: name, UID, two one-byte versions, a two-byte short id, the
+        // check, two counts and the connection: 6 + 8 + 2 + 2 + 4 + 2 + 13 bytes.
         let (_, mut conns) = entry(1, 6);
         let one = EntryChange {
             name: name(1),
@@ -667,8 +686,9 @@ mod tests {
             has_short_id: true,
             removed: Vec::new(),
             set: vec![conns.remove(5)],
+            check: 7,
         };
-        assert_eq!(entries(Vec::new(), vec![one]).len(), 3 + 33);
+        assert_eq!(entries(Vec::new(), vec![one]).len(), 3 + 37);
     }
 
     #[test]
@@ -793,6 +813,7 @@ mod tests {
             let changes: Vec<EntryChange> = bases
                 .into_iter()
                 .map(|((peer, conns), base, drop)| EntryChange {
+                    check: peer.version as u32,
                     name: peer.name,
                     uid: peer.uid,
                     base,
