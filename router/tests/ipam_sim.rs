@@ -137,7 +137,7 @@ impl App for Node {
             while let Some(e) = alloc.poll_event() {
                 self.log.push(e.message);
             }
-            for e in ipam::transmit(alloc, mesh) {
+            for e in ipam::transmit(alloc, mesh, now) {
                 self.unrouted.push(e);
             }
             if !delivered {
@@ -1038,6 +1038,17 @@ fn fifty_peers_twenty_thousand_operations_with_loss_partition_rmpeer_and_restart
         wall.elapsed().as_secs_f64()
     );
     println!("{}", w.summary());
+    let broadcasts = w
+        .sim
+        .by_kind
+        .get("broadcast IPallocation")
+        .map_or(0, |k| k.0);
+    let repeats: u64 = w
+        .running()
+        .iter()
+        .map(|i| w.sim.mesh(*i).broadcast_repeats())
+        .sum();
+    println!("{broadcasts} IPAM broadcast messages; repeats dropped by running peers: {repeats}");
     assert_eq!(allocated, w.held.len());
     assert_eq!(
         refused,

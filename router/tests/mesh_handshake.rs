@@ -378,3 +378,49 @@ fn only_a_peer_offering_our_digest_version_gets_digests() {
         assert_eq!(channel, "topology", "{other:?}");
     }
 }
+
+/// A broadcast on an application channel is delivered once: the same one arriving again,
+/// or one this router sent coming back (views that disagree can hand a broadcast back and
+/// forth between two routers), is dropped and counted, until it has been forgotten.
+#[test]
+fn a_repeated_broadcast_is_delivered_once() {
+    use weave_router::mesh::router::BROADCAST_MEMORY;
+    use weave_router::mesh::ChannelEvent;
+    let cap = capture();
+    let now = Instant::now();
+    let mut mesh = Mesh::new(host1(), 7, now);
+    mesh.register_channel("IPallocation");
+    let key = mesh.handle_accepted("192.168.77.2:43347".parse().unwrap(), now);
+    let mut input = hex_of(&cap, 6);
+    input.extend(hex_of(&cap, 12));
+    input.extend(wire::frame(&hex_of(&cap, 13)));
+    input.extend(wire::frame(&hex_of(&cap, 16)));
+    mesh.handle_data(key, &input, now);
+    let (_, closed) = drain(&mut mesh, key);
+    assert!(!closed, "{:?}", events(&mut mesh));
+    let host2: PeerName = "aa:00:00:00:00:02".parse().unwrap();
+    let feed = |mesh: &mut Mesh, payload: &[u8], at: Instant| -> usize {
+        let msg = Message::GossipBroadcast {
+            channel: "IPallocation".into(),
+            src: host2,
+            payload: payload.to_vec(),
+        };
+        mesh.handle_data(key, &wire::frame(&msg.emit()), at);
+        assert!(!drain(mesh, key).1);
+        std::iter::from_fn(|| mesh.poll_channel_event())
+            .filter(|e| matches!(e, ChannelEvent::Broadcast { .. }))
+            .count()
+    };
+    assert_eq!(feed(&mut mesh, b"ring 1", now), 1);
+    assert_eq!(feed(&mut mesh, b"ring 1", now), 0);
+    assert_eq!(mesh.broadcast_repeats(), 1);
+    assert_eq!(feed(&mut mesh, b"ring 2", now), 1);
+    // What the channel's owner relays on (its own state) is not taken back either.
+    mesh.relay_broadcast("IPallocation", host2, b"ring 3".to_vec(), now);
+    assert_eq!(feed(&mut mesh, b"ring 3", now), 0);
+    assert_eq!(mesh.broadcast_repeats(), 2);
+    // Once forgotten, the same content is new again.
+    let later = now + BROADCAST_MEMORY;
+    assert_eq!(feed(&mut mesh, b"ring 1", later), 1);
+    assert_eq!(mesh.broadcast_repeats(), 2);
+}

@@ -75,6 +75,14 @@ impl Collector for Scrape {
             MetricType::Counter,
         )?;
         moves.encode(m)?;
+        let repeats = ConstCounter::new(self.router.broadcast_repeats);
+        let m = encoder.encode_descriptor(
+            "weave_router_broadcast_repeats",
+            "Broadcasts dropped because this router had already delivered or sent them.",
+            None,
+            MetricType::Counter,
+        )?;
+        repeats.encode(m)?;
         if let Some(dp) = &self.stats.dataplane {
             let info = Info::new(vec![("backend", dp.backend.as_str())]);
             let m = encoder.encode_descriptor(
@@ -686,6 +694,7 @@ mod tests {
             targets: vec![],
             trusted_subnets: vec![],
             fastdp_moves: 0,
+            broadcast_repeats: 3,
         }
     }
 
@@ -733,6 +742,7 @@ mod tests {
             "weave_connections{encryption=\"\",state=\"connecting\",type=\"sleeve\"} 0",
             "weave_connection_terminations_total 7",
             "weave_router_fastdp_moves_total 0",
+            "weave_router_broadcast_repeats_total 3",
             "# TYPE weave_connection_terminations counter",
             "# TYPE weave_connections gauge",
         ] {

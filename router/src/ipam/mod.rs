@@ -69,7 +69,7 @@ pub fn deliver(alloc: &mut Allocator, ev: ChannelEvent, now: Instant) -> Result<
 /// store has durably taken the allocator's operations, so no peer learns of a change a
 /// crash could lose. Returns the unicasts that found no route, for the log (the allocator
 /// asks again on its next tick).
-pub fn transmit(alloc: &mut Allocator, mesh: &mut Mesh) -> Vec<String> {
+pub fn transmit(alloc: &mut Allocator, mesh: &mut Mesh, now: Instant) -> Vec<String> {
     let mut failed = Vec::new();
     while let Some(t) = alloc.poll_transmit() {
         match t {
@@ -78,9 +78,9 @@ pub fn transmit(alloc: &mut Allocator, mesh: &mut Mesh) -> Vec<String> {
                     failed.push(format!("[allocator]: cannot send to {dst}: {e}"));
                 }
             }
-            Transmit::Broadcast { payload } => mesh.gossip_broadcast(CHANNEL, payload),
+            Transmit::Broadcast { payload } => mesh.gossip_broadcast(CHANNEL, payload, now),
             Transmit::RelayBroadcast { src, payload } => {
-                mesh.relay_broadcast(CHANNEL, src, payload);
+                mesh.relay_broadcast(CHANNEL, src, payload, now);
             }
             Transmit::Gossip { payload } => mesh.gossip(CHANNEL, payload),
             Transmit::GossipTo { peer, payload } => mesh.gossip_to(CHANNEL, peer, payload),

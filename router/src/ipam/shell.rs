@@ -235,7 +235,7 @@ impl IpamShell {
         }
         let ops = self.alloc.take_store_ops();
         self.store.apply(&ops)?;
-        for e in transmit(&mut self.alloc, mesh) {
+        for e in transmit(&mut self.alloc, mesh, now) {
             warn!("{e}");
         }
         while let Some((id, result)) = self.alloc.poll_reply() {

@@ -3,6 +3,7 @@
 //! as [`Command`]s the shell executes.
 
 pub mod maker;
+pub mod recent;
 pub mod router;
 pub mod routes;
 pub mod rtt;

@@ -18,6 +18,7 @@ use crate::fastdp::health::{self as fastdp, Carrier, FastdpConn};
 use crate::ids::{ConnId, ConnUid, PeerName, PeerUid, ShortId, UNKNOWN_PEER_NAME};
 use crate::ipam::address::{Address, Cidr};
 use crate::mesh::maker::{ConnectionMaker, DirectPeer, OurConn, TargetState, Termination};
+use crate::mesh::recent::Recent;
 use crate::mesh::routes::{self, UnicastRoutes};
 use crate::mesh::rtt::RttSummary;
 use crate::mesh::sleeve::{self, Effect, SleeveConn, Udp};
@@ -71,6 +72,11 @@ pub const SETTLE_DELAY: Duration = Duration::from_secs(3);
 /// How long a request for an entry stands before an announcement from another neighbour
 /// may ask again.
 pub const WANT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a broadcast delivered or sent is remembered, so the same one coming round
+/// again is dropped (see [`crate::mesh::recent`]).
+pub const BROADCAST_MEMORY: Duration = Duration::from_secs(30);
+/// The most broadcasts remembered at once.
+const BROADCAST_MEMORY_CAP: usize = 4096;
 
 /// The feature-map key with which a weave-router says its sleeve may receive a peer's
 /// datagrams from any of the peer's worker ports (and steers them by source port), so that
@@ -297,9 +303,6 @@ pub enum GossipError {
     },
 }
 
-/// Whether entries go to neighbours as changes when they can (see [`Mesh::send_entries`]).
-const SEND_CHANGES: bool = false;
-
 /// The same entries encoded for each kind of neighbour, each at most once.
 #[derive(Default)]
 struct EntryPayloads {
@@ -477,7 +480,12 @@ pub struct Mesh {
     next_gossip: Instant,
     maker_due: Option<Instant>,
     maker_dirty: bool,
-    surrogate_seen: VecDeque<(u64, Instant)>,
+    surrogate_seen: Recent,
+    /// Broadcasts on channels other than `topology` delivered or sent lately, by a keyed
+    /// hash of channel, source and payload.
+    broadcasts_seen: Recent,
+    broadcast_hasher: std::hash::RandomState,
+    broadcast_repeats: u64,
     termination_count: u64,
     /// The underlay MTU the sleeve's MTU search starts from, when the sleeve runs.
     sleeve_underlay: Option<u16>,
@@ -539,7 +547,10 @@ impl Mesh {
             next_gossip,
             maker_due: None,
             maker_dirty: false,
-            surrogate_seen: VecDeque::new(),
+            surrogate_seen: Recent::new(GOSSIP_INTERVAL, BROADCAST_MEMORY_CAP),
+            broadcasts_seen: Recent::new(BROADCAST_MEMORY, BROADCAST_MEMORY_CAP),
+            broadcast_hasher: std::hash::RandomState::new(),
+            broadcast_repeats: 0,
             termination_count: 0,
             sleeve_underlay: None,
             fastdp_mtu: None,
@@ -655,8 +666,8 @@ impl Mesh {
     }
 
     /// Broadcasts from us to every reachable peer.
-    pub fn gossip_broadcast(&mut self, channel: &str, payload: Vec<u8>) {
-        self.relay_broadcast(channel, self.config.name, payload);
+    pub fn gossip_broadcast(&mut self, channel: &str, payload: Vec<u8>, now: Instant) {
+        self.relay_broadcast(channel, self.config.name, payload, now);
     }
 
     /// Gossips to random neighbours.
@@ -1167,6 +1178,7 @@ impl Mesh {
                 .flat_map(|e| e.trusted_subnets.iter().map(Cidr::to_string))
                 .collect(),
             fastdp_moves: self.fastdp_moves,
+            broadcast_repeats: self.broadcast_repeats,
         }
     }
 
@@ -1879,6 +1891,11 @@ impl Mesh {
                 src,
                 payload,
             } => {
+                if channel != TOPOLOGY_CHANNEL && !self.note_broadcast(&channel, src, &payload, now)
+                {
+                    self.broadcast_repeats += 1;
+                    return Ok(());
+                }
                 if self.channels.contains(&channel) {
                     self.channel_events.push_back(ChannelEvent::Broadcast {
                         channel,
@@ -1898,7 +1915,7 @@ impl Mesh {
                 } else {
                     payload
                 };
-                self.relay_broadcast(&channel, src, payload);
+                self.relay_broadcast(&channel, src, payload, now);
                 Ok(())
             }
             Message::OverlayControl {
@@ -1962,18 +1979,9 @@ impl Mesh {
             return Ok(());
         }
         // A channel we do not implement: relay each distinct update once per interval.
-        let hash = fnv1a(payload);
-        if self.surrogate_seen.iter().any(|(h, _)| *h == hash) {
+        if !self.surrogate_seen.insert(fnv1a(payload), now) {
             return Ok(());
         }
-        while self
-            .surrogate_seen
-            .front()
-            .is_some_and(|(_, t)| *t + GOSSIP_INTERVAL <= now)
-        {
-            self.surrogate_seen.pop_front();
-        }
-        self.surrogate_seen.push_back((hash, now));
         self.gossip_to_neighbours(channel, src, payload.to_vec());
         Ok(())
     }
@@ -2415,13 +2423,9 @@ impl Mesh {
         self.send_body(key, &msg.emit());
     }
 
-    /// Sends these entries of our table down a connection that speaks digests, whole.
-    ///
-    /// Each could go as a change from the version the neighbour holds (given beside the
-    /// name, 0 for none) where we kept that version ([`Topology::change_from`]); receivers
-    /// apply such changes. They are not sent yet: with them, the 50-peer IPAM simulation
-    /// (`ipam_sim`, loss and a partition) ends in a storm of IPAM broadcasts whose cause is
-    /// not found, although every rebuilt entry matches its check.
+    /// Sends these entries of our table down a connection that speaks digests: each as a
+    /// change from the version the neighbour holds (given beside the name, 0 for none)
+    /// where we kept that version ([`Topology::change_from`]), else whole.
     fn send_entries(&mut self, key: ConnKey, names: &BTreeMap<PeerName, u64>) {
         let mut full = BTreeSet::new();
         let mut changes = Vec::new();
@@ -2437,10 +2441,7 @@ impl Mesh {
                     h.push(to);
                 }
             }
-            match SEND_CHANGES
-                .then(|| self.topo.change_from(*name, *held))
-                .flatten()
-            {
+            match self.topo.change_from(*name, *held) {
                 Some(c) => changes.push(c),
                 None => {
                     full.insert(*name);
@@ -2512,8 +2513,18 @@ impl Mesh {
         self.send_body(key, body);
     }
 
-    /// Relays a broadcast from `src` along its broadcast tree.
-    pub fn relay_broadcast(&mut self, channel: &str, src: PeerName, payload: Vec<u8>) {
+    /// Relays a broadcast from `src` along its broadcast tree. The same broadcast arriving
+    /// afterwards is dropped, unless it is on the `topology` channel.
+    pub fn relay_broadcast(
+        &mut self,
+        channel: &str,
+        src: PeerName,
+        payload: Vec<u8>,
+        now: Instant,
+    ) {
+        if channel != TOPOLOGY_CHANNEL {
+            self.note_broadcast(channel, src, &payload, now);
+        }
         self.ensure_routes();
         let me = self.config.name;
         let topo = &self.topo;
@@ -2533,6 +2544,25 @@ impl Mesh {
                 self.send_body(key, &body);
             }
         }
+    }
+
+    /// Remembers a broadcast; false when it was already delivered or sent within
+    /// [`BROADCAST_MEMORY`].
+    fn note_broadcast(
+        &mut self,
+        channel: &str,
+        src: PeerName,
+        payload: &[u8],
+        now: Instant,
+    ) -> bool {
+        use std::hash::BuildHasher;
+        let hash = self.broadcast_hasher.hash_one((channel, src, payload));
+        self.broadcasts_seen.insert(hash, now)
+    }
+
+    /// How many broadcasts were dropped because they had been delivered or sent already.
+    pub fn broadcast_repeats(&self) -> u64 {
+        self.broadcast_repeats
     }
 
     // ----- bookkeeping -----

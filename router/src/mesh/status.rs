@@ -57,6 +57,11 @@ pub struct RouterStatus {
     /// start (not in Weave's report).
     #[serde(default)]
     pub fastdp_moves: u64,
+    /// How many application broadcasts were dropped since start because this router had
+    /// already delivered or sent them: each is a loop through views of the topology that
+    /// disagreed (not in Weave's report).
+    #[serde(default)]
+    pub broadcast_repeats: u64,
 }
 
 /// One peer in the topology.

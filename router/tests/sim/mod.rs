@@ -103,6 +103,8 @@ pub struct Sim<A: App = ()> {
     /// Messages and bytes by kind: handshake, heartbeat, gossip by channel (the digest
     /// channel by message), sleeve, ...
     pub by_kind: BTreeMap<String, (u64, u64)>,
+    /// Message bytes queued for delivery.
+    queued_bytes: usize,
     /// Entries sent on the digest channel: whole, and as changes.
     pub entries_sent: (u64, u64),
     pub keep_logs: bool,
@@ -117,6 +119,20 @@ pub struct Sim<A: App = ()> {
     pub weave_gossip: BTreeSet<Idx>,
     /// Peers that run with a password (and trusted subnets).
     pub encryption: BTreeMap<Idx, weave_router::mesh::Encryption>,
+}
+
+/// The most message bytes the world holds in flight at once; more is a storm.
+const MAX_QUEUED_BYTES: usize = 2 << 30;
+
+impl Ev {
+    /// The message bytes it carries.
+    fn len(&self) -> usize {
+        match self {
+            Ev::Data { bytes, .. } => bytes.len(),
+            Ev::Udp { datagram, .. } => datagram.len(),
+            _ => 0,
+        }
+    }
 }
 
 pub fn peer_name(i: Idx) -> PeerName {
@@ -182,6 +198,7 @@ impl<A: App> Sim<A> {
             bytes: 0,
             sent: Vec::new(),
             by_kind: BTreeMap::new(),
+            queued_bytes: 0,
             entries_sent: (0, 0),
             keep_logs: true,
             sleeve: false,
@@ -300,6 +317,17 @@ impl<A: App> Sim<A> {
     }
 
     fn push(&mut self, at: Duration, ev: Ev) {
+        // A storm (messages multiplying faster than they are delivered) ends the run here
+        // with what was being sent, rather than in memory exhaustion.
+        self.queued_bytes += ev.len();
+        assert!(
+            self.queued_bytes < MAX_QUEUED_BYTES,
+            "message storm: {} MB in {} events queued at {:.3} virtual s; sent by kind {:?}",
+            self.queued_bytes >> 20,
+            self.queue.len(),
+            self.now.as_secs_f64(),
+            self.by_kind
+        );
         self.seq += 1;
         self.events.insert(self.seq, ev);
         self.queue.push(Reverse((at, self.seq)));
@@ -447,6 +475,7 @@ impl<A: App> Sim<A> {
             self.queue.pop();
             self.now = at;
             let ev = self.events.remove(&seq).expect("queued event");
+            self.queued_bytes -= ev.len();
             self.dispatch(ev);
         }
         self.now = until;
