@@ -59,30 +59,26 @@ type Labels<'a> = Vec<(&'static str, &'a str)>;
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         encode_connections(&mut encoder, &self.router)?;
-        let terminations = ConstCounter::new(self.router.termination_count);
-        let m = encoder.encode_descriptor(
-            "weave_connection_terminations",
-            "Number of peer-to-peer connections terminated.",
-            None,
-            MetricType::Counter,
-        )?;
-        terminations.encode(m)?;
-        let moves = ConstCounter::new(self.router.fastdp_moves);
-        let m = encoder.encode_descriptor(
-            "weave_router_fastdp_moves",
-            "Times a peer's unicast moved between the fast datapath and the sleeve.",
-            None,
-            MetricType::Counter,
-        )?;
-        moves.encode(m)?;
-        let repeats = ConstCounter::new(self.router.broadcast_repeats);
-        let m = encoder.encode_descriptor(
-            "weave_router_broadcast_repeats",
-            "Broadcasts dropped because this router had already delivered or sent them.",
-            None,
-            MetricType::Counter,
-        )?;
-        repeats.encode(m)?;
+        for (name, help, value) in [
+            (
+                "weave_connection_terminations",
+                "Number of peer-to-peer connections terminated.",
+                self.router.termination_count,
+            ),
+            (
+                "weave_router_fastdp_moves",
+                "Times a peer's unicast moved between the fast datapath and the sleeve.",
+                self.router.fastdp_moves,
+            ),
+            (
+                "weave_router_broadcast_repeats",
+                "Broadcasts dropped because this router had already delivered or sent them.",
+                self.router.broadcast_repeats,
+            ),
+        ] {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(m)?;
+        }
         if let Some(dp) = &self.stats.dataplane {
             let info = Info::new(vec![("backend", dp.backend.as_str())]);
             let m = encoder.encode_descriptor(
