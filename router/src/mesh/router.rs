@@ -267,6 +267,8 @@ pub enum ChannelEvent {
     },
     /// A broadcast (tag 5) on the channel. The mesh does not relay it: the owner relays
     /// with [`Mesh::relay_broadcast`] and whatever payload its protocol says to carry on.
+    /// The same broadcast (channel, source and payload) delivered or sent within
+    /// [`BROADCAST_MEMORY`] is dropped instead, so a loop cannot deliver it again.
     Broadcast {
         /// The channel.
         channel: String,
