@@ -914,13 +914,7 @@ impl Mesh {
         }
         if self.settle_due.is_some_and(|t| t <= now) {
             self.settle_due = None;
-            let keys: Vec<ConnKey> = self
-                .by_peer
-                .values()
-                .copied()
-                .filter(|k| self.conns.get(k).is_some_and(|c| c.digest))
-                .collect();
-            for key in keys {
+            for key in self.digest_neighbours() {
                 self.send_summary(key, false);
             }
         }
@@ -1893,8 +1887,7 @@ impl Mesh {
                 src,
                 payload,
             } => {
-                if channel != TOPOLOGY_CHANNEL && !self.note_broadcast(&channel, src, &payload, now)
-                {
+                if !self.note_broadcast(&channel, src, &payload, now) {
                     self.broadcast_repeats += 1;
                     return Ok(());
                 }
@@ -2100,14 +2093,8 @@ impl Mesh {
                 let mut want = Vec::new();
                 for e in &entries {
                     match self.topo.compare(e) {
-                        Newer::Neither => {
-                            // They hold what we are about to relay.
-                            if let Some(h) = self.relay_pending.get_mut(&e.name) {
-                                if !h.contains(&src) {
-                                    h.push(src);
-                                }
-                            }
-                        }
+                        // They hold what we are about to relay.
+                        Newer::Neither => self.relay_skips(e.name, src),
                         Newer::Ours => {
                             let same = self.topo.get(e.name).is_some_and(|p| p.uid.0 == e.uid);
                             push.insert(e.name, if same { e.version } else { 0 });
@@ -2189,6 +2176,16 @@ impl Mesh {
         Ok(())
     }
 
+    /// Marks `holder` as holding `name`'s entry as we do, so that a relay of it pending
+    /// skips them.
+    fn relay_skips(&mut self, name: PeerName, holder: PeerName) {
+        if let Some(h) = self.relay_pending.get_mut(&name) {
+            if !h.contains(&holder) {
+                h.push(holder);
+            }
+        }
+    }
+
     /// The version of `name`'s entry we hold, 0 for none or, when `uid` is given, one of
     /// another UID: what a `Want` tells, so that the answer may be a change from it.
     fn held(&self, name: PeerName, uid: Option<u64>) -> u64 {
@@ -2250,15 +2247,18 @@ impl Mesh {
         self.gc_due = Some(self.gc_due.map_or(at, |t| t.min(at)));
     }
 
-    /// One of our connections that speaks [`DIGEST_CHANNEL`], at random.
-    fn random_digest_neighbour(&mut self) -> Option<ConnKey> {
-        let keys: Vec<ConnKey> = self
-            .by_peer
+    /// Our connections that speak [`DIGEST_CHANNEL`].
+    fn digest_neighbours(&self) -> Vec<ConnKey> {
+        self.by_peer
             .values()
             .copied()
             .filter(|k| self.conns.get(k).is_some_and(|c| c.digest))
-            .collect();
-        keys.choose(&mut self.rng).copied()
+            .collect()
+    }
+
+    /// One of our connections that speaks [`DIGEST_CHANNEL`], at random.
+    fn random_digest_neighbour(&mut self) -> Option<ConnKey> {
+        self.digest_neighbours().choose(&mut self.rng).copied()
     }
 
     /// Sends our topology summary on a connection that speaks [`DIGEST_CHANNEL`].
@@ -2438,10 +2438,8 @@ impl Mesh {
             .map(|r| r.name);
         for (name, held) in names {
             // They will hold it: a relay pending need not announce it to them.
-            if let (Some(to), Some(h)) = (to, self.relay_pending.get_mut(name)) {
-                if !h.contains(&to) {
-                    h.push(to);
-                }
+            if let Some(to) = to {
+                self.relay_skips(*name, to);
             }
             match self.topo.change_from(*name, *held) {
                 Some(c) => changes.push(c),
@@ -2524,9 +2522,7 @@ impl Mesh {
         payload: Vec<u8>,
         now: Instant,
     ) {
-        if channel != TOPOLOGY_CHANNEL {
-            self.note_broadcast(channel, src, &payload, now);
-        }
+        self.note_broadcast(channel, src, &payload, now);
         self.ensure_routes();
         let me = self.config.name;
         let topo = &self.topo;
@@ -2549,7 +2545,9 @@ impl Mesh {
     }
 
     /// Remembers a broadcast; false when it was already delivered or sent within
-    /// [`BROADCAST_MEMORY`].
+    /// [`BROADCAST_MEMORY`]. Broadcasts on the `topology` channel, which stop by
+    /// themselves (only what improved a table is relayed), are neither remembered nor
+    /// dropped.
     fn note_broadcast(
         &mut self,
         channel: &str,
@@ -2558,6 +2556,9 @@ impl Mesh {
         now: Instant,
     ) -> bool {
         use std::hash::BuildHasher;
+        if channel == TOPOLOGY_CHANNEL {
+            return true;
+        }
         let hash = self.broadcast_hasher.hash_one((channel, src, payload));
         self.broadcasts_seen.insert(hash, now)
     }

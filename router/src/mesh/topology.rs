@@ -23,6 +23,15 @@ pub struct PeerConn {
 }
 
 impl PeerConn {
+    /// A connection as a topology update carries it (its remote's name aside).
+    pub fn from_summary(c: &ConnectionSummary) -> Self {
+        PeerConn {
+            remote_tcp_addr: c.remote_tcp_addr.clone(),
+            outbound: c.outbound,
+            established: c.established,
+        }
+    }
+
     /// This connection, to `name`, as a topology update carries it.
     pub fn summary(&self, name: PeerName) -> ConnectionSummary {
         ConnectionSummary {
@@ -430,14 +439,7 @@ impl Topology {
             conns.remove(n);
         }
         for c in &change.set {
-            conns.insert(
-                c.name,
-                PeerConn {
-                    remote_tcp_addr: c.remote_tcp_addr.clone(),
-                    outbound: c.outbound,
-                    established: c.established,
-                },
-            );
+            conns.insert(c.name, PeerConn::from_summary(c));
         }
         let summary = PeerSummary {
             name: change.name,
@@ -517,16 +519,7 @@ impl Topology {
             peer.has_short_id = summary.has_short_id;
             peer.conns = conns
                 .iter()
-                .map(|c| {
-                    (
-                        c.name,
-                        PeerConn {
-                            remote_tcp_addr: c.remote_tcp_addr.clone(),
-                            outbound: c.outbound,
-                            established: c.established,
-                        },
-                    )
-                })
+                .map(|c| (c.name, PeerConn::from_summary(c)))
                 .collect();
             let history = match old_history {
                 Some(h) => h.next(&old_conns, &peer.conns, peer.version),
